@@ -1,0 +1,34 @@
+"""metarl_bench: benchmarks for gradient estimators in gradient-based meta-RL.
+
+Public API (everything else lives in ``metarl_bench._src`` and may change)::
+
+    import metarl_bench as mb
+    task = mb.make_task("bandit-v0", rewards=[1.0, 0.2, -0.5])
+    grads = mb.get_estimator("lsf")(task, task.initial_params(), n_inner=16, inner_lr=1.0,
+                                    n_trials=1000)
+"""
+
+from metarl_bench._src import estimators as _estimators
+from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
+                                      ShapeError, UnknownNameError, UnsupportedError)
+from metarl_bench._src.evaluate import Result, evaluate, load_results
+from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
+                                        list_estimators, list_tasks, make_task,
+                                        register_estimator, register_task)
+from metarl_bench._src.tasks import Task
+from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_gradient
+
+register_task("bandit-v0", "metarl_bench._src.tasks:make_bandit")
+register_task("tabular-v0", "metarl_bench._src.tasks:make_tabular")
+_estimators._register_builtin()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "RegistrationError",
+    "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
+    "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
+    "list_estimators", "list_tasks", "load_results", "make_task", "meta_gradient",
+    "register_estimator", "register_task",
+]

@@ -1,0 +1,63 @@
+"""Argument checks shared by the public entry points (STYLE.md rules 2 and 6)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from metarl_bench._src.errors import ParameterError, ShapeError
+
+
+def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def finite_float(name: str, value: Any, *, positive: bool = False, low: float | None = None,
+                 high: float | None = None) -> float:
+    if isinstance(value, bool):
+        raise ParameterError(f"{name} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ParameterError(f"{name} must be finite, got {value!r}")
+    if positive and out <= 0:
+        raise ParameterError(f"{name} must be > 0, got {out}")
+    if low is not None and out < low:
+        raise ParameterError(f"{name} must be >= {low}, got {out}")
+    if high is not None and out > high:
+        raise ParameterError(f"{name} must be <= {high}, got {out}")
+    return out
+
+
+def params_tensor(theta: Any, param_shape: tuple[int, ...], task_name: str) -> torch.Tensor:
+    """Check that ``theta`` is a floating tensor of the task's parameter shape."""
+    if not isinstance(theta, torch.Tensor):
+        raise ShapeError(
+            f"theta must be a torch.Tensor of shape {param_shape} for {task_name}, "
+            f"got {type(theta).__name__}"
+        )
+    if tuple(theta.shape) != tuple(param_shape):
+        raise ShapeError(
+            f"theta shape mismatch for {task_name}: expected {tuple(param_shape)}, "
+            f"got {tuple(theta.shape)}"
+        )
+    if not theta.is_floating_point():
+        raise ShapeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
+    if not torch.isfinite(theta).all():
+        raise ParameterError("theta contains NaN or infinite entries")
+    return theta
+
+
+def optional_positive_int(name: str, value: Any) -> int | None:
+    return None if value is None else positive_int(name, value)

@@ -1,0 +1,195 @@
+"""The ``metarl-bench`` command line: ``list`` and ``run``.
+
+Bad input exits with code 2 and one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+import torch
+
+from metarl_bench._src.errors import MetaRLBenchError, ParameterError
+
+#: The headline comparison of ``metarl-bench run`` with no --task: SCIENCE.md section 4's
+#: bandit check, and a small random MDP, each with its own inner step size.
+HEADLINE = (
+    ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]}, 2.0),
+    ("tabular-v0", {"n_states": 5, "n_actions": 3, "horizon": 5, "gamma": 0.9, "seed": 0}, 1.0),
+)
+HEADLINE_ESTIMATORS = "unbiased,lsf,maml,fomaml"
+HEADLINE_N = "1,2,4,8,16,32,64,128,256"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _value(text: str) -> Any:
+    """A --task-param value: JSON if it parses, a comma list of numbers, else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        try:
+            return [float(part) for part in text.split(",")]
+        except ValueError:
+            pass
+    return text
+
+
+def _task_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), _value(value.strip())
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every N must be an integer >= 1, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metarl-bench",
+                     description="Benchmark meta-gradient estimators against exact ground truth.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    commands.add_parser("list", help="list registered tasks and estimators",
+                        description="List registered tasks and estimators.")
+    run = commands.add_parser(
+        "run", help="bias / variance / MSE / cosine of estimators over a grid of N",
+        description="Compare estimators against the exact (or estimated) meta-gradient. With no "
+                    "--task: the headline comparison on a bandit and a tabular MDP.")
+    run.add_argument("--task", help="task id (default: the headline bandit and tabular MDP)")
+    run.add_argument("--task-param", action="append", type=_task_param, default=[],
+                     metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+    run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
+                     help=f"comma-separated names (default: {HEADLINE_ESTIMATORS})")
+    run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
+                     help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
+    run.add_argument("--trials", type=_positive_int, default=2000,
+                     help="independent estimates per cell (default: 2000)")
+    run.add_argument("--inner-lr", type=_float, default=None,
+                     help="inner step size (default: 2.0 on the headline bandit, else 1.0)")
+    run.add_argument("--n-outer", type=_positive_int, default=None,
+                     help="outer trajectories M (default: exact outer value and gradient)")
+    run.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    run.add_argument("--truth", choices=("finite", "limit"), default="finite",
+                     help="compare against grad F_N (finite) or grad F_inf (limit)")
+    run.add_argument("--truth-samples", type=_positive_int, default=20_000,
+                     help="leave-one-out samples for an estimated finite truth (default: 20000)")
+    run.add_argument("--monte-carlo", action="store_true",
+                     help="use Monte Carlo moments even where exact enumeration is possible")
+    run.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    run.add_argument("--json", metavar="PATH",
+                     help="write results as JSON lines; each cell is saved as it finishes")
+    return parser
+
+
+def _list() -> int:
+    from metarl_bench._src.registry import estimator_spec, list_estimators, list_tasks, TASKS
+
+    print("tasks:")
+    for name in list_tasks():
+        print(f"  {name:<14} {TASKS[name].summary}")
+    print("estimators:")
+    for name in list_estimators():
+        print(f"  {name:<14} {estimator_spec(name).summary}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from metarl_bench._src.evaluate import evaluate
+    from metarl_bench._src.registry import estimator_spec, make_task
+
+    estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
+    if not estimators:
+        raise ParameterError("--estimators must name at least one estimator")
+    for name in estimators:
+        estimator_spec(name)
+    if args.task is None:
+        if args.task_param:
+            raise ParameterError("--task-param needs --task")
+        plan = [(name, dict(params), lr) for name, params, lr in HEADLINE]
+    else:
+        plan = [(args.task, dict(args.task_param), 1.0)]
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ParameterError(f"--device {args.device!r} is not available: {exc}") from None
+    dtype = getattr(torch, args.dtype)
+    tasks = [(make_task(name, **params), lr if args.inner_lr is None else args.inner_lr)
+             for name, params, lr in plan]
+    if args.json:
+        open(args.json, "w").close()
+    finished = 0
+
+    def count(_record: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+
+    try:
+        for task, inner_lr in tasks:
+            started = time.perf_counter()
+            print(f"running {task!r} ...", file=sys.stderr, flush=True)
+            result = evaluate(task, estimators, n_inner=args.n_inner, n_trials=args.trials,
+                              inner_lr=inner_lr, n_outer=args.n_outer, seed=args.seed,
+                              truth=args.truth, exact=not args.monte_carlo,
+                              truth_samples=args.truth_samples, dtype=dtype, device=device,
+                              jsonl=args.json, progress=count)
+            print(result.table())
+            print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
+    except KeyboardInterrupt:
+        kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
+        print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
+        return 130
+    if args.json:
+        print(f"results: {args.json}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        return _run(args)
+    except MetaRLBenchError as exc:
+        print(f"metarl-bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Slow, obviously-correct twins of the estimators (STYLE.md rule 3).
+
+One row at a time, every matrix of SCIENCE.md section 2 built explicitly (per-trajectory
+gradients and scores by Jacobians, J_N by a full Hessian), then the formula applied as
+written. Same signature as the ``*_from_samples`` forms; tests require both to agree on
+the same samples. ``per_trial`` is the other slow form: the fast code run one trial at a time
+(trajectories vectorised, a Python loop over trials), the baseline of the speed-up benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.autograd.functional import hessian, jacobian
+
+from metarl_bench._src.trajectories import Trajectories, discounted_return, discounts, reward_to_go
+
+
+@dataclass(frozen=True)
+class _Row:
+    theta: torch.Tensor        # (D,)
+    grads: torch.Tensor        # g(tau_i), (N, D)
+    scores: torch.Tensor       # s(tau_i), (N, D)
+    step_scores: torch.Tensor  # grad log pi(a_t|x_t), (N, T, D)
+    j_n: torch.Tensor          # (1/N) sum_i grad_theta g(tau_i), (D, D)
+    adapted: torch.Tensor      # theta', (D,)
+    value: torch.Tensor        # V(theta'), ()
+    outer_grad: torch.Tensor   # grad V(theta'), (D,)
+
+
+def _log_prob_fn(task: Any, traj: Trajectories, shape: torch.Size) -> Callable:
+    return lambda flat: task.log_prob(flat.reshape(1, *shape), traj)[0]         # (N, T)
+
+
+def _row(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float,
+         outer: Callable | None) -> _Row:
+    shape = theta.shape
+    flat = theta.detach().reshape(-1)
+    log_prob = _log_prob_fn(task, inner, shape)
+    returns = reward_to_go(inner.rewards, task.gamma)[0]                          # (N, T)
+    step_scores = jacobian(log_prob, flat, vectorize=True)                        # (N, T, D)
+    grads = (step_scores * returns.unsqueeze(-1)).sum(1)
+    j_n = hessian(lambda th: (log_prob(th) * returns).sum(-1).mean(), flat)
+    adapted = flat + inner_lr * grads.mean(0)
+    if outer is None:
+        value_fn = lambda th: task.value(th.reshape(1, *shape), inner.task_index)[0]  # noqa: E731
+        value, outer_grad = value_fn(adapted), jacobian(value_fn, adapted)
+    else:
+        outer_traj = outer(adapted.reshape(1, *shape), inner.task_index)
+        outer_scores = jacobian(_log_prob_fn(task, outer_traj, shape), adapted, vectorize=True)
+        outer_returns = reward_to_go(outer_traj.rewards, task.gamma)[0]
+        outer_grad = (outer_scores * outer_returns.unsqueeze(-1)).sum(1).mean(0)
+        value = discounted_return(outer_traj.rewards, task.gamma)[0].mean()
+    return _Row(flat, grads, step_scores.sum(1), step_scores, j_n, adapted, value, outer_grad)
+
+
+def _per_row(formula: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def twin(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+             outer: Callable | None = None, **options: Any) -> torch.Tensor:
+        rows = []
+        for r in range(inner.n_rows):
+            traj = inner.rows(slice(r, r + 1))
+            row = _row(task, theta, traj, inner_lr, outer)
+            rows.append(formula(row, traj, task, inner_lr, **options).reshape(theta.shape))
+        return torch.stack(rows)
+
+    twin.__name__ = formula.__name__
+    twin.__doc__ = formula.__doc__
+    return twin
+
+
+@_per_row
+def fomaml(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Tensor:
+    """grad V(theta')."""
+    return row.outer_grad
+
+
+@_per_row
+def maml(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Tensor:
+    """(I + eta J_N)^T grad V(theta')."""
+    return row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
+
+
+@_per_row
+def unbiased(row: _Row, traj: Trajectories, task: Any, inner_lr: float,
+             baseline: float = 0.0) -> torch.Tensor:
+    """(I + eta J_N)^T grad V(theta') + (V(theta') - b) sum_i s(tau_i)."""
+    pathwise = row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
+    return pathwise + (row.value - baseline) * row.scores.sum(0)
+
+
+@_per_row
+def lsf(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Tensor:
+    """(I + eta H_N)^T grad V(theta'), H_N = J_N + (1/N) sum_i g(tau_i) s(tau_i)^T."""
+    h_n = row.j_n + row.grads.T @ row.scores / row.grads.shape[0]
+    return row.outer_grad + inner_lr * h_n.T @ row.outer_grad
+
+
+@_per_row
+def dice(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Tensor:
+    """(I + eta H_causal)^T grad V(theta'),
+    H_causal = J_N + (1/N) sum_i sum_t gamma^t r_t c_t c_t^T, c_t = sum_{k<=t} s_k."""
+    cumulative = row.step_scores.cumsum(1)                                       # (N, T, D)
+    weights = traj.rewards[0] * discounts(task.gamma, traj.horizon, traj.rewards)  # (N, T)
+    products = torch.einsum("nt,ntd,nte->de", weights, cumulative, cumulative)
+    h_causal = row.j_n + products / row.grads.shape[0]
+    return row.outer_grad + inner_lr * h_causal.T @ row.outer_grad
+
+
+@_per_row
+def loo(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Tensor:
+    """(I + eta J_N)^T grad V(theta') + sum_i (V(theta') - V(theta' - (eta/N) g_i)) s_i."""
+    n_traj = row.grads.shape[0]
+    pathwise = row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
+    left_out = row.adapted - (inner_lr / n_traj) * row.grads                    # (N, D)
+    task_index = traj.task_index.expand(n_traj)
+    values = task.value(left_out.reshape(n_traj, *task.param_shape), task_index)
+    return pathwise + ((row.value - values).unsqueeze(-1) * row.scores).sum(0)
+
+
+def per_trial(from_samples: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """The fast code, one trial (row) at a time: the 'careful per-trial implementation'."""
+
+    def looped(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+               outer: Callable | None = None, **options: Any) -> torch.Tensor:
+        return torch.cat([from_samples(task, theta, inner.rows(slice(r, r + 1)),
+                                       inner_lr=inner_lr, outer=outer, **options)
+                          for r in range(inner.n_rows)])
+
+    return looped

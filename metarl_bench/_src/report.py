@@ -1,0 +1,56 @@
+"""Plain-text tables of results, for the terminal."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+
+def _num(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 else f"{value:.2e}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_result(result: Any) -> str:
+    config = result.config
+    params = ", ".join(f"{k}={v}" for k, v in config.get("task_params", {}).items())
+    first = result.records[0] if result.records else {}
+    title = (f"{config['task']}({params})  inner_lr={config['inner_lr']}  "
+             f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
+             f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
+    rows = []
+    for r in result.records:
+        lo, hi = r["bias_ci"]
+        rows.append([r["estimator"], r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
+                     _num(r["bias_noise"]),
+                     _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
+                     _num(r["mse_x_trajectories"]), r["moments"], f"{r['seconds'] * 1e3:.1f}"])
+    header = ["estimator", "N", "bias", "bias 95% CI", "noise", "variance", "mse", "cosine",
+              "mse x traj", "moments", "ms"]
+    parts = [title, _table(header, rows),
+             "bias = |mean - truth|; its interval is for the true bias; noise = what bias reads "
+             "when the true bias is 0"]
+    if result.slopes:
+        by_estimator: dict[str, dict[str, Any]] = {}
+        for s in result.slopes:
+            by_estimator.setdefault(s["estimator"], {})[s["metric"]] = s
+        slope_rows = []
+        for name, metrics in by_estimator.items():
+            cells = [name]
+            for metric in ("bias", "variance", "mse"):
+                s = metrics.get(metric)
+                cells.append("-" if s is None or s["slope"] is None else
+                             f"{s['slope']:+.2f} ± {_num(s['stderr'])}")
+            slope_rows.append(cells)
+        parts += ["log-log slopes against N (± standard error):",
+                  _table(["estimator", "bias", "variance", "mse"], slope_rows)]
+    return "\n\n".join(parts)

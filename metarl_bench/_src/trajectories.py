@@ -1,0 +1,70 @@
+"""Batches of sampled trajectories and the quantities every estimator derives from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Trajectories:
+    """``n_rows`` independent groups of ``n_traj`` trajectories of length ``horizon``.
+
+    A row is one (trial, task) pair: every trajectory of a row was sampled with the
+    same parameters, in the task ``task_index[row]`` of the task distribution.
+
+    Shapes: ``states``, ``actions`` long (R, N, T); ``rewards`` (R, N, T) in the dtype of
+    the parameters; ``task_index`` long (R,).
+    """
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    task_index: torch.Tensor
+
+    @property
+    def n_rows(self) -> int:
+        return self.actions.shape[0]
+
+    @property
+    def n_traj(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def horizon(self) -> int:
+        return self.actions.shape[2]
+
+    def rows(self, index: torch.Tensor | slice) -> "Trajectories":
+        return Trajectories(self.states[index], self.actions[index], self.rewards[index],
+                            self.task_index[index])
+
+    def one_per_row(self) -> "Trajectories":
+        """Every trajectory as a row of its own: (R, N, T) -> (R*N, 1, T)."""
+        n_rows, n_traj, horizon = self.actions.shape
+        return Trajectories(
+            self.states.reshape(n_rows * n_traj, 1, horizon),
+            self.actions.reshape(n_rows * n_traj, 1, horizon),
+            self.rewards.reshape(n_rows * n_traj, 1, horizon),
+            self.task_index.repeat_interleave(n_traj),
+        )
+
+
+def discounts(gamma: float, horizon: int, like: torch.Tensor) -> torch.Tensor:
+    """gamma**t for t = 0..horizon-1, shape (T,)."""
+    return gamma ** torch.arange(horizon, dtype=like.dtype, device=like.device)
+
+
+def reward_to_go(rewards_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{t' >= t} gamma**t' r_t' (discounted from time 0), same shape as rewards_t.
+
+    Discounting from time 0 (not from t) makes sum_t grad log pi_t * G_t the unbiased
+    gradient of V = E sum_t gamma**t r_t (SCIENCE.md section 1).
+    """
+    discounted = rewards_t * discounts(gamma, rewards_t.shape[-1], rewards_t)
+    return discounted.flip(-1).cumsum(-1).flip(-1)
+
+
+def discounted_return(rewards_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """sum_t gamma**t r_t over the last axis."""
+    return (rewards_t * discounts(gamma, rewards_t.shape[-1], rewards_t)).sum(-1)

@@ -1,0 +1,144 @@
+"""Ground truth: exact meta-gradients, estimated finite-N references, exact moments.
+
+SCIENCE.md section 3: grad F_inf by nested autodiff through the exact model; grad F_N by
+enumerating pull counts (bandits); otherwise grad F_N estimated as the mean of many
+leave-one-out unbiased estimates, reported with its standard error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metarl_bench._src import checks
+from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.registry import EstimatorSpec, estimator_spec
+
+
+def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
+    checks.params_tensor(theta, task.param_shape, task.name)
+    if not task.has_model:
+        raise UnsupportedError(f"task {task.name!r} has no model: its exact meta-gradient is "
+                               f"unknown; estimate a reference with a large sample instead")
+    return checks.finite_float("inner_lr", inner_lr)
+
+
+def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
+                  n_inner: int | None = None) -> torch.Tensor:
+    """Exact meta-gradient: grad F_inf (``n_inner=None``) or grad F_N (``n_inner=N``).
+
+    grad F_inf = E_task (I + eta grad^2 V(theta)) grad V(theta + eta grad V(theta)), by nested
+    autodiff through the exact value. grad F_N needs an exact enumeration of the inner
+    samples (bandit-v0); other tasks raise :class:`UnsupportedError`.
+    Result: shape theta.shape, theta's dtype and device.
+    """
+    inner_lr = _check(task, theta, inner_lr)
+    point = theta.detach().requires_grad_()
+    if n_inner is None:
+        task_index = torch.arange(task.n_tasks, device=theta.device)
+        rows = point.unsqueeze(0).expand(task.n_tasks, *theta.shape)
+        (grad,) = torch.autograd.grad(task.value(rows, task_index).sum(), rows, create_graph=True)
+        objective = task.value(rows + inner_lr * grad, task_index).mean()
+    else:
+        n_inner = checks.positive_int("n_inner", n_inner)
+        if not hasattr(task, "finite_meta_objective"):
+            raise UnsupportedError(
+                f"the exact finite-N meta-gradient needs an enumeration of the inner samples, "
+                f"which {task.name!r} does not have (bandit-v0 does); use n_inner=None for "
+                f"grad F_inf, or estimate_meta_gradient(...) for an estimated grad F_N")
+        objective = task.finite_meta_objective(point, n_inner, inner_lr)
+    (grad,) = torch.autograd.grad(objective, point)
+    return grad
+
+
+@dataclass(frozen=True)
+class EstimatedGradient:
+    """A reference gradient estimated from ``samples`` (S, *P): mean and standard error."""
+
+    samples: torch.Tensor
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.samples.mean(0)
+
+    @property
+    def stderr(self) -> torch.Tensor:
+        return self.samples.std(0) / self.samples.shape[0] ** 0.5
+
+
+def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
+                           n_samples: int = 20_000, chunk: int = 2_000,
+                           generator: torch.Generator | None = None) -> EstimatedGradient:
+    """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
+
+    The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
+    section 2); it needs the exact V, so the task must have a model. Samples are drawn in
+    chunks of ``chunk`` trials (fixed, so the result does not depend on the machine).
+    """
+    inner_lr = _check(task, theta, inner_lr)
+    n_samples = checks.positive_int("n_samples", n_samples)
+    loo = estimator_spec("loo").fn
+    parts = []
+    for start in range(0, n_samples, chunk):
+        parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr,
+                         n_trials=min(chunk, n_samples - start), generator=generator))
+    return EstimatedGradient(torch.cat(parts))
+
+
+@dataclass(frozen=True)
+class ExactMoments:
+    """Exact mean (*P), covariance (D, D) and mean per-estimate cosine to a truth."""
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    mean_cosine: float
+
+
+def supports_exact_moments(task: Any, spec: EstimatorSpec, n_outer: int | None) -> bool:
+    return (n_outer is None and spec.from_samples is not None and spec.count_determined
+            and getattr(task, "enumerable", False))
+
+
+def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inner: int,
+                  inner_lr: float, truth: torch.Tensor, **options: Any) -> ExactMoments:
+    """Exact moments of a count-determined estimator over the enumerated inner samples.
+
+    For each task k of the distribution: mean_k = sum_n p(n) e_k(n), cov_k likewise; a trial
+    averages independent per-task estimates, so mean = mean_k mean_k and
+    cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error.
+    """
+    if not supports_exact_moments(task, spec, None):
+        raise UnsupportedError(f"exact moments need an enumerable task (bandit-v0) and a "
+                               f"count-determined estimator with exact outer; got "
+                               f"{task.name!r} and {spec.name!r}")
+    dim = theta.numel()
+    per_task: dict[int, list[torch.Tensor]] = {}
+    cosine_sum = 0.0
+    truth_flat = truth.reshape(-1)
+    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+        weight = torch.exp(log_weight)
+        estimates = spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
+                                      **options).detach().reshape(-1, dim)
+        k = int(inner.task_index[0])
+        sums = per_task.setdefault(k, [theta.new_zeros(()), theta.new_zeros(dim),
+                                       theta.new_zeros(dim, dim)])
+        sums[0] += weight.sum()
+        sums[1] += weight @ estimates
+        sums[2] += (estimates * weight.unsqueeze(-1)).T @ estimates
+        if task.n_tasks == 1:
+            cosine = torch.nn.functional.cosine_similarity(estimates, truth_flat.unsqueeze(0), -1)
+            cosine_sum += float(weight @ cosine)
+    means, covariances = [], []
+    for total, first, second in per_task.values():
+        mean = first / total
+        means.append(mean)
+        covariances.append(second / total - torch.outer(mean, mean))
+    n_tasks = len(means)
+    mean = torch.stack(means).mean(0)
+    covariance = torch.stack(covariances).sum(0) / n_tasks ** 2
+    # per-estimate cosine of a multi-task average needs the joint law of all tasks' counts:
+    # report it only where one task makes it a single sum
+    mean_cosine = cosine_sum if n_tasks == 1 else float("nan")
+    return ExactMoments(mean.reshape(theta.shape), covariance, mean_cosine)

@@ -1,0 +1,233 @@
+"""Public API contract: registries, typed errors, determinism, JSON results, the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import metarl_bench as mb
+from metarl_bench._src.cli import main
+
+from conftest import generator
+
+
+def lsf_call(task, theta=None, **overrides):
+    kwargs = dict(n_inner=4, inner_lr=1.0, n_trials=3, generator=generator())
+    kwargs.update(overrides)
+    return mb.get_estimator("lsf")(task, task.initial_params() if theta is None else theta,
+                                   **kwargs)
+
+
+# ---- registries -------------------------------------------------------------------------
+
+def test_registries_list_the_builtin_entries():
+    assert {"bandit-v0", "tabular-v0"} <= set(mb.list_tasks())
+    assert {"exact", "unbiased", "lsf", "dice", "maml", "fomaml", "loo"} <= set(mb.list_estimators())
+
+
+@pytest.mark.parametrize("task_id", mb.list_tasks())
+def test_every_task_meets_the_contract(task_id):
+    task = mb.make_task(task_id)
+    theta = task.initial_params()
+    assert theta.shape == task.param_shape and theta.dtype == torch.float64
+    inner = task.sample(theta.unsqueeze(0).expand(2, *theta.shape), 3,
+                        torch.zeros(2, dtype=torch.long), generator())
+    assert inner.actions.shape == (2, 3, task.horizon)
+    log_prob = task.log_prob(theta.unsqueeze(0).expand(2, *theta.shape), inner)
+    assert log_prob.shape == (2, 3, task.horizon) and torch.all(log_prob <= 0)
+
+
+def test_register_estimator_decorator_overwrite_and_duplicates():
+    @mb.register_estimator("test-zero")
+    def zero(task, theta, *, n_inner, inner_lr, n_trials, n_outer=None, generator=None):
+        """Always zero."""
+        return torch.zeros(n_trials, *theta.shape, dtype=theta.dtype)
+
+    try:
+        assert "test-zero" in mb.list_estimators()
+        task = mb.make_task("bandit-v0")
+        result = mb.evaluate(task, ["test-zero"], n_inner=[1, 2], n_trials=10, inner_lr=1.0)
+        assert [r["moments"] for r in result.records] == ["monte-carlo"] * 2
+        assert result.records[0]["variance"] == 0
+        with pytest.raises(mb.RegistrationError, match="already registered"):
+            mb.register_estimator("test-zero", zero)
+        mb.register_estimator("test-zero", lambda *a, **k: None, overwrite=True)
+    finally:
+        from metarl_bench._src.registry import ESTIMATORS
+        ESTIMATORS.pop("test-zero", None)
+
+
+def test_register_task_requires_versioned_ids():
+    with pytest.raises(mb.RegistrationError, match="name-vN"):
+        mb.register_task("mytask", "metarl_bench._src.tasks:make_bandit")
+
+
+# ---- typed errors -------------------------------------------------------------------------
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(mb.UnknownNameError, match=r"Did you mean 'lsf'\?.*Valid estimators"):
+        mb.get_estimator("lfs")
+    with pytest.raises(mb.UnknownNameError, match=r"Did you mean 'bandit-v0'\?"):
+        mb.make_task("bandit-v1")
+    with pytest.raises(mb.UnknownNameError, match=r"Did you mean 'n_states'\?"):
+        mb.make_task("tabular-v0", n_state=3)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(n_inner=0), mb.ParameterError, "n_inner must be an integer >= 1, got 0"),
+    (dict(n_trials=-1), mb.ParameterError, "n_trials must be an integer >= 1"),
+    (dict(n_inner=2.5), mb.ParameterError, "n_inner must be an integer"),
+    (dict(inner_lr="big"), mb.ParameterError, "inner_lr must be a number"),
+    (dict(inner_lr=float("nan")), mb.ParameterError, "inner_lr must be finite"),
+    (dict(n_outer=0), mb.ParameterError, "n_outer must be an integer >= 1"),
+    (dict(generator=0), mb.ParameterError, "generator must be a torch.Generator"),
+    (dict(theta=torch.zeros(4, dtype=torch.float64)), mb.ShapeError,
+     r"expected \(3,\), got \(4,\)"),
+    (dict(theta=torch.zeros(3, dtype=torch.long)), mb.ShapeError, "floating"),
+    (dict(theta=torch.tensor([0.0, float("inf"), 0.0])), mb.ParameterError, "NaN or infinite"),
+    (dict(baseline=1.0, typo=2), mb.ParameterError, "has no option 'baseline'"),
+])
+def test_bad_estimator_arguments_raise_typed_errors(kwargs, error, message):
+    task = mb.make_task("bandit-v0")
+    with pytest.raises(error, match=message):
+        lsf_call(task, **kwargs)
+
+
+def test_bad_task_parameters_raise_typed_errors():
+    with pytest.raises(mb.ParameterError, match="gamma must be <= 1.0"):
+        mb.make_task("tabular-v0", gamma=1.5)
+    with pytest.raises(mb.ShapeError, match=r"rewards must have shape"):
+        mb.make_task("tabular-v0", n_states=2, n_actions=2, rewards=[[1.0, 2.0, 3.0]])
+    with pytest.raises(mb.ParameterError, match="sum to 1"):
+        mb.make_task("tabular-v0", n_states=2, n_actions=2, start=[0.5, 0.6])
+    with pytest.raises(mb.ParameterError, match="at least 2 arms"):
+        mb.make_task("bandit-v0", rewards=[1.0])
+
+
+def test_impossible_combinations_raise_unsupported():
+    task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    theta = task.initial_params()
+    with pytest.raises(mb.UnsupportedError, match="enumeration"):
+        mb.meta_gradient(task, theta, inner_lr=1.0, n_inner=4)
+    with pytest.raises(mb.UnsupportedError, match="n_outer=None"):
+        mb.get_estimator("loo")(task, theta, n_inner=2, inner_lr=1.0, n_trials=2, n_outer=3)
+
+    class NoModel(mb.Task):
+        name, param_shape, has_model = "nomodel-v0", (2,), False
+
+    with pytest.raises(mb.UnsupportedError, match="has no model"):
+        mb.get_estimator("lsf")(NoModel(), torch.zeros(2), n_inner=2, inner_lr=1.0, n_trials=2)
+
+
+def test_evaluate_rejects_bad_configurations():
+    task = mb.make_task("bandit-v0")
+    with pytest.raises(mb.ParameterError, match="truth must be 'finite' or 'limit'"):
+        mb.evaluate(task, ["lsf"], truth="exact")
+    with pytest.raises(mb.UnknownNameError, match="Did you mean 'maml'"):
+        mb.evaluate(task, ["mamll"])
+    with pytest.raises(mb.ParameterError, match="n_inner must be an integer >= 1"):
+        mb.evaluate(task, ["lsf"], n_inner=[4, 0])
+    with pytest.raises(mb.ParameterError, match="has no option 'baseline'"):
+        mb.evaluate(task, ["lsf"], options={"lsf": {"baseline": 1.0}})
+
+
+# ---- determinism and results ----------------------------------------------------------------
+
+def test_same_seed_gives_identical_results_and_json_round_trips(tmp_path):
+    task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    run = lambda path: mb.evaluate(task, ["unbiased", "lsf"], n_inner=[2, 4], n_trials=50,  # noqa: E731
+                                   truth_samples=200, seed=5, jsonl=path)
+    first, second = run(tmp_path / "a.jsonl"), run(tmp_path / "b.jsonl")
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert strip(first.records) == strip(second.records)
+    first.to_json(tmp_path / "c.jsonl")
+    (loaded,) = mb.load_results(tmp_path / "c.jsonl")
+    assert strip(loaded.records) == strip(first.records) and loaded.slopes == first.slopes
+    (streamed,) = mb.load_results(tmp_path / "a.jsonl")
+    assert strip(streamed.records) == strip(first.records)
+    assert "pickle" not in (tmp_path / "c.jsonl").read_text()
+
+
+def test_an_interrupted_evaluation_keeps_its_finished_cells(tmp_path):
+    path = tmp_path / "partial.jsonl"
+    seen = []
+
+    def interrupt_after_three(record):
+        seen.append(record)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mb.evaluate(mb.make_task("bandit-v0"), ["lsf", "maml"], n_inner=[1, 2, 4], n_trials=20,
+                    jsonl=path, progress=interrupt_after_three)
+    (partial,) = mb.load_results(path)
+    assert [(r["estimator"], r["n_inner"]) for r in partial.records] == \
+        [("lsf", 1), ("maml", 1), ("lsf", 2)]
+
+
+def test_limit_truth_and_exact_estimator_rows():
+    task = mb.make_task("bandit-v0")
+    result = mb.evaluate(task, ["exact", "lsf"], n_inner=[4, 64], n_trials=20, truth="limit")
+    exact_rows = [r for r in result.records if r["estimator"] == "exact"]
+    assert all(r["bias"] < 1e-15 and r["variance"] < 1e-28 for r in exact_rows)
+    lsf_rows = {r["n_inner"]: r for r in result.records if r["estimator"] == "lsf"}
+    assert lsf_rows[64]["bias"] < lsf_rows[4]["bias"]
+
+
+def test_float32_and_sampled_outer_run():
+    task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    result = mb.evaluate(task, ["lsf", "unbiased"], n_inner=[2], n_trials=30, n_outer=4,
+                         dtype=torch.float32, truth="limit")
+    assert all(r["moments"] == "monte-carlo" and r["trajectories"] == 6 for r in result.records)
+    assert result.config["dtype"] == "float32"
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--estimators", "lsff"], "Did you mean 'lsf'?"),
+    (["run", "--task", "tabular"], "Did you mean 'tabular-v0'?"),
+    (["run", "--n-inner", "1,0"], "every N must be an integer >= 1"),
+    (["run", "--n-inner", "two"], "expected integers"),
+    (["run", "--trials", "0"], "expected a positive integer"),
+    (["run", "--trials", "ten"], "expected a positive integer"),
+    (["run", "--inner-lr", "fast"], "expected a number"),
+    (["run", "--truth", "exact"], "invalid choice"),
+    (["run", "--task", "tabular-v0", "--task-param", "gamma=2"], "gamma must be <= 1.0"),
+    (["run", "--task", "tabular-v0", "--task-param", "n_state=2"], "Did you mean 'n_states'?"),
+    (["run", "--task-param", "n_states"], "expected KEY=VALUE"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list", "--help"], ["run", "--help"]])
+def test_cli_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_cli_list_and_run_write_a_table_and_json(tmp_path, capsys):
+    assert main(["list"]) == 0
+    assert "lsf" in capsys.readouterr().out
+    path = tmp_path / "out.jsonl"
+    assert main(["run", "--task", "bandit-v0", "--estimators", "lsf,fomaml", "--n-inner", "1,4",
+                 "--trials", "20", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "lsf" in out and "log-log slopes" in out
+    (loaded,) = mb.load_results(path)
+    assert len(loaded.records) == 4 and loaded.config["task"] == "bandit-v0"
+
+
+def test_console_script_is_installed():
+    completed = subprocess.run([sys.executable, "-m", "metarl_bench._src.cli", "run",
+                                "--estimators", "nope"], capture_output=True, text=True)
+    assert completed.returncode == 2 and completed.stderr.startswith("metarl-bench: error:")
