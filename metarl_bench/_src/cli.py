@@ -1,4 +1,4 @@
-"""The ``metarl-bench`` command line: ``list`` and ``run``.
+"""The ``metarl-bench`` command line: ``list``, ``run`` and ``check``.
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -114,7 +114,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     run.add_argument("--json", metavar="PATH",
                      help="write results as JSON lines; each cell is saved as it finishes")
+    check = commands.add_parser(
+        "check", help="compare the working tree with a baseline: statistics, time, memory",
+        description="Measure every estimator on a fixed seeded grid, here and in a baseline "
+                    "(a git revision or a suite JSON saved with --save), and fail on a "
+                    "regression: bias/variance/MSE worse beyond their confidence intervals, "
+                    "or time/memory beyond --factor.")
+    check.add_argument("--baseline", metavar="REV|FILE",
+                       help="git revision (e.g. HEAD~1, main) or suite JSON file")
+    check.add_argument("--save", metavar="PATH", help="also save this tree's suite as JSON")
+    check.add_argument("--estimators", help="comma-separated subset (default: all registered)")
+    check.add_argument("--rounds", type=_positive_int, default=5,
+                       help="timed rounds per estimator; the median is compared (default: 5)")
+    check.add_argument("--factor", type=_float, default=2.0,
+                       help="time/memory ratio that fails (default: 2.0)")
+    check.add_argument("--z", type=_float, default=3.0,
+                       help="joint standard errors a statistic may worsen by (default: 3)")
+    check.add_argument("--all", action="store_true", help="show unchanged rows too")
     return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from metarl_bench._src.check import run_check
+    from metarl_bench._src.registry import estimator_spec
+
+    if args.baseline is None and args.save is None:
+        raise ParameterError("check needs --baseline REV|FILE, --save PATH, or both")
+    if args.factor <= 1:
+        raise ParameterError(f"--factor must be > 1, got {args.factor}")
+    if args.z <= 0:
+        raise ParameterError(f"--z must be > 0, got {args.z}")
+    estimators = None
+    if args.estimators:
+        estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
+        for name in estimators:
+            estimator_spec(name)
+    return run_check(args.baseline, estimators=estimators, rounds=args.rounds, z=args.z,
+                     factor=args.factor, save=args.save, show_all=args.all)
 
 
 def _list() -> int:
@@ -185,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "check":
+            return _check(args)
         return _run(args)
     except MetaRLBenchError as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)
