@@ -231,3 +231,33 @@ def test_console_script_is_installed():
     completed = subprocess.run([sys.executable, "-m", "metarl_bench._src.cli", "run",
                                 "--estimators", "nope"], capture_output=True, text=True)
     assert completed.returncode == 2 and completed.stderr.startswith("metarl-bench: error:")
+
+
+def test_plugin_estimators_arrive_through_entry_points(tmp_path, monkeypatch):
+    # a package installed elsewhere: a module and its dist-info with an entry point
+    (tmp_path / "fake_plugin.py").write_text(
+        "import torch\n"
+        "def half_fomaml(task, theta, *, n_inner, inner_lr, n_trials, n_outer=None,\n"
+        "                generator=None):\n"
+        "    '''Half the first-order estimate (a test plug-in).'''\n"
+        "    import metarl_bench as mb\n"
+        "    return 0.5 * mb.get_estimator('fomaml')(task, theta, n_inner=n_inner,\n"
+        "        inner_lr=inner_lr, n_trials=n_trials, n_outer=n_outer, generator=generator)\n")
+    info = tmp_path / "fake_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[metarl_bench.estimators]\nhalf-fomaml = fake_plugin:half_fomaml\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from metarl_bench._src import registry
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        assert "half-fomaml" in mb.list_estimators()
+        task = mb.make_task("bandit-v0")
+        full = mb.get_estimator("fomaml")(task, task.initial_params(), n_inner=3, inner_lr=1.0,
+                                          n_trials=4, generator=generator())
+        half = mb.get_estimator("half-fomaml")(task, task.initial_params(), n_inner=3,
+                                               inner_lr=1.0, n_trials=4, generator=generator())
+        torch.testing.assert_close(half, 0.5 * full)
+    finally:
+        registry.ESTIMATORS.pop("half-fomaml", None)

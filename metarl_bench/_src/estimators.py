@@ -28,8 +28,10 @@ from torch.func import jvp
 from metarl_bench._src import checks
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.registry import keyword_options, register_estimator
+from metarl_bench._src.tasks import Task
 from metarl_bench._src.trajectories import (Trajectories, discounted_return, discounts,
                                             reward_to_go)
+from metarl_bench._src.truth import meta_gradient
 
 OuterSampler = Callable[[torch.Tensor, torch.Tensor], Trajectories]
 
@@ -260,8 +262,6 @@ def loo_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
 def validate_call(task: Any, theta: torch.Tensor, n_inner: Any, inner_lr: Any, n_trials: Any,
                   n_outer: Any, generator: Any, *, needs_model: bool) -> tuple[int, float, int, int | None]:
     """Check the common arguments of every estimator; returns them normalised."""
-    from metarl_bench._src.tasks import Task
-
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
                              f"{type(task).__name__}")
@@ -321,8 +321,6 @@ def exact(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float, n_tr
     Shapes: -> (n_trials, *P), every row the same.
     Bias/variance: zero bias against the truth of the same kind, zero variance.
     """
-    from metarl_bench._src.truth import meta_gradient
-
     n_inner, inner_lr, n_trials, _ = validate_call(task, theta, n_inner, inner_lr, n_trials,
                                                    n_outer, generator, needs_model=True)
     if truth not in ("finite", "limit"):
