@@ -1,6 +1,5 @@
 """Public API contract: registries, typed errors, determinism, JSON results, the CLI."""
 
-import json
 import subprocess
 import sys
 

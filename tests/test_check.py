@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-import torch
 
 import metarl_bench as mb
 from metarl_bench._src.check import FAILING, compare, run_suite

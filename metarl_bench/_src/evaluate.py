@@ -24,7 +24,7 @@ import torch
 from metarl_bench._src import checks
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.registry import estimator_spec
-from metarl_bench._src.stats import METRICS, fit_log_log, summarize, summarize_exact
+from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.truth import (estimate_meta_gradient, exact_moments, meta_gradient,
                                      supports_exact_moments)

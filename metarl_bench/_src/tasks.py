@@ -8,7 +8,6 @@ and the exact value; the bandit adds the enumeration of pull counts (SCIENCE.md 
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -352,6 +351,3 @@ def make_bandit(*, rewards: Any = (1.0, 0.0, 0.5), init_logits: Any = None, n_ta
         params["init_logits"] = np.asarray(init_logits, dtype=float).tolist()
     return BanditTask(rewards=rewards_t, init_logits=init_t, params=params)
 
-
-def n_compositions(total: int, parts: int) -> int:
-    return math.comb(total + parts - 1, parts - 1)
