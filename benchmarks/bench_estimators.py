@@ -1,0 +1,91 @@
+"""Wall-clock cost, memory and statistical efficiency of every registered estimator.
+
+Generated from the registries (see common.py): an estimator registered in-tree or by a
+plug-in package is benchmarked here with no edit to this file.
+"""
+
+import metarl_bench as mb
+
+from .common import ESTIMATORS, N_GRID, SEED, TASKS, Case, allocated_peak_bytes
+
+PARAMS = [ESTIMATORS, list(TASKS), N_GRID]
+PARAM_NAMES = ["estimator", "task", "n_inner"]
+
+
+class Estimate:
+    """One batch of N_TRIALS meta-gradient estimates (sampling included)."""
+
+    version = 1
+    params = PARAMS
+    param_names = PARAM_NAMES
+    timeout = 300
+
+    def setup(self, estimator, task, n_inner):
+        self.case = Case(estimator, task, n_inner)
+
+    def time_estimate(self, estimator, task, n_inner):
+        self.case.run()
+
+    def peakmem_estimate(self, estimator, task, n_inner):
+        self.case.run()
+
+
+class Allocation:
+    """Bytes allocated by the estimator call alone: the peak heap memory memray sees while
+    tracking that one call (the interpreter, torch and the task built before it excluded)."""
+
+    version = 1
+    params = PARAMS
+    param_names = PARAM_NAMES
+    timeout = 300
+
+    def setup(self, estimator, task, n_inner):
+        try:
+            import memray  # noqa: F401
+        except ImportError:
+            raise NotImplementedError("memray is not installed")
+        self.case = Case(estimator, task, n_inner)
+        self.case.run()  # warm up: lazy imports and caches are not the call's own memory
+
+    def track_allocated_bytes(self, estimator, task, n_inner):
+        return allocated_peak_bytes(self.case.run)
+
+    track_allocated_bytes.unit = "bytes"
+
+
+class Statistics:
+    """Bias, variance and MSE against the truth, deterministic for a fixed seed.
+
+    Bandit: exact enumerated moments against the exact grad F_N. Tabular: 500 seeded trials
+    against the exact grad F_inf (an estimated finite truth would cost more than the cell).
+    """
+
+    version = 1
+    params = PARAMS
+    param_names = PARAM_NAMES
+    timeout = 300
+
+    def setup(self, estimator, task, n_inner):
+        case = Case(estimator, task, n_inner)
+        truth = "finite" if task == "bandit" else "limit"
+        options = {"truth": truth} if estimator == "exact" else {}
+        try:
+            result = mb.evaluate(case.task, [estimator], n_inner=[n_inner], n_trials=500,
+                                 inner_lr=case.inner_lr, seed=SEED, truth=truth,
+                                 options={estimator: options} if options else None)
+        except mb.UnsupportedError as exc:
+            raise NotImplementedError(str(exc)) from None
+        self.record = result.records[0]
+
+    def track_bias(self, estimator, task, n_inner):
+        return self.record["bias"]
+
+    def track_variance(self, estimator, task, n_inner):
+        return self.record["variance"]
+
+    def track_mse(self, estimator, task, n_inner):
+        return self.record["mse"]
+
+    track_bias.unit = "norm"
+    track_variance.unit = "squared norm"
+    track_mse.unit = "squared norm"
