@@ -4,6 +4,7 @@
 # publish + vendored assets + the headless-Chromium offline check.
 #
 #   bash benchmarks/tools/check_asv_workflows.sh            # from anywhere in the repository
+#   (uses .venv/bin/python when it exists, else python; PYTHON=... overrides)
 #   PYTHON=/path/to/venv/bin/python BENCH='Estimate.time_estimate' bash ...check_asv_workflows.sh
 #
 # Results go to .asv/ like any run (commits that already have results are not re-run).
@@ -12,6 +13,7 @@ set -euo pipefail
 
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
 cd "$ROOT"
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 PY=${PYTHON:-python}
 TOOL=(env PYTHONDONTWRITEBYTECODE=1 "$PY" benchmarks/tools/asv_history.py)
 BENCH=${BENCH:-'Statistics.track_variance|Estimate.time_estimate'}
