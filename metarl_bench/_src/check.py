@@ -91,6 +91,11 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
 
 
 def _peak_bytes(call: Any) -> int | None:
+    """Peak heap bytes of ``call`` under memray (None without memray).
+
+    The same measure as benchmarks/common.py's allocated_peak_bytes, kept here because this
+    file must run alone, as a script, against any tree.
+    """
     try:
         import memray
     except ImportError:
