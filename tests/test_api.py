@@ -130,6 +130,9 @@ def test_evaluate_rejects_bad_configurations():
         mb.evaluate(task, ["lsf"], n_inner=[4, 0])
     with pytest.raises(mb.ParameterError, match="has no option 'baseline'"):
         mb.evaluate(task, ["lsf"], options={"lsf": {"baseline": 1.0}})
+    tabular = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    with pytest.raises(mb.UnsupportedError, match="use truth='limit'"):
+        mb.evaluate(tabular, ["lsf", "exact"], truth="finite")
 
 
 # ---- determinism and results ----------------------------------------------------------------

@@ -228,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetaRLBenchError as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. head, which stopped reading
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
