@@ -158,6 +158,8 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     inner_lr = checks.finite_float("inner_lr", inner_lr)
     n_outer = checks.optional_positive_int("n_outer", n_outer)
     truth_samples = checks.positive_int("truth_samples", truth_samples, minimum=2)
+    seed = checks.positive_int("seed", seed, minimum=0)
+    n_boot = checks.positive_int("n_boot", n_boot, minimum=10)
     if truth not in ("finite", "limit"):
         raise ParameterError(f"truth must be 'finite' or 'limit', got {truth!r}")
     if not task.has_model:
@@ -171,7 +173,7 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     for name, given in options.items():
         spec = estimator_spec(name)
         for key in given:
-            if key not in spec.options and not (name == "exact" and key == "truth"):
+            if key not in spec.options:
                 raise ParameterError(f"estimator {name!r} has no option {key!r}; options: "
                                      f"{', '.join(spec.options) or '(none)'}")
     if theta is None:
