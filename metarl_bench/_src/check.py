@@ -170,8 +170,8 @@ def format_rows(rows: list[dict[str, Any]], *, show_all: bool = False) -> str:
 
     order = {"worse": 0, "slower": 0, "larger": 0, "better": 1, "faster": 1, "smaller": 1,
              "new": 2, "gone": 2, "-": 3, "same": 4}
-    costs = [r for r in rows if r["metric"] in ("seconds", "peak_bytes")]
-    shown = [r for r in rows if show_all or r["verdict"] != "same" or r in costs]
+    is_cost = lambda r: r["metric"] in ("seconds", "peak_bytes")  # noqa: E731
+    shown = [r for r in rows if show_all or r["verdict"] != "same" or is_cost(r)]
     shown.sort(key=lambda r: (order.get(r["verdict"], 5), r["estimator"], r["task"],
                               r["n_inner"], r["metric"]))
     table = _table(["estimator", "task", "N", "metric", "baseline", "now", "ratio", "verdict"],
@@ -179,7 +179,7 @@ def format_rows(rows: list[dict[str, Any]], *, show_all: bool = False) -> str:
                      _num(r["now"]), "-" if r["ratio"] is None else f"{r['ratio']:.3g}",
                      r["verdict"].upper() if r["verdict"] in FAILING else r["verdict"]]
                     for r in shown])
-    same = sum(r["verdict"] == "same" for r in rows if r not in costs)
+    same = sum(r["verdict"] == "same" for r in rows if not is_cost(r))
     failed = sum(r["verdict"] in FAILING for r in rows)
     summary = (f"{failed} regression(s)" if failed else "no regression") + \
         f"; {same} statistics unchanged (not shown)" * (not show_all and same > 0)
