@@ -167,6 +167,10 @@ def test_an_interrupted_evaluation_keeps_its_finished_cells(tmp_path):
     (partial,) = mb.load_results(path)
     assert [(r["estimator"], r["n_inner"]) for r in partial.records] == \
         [("lsf", 1), ("maml", 1), ("lsf", 2)]
+    with open(path, "a") as handle:  # a crash in the middle of writing a line
+        handle.write('{"type": "record", "estimator": "ls')
+    (partial,) = mb.load_results(path)
+    assert len(partial.records) == 3
 
 
 def test_limit_truth_and_exact_estimator_rows():
@@ -263,3 +267,27 @@ def test_plugin_estimators_arrive_through_entry_points(tmp_path, monkeypatch):
         torch.testing.assert_close(half, 0.5 * full)
     finally:
         registry.ESTIMATORS.pop("half-fomaml", None)
+
+
+def test_ctrl_c_during_a_cli_run_keeps_every_finished_cell(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "run.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metarl_bench._src.cli", "run", "--task", "tabular-v0",
+         "--estimators", "lsf,maml", "--n-inner", ",".join(["2"] * 3 + ["256"] * 50),
+         "--truth", "limit", "--json", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count('"type": "record"') >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "finished cells kept in" in err
+    assert "Traceback" not in err
+    (partial,) = mb.load_results(path)
+    kept = int(err.split("interrupted; ")[1].split(" finished")[0])
+    assert len(partial.records) == kept >= 3

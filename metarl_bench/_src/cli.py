@@ -192,10 +192,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         open(args.json, "w").close()
     finished = 0
+    per_grid_point = len(estimators)
 
-    def count(_record: dict[str, Any]) -> None:
+    def report(record: dict[str, Any]) -> None:
         nonlocal finished
         finished += 1
+        if finished % per_grid_point == 0:  # one line per N on stderr; the table is stdout
+            print(f"  N={record['n_inner']} done", file=sys.stderr, flush=True)
 
     try:
         for task, inner_lr in tasks:
@@ -205,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
                               inner_lr=inner_lr, n_outer=args.n_outer, seed=args.seed,
                               truth=args.truth, exact=not args.monte_carlo,
                               truth_samples=args.truth_samples, dtype=dtype, device=device,
-                              jsonl=args.json, progress=count)
+                              jsonl=args.json, progress=report)
             print(result.table())
             print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
     except KeyboardInterrupt:

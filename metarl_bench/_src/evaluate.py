@@ -87,6 +87,8 @@ def load_results(path: str | os.PathLike) -> list[Result]:
             try:
                 line = json.loads(text)
             except json.JSONDecodeError:
+                if not text.endswith("\n"):  # the last line, cut short by a crash
+                    break
                 raise ParameterError(f"{path}:{number}: not a JSON line") from None
             kind = line.pop("type", None)
             if kind == "header":
