@@ -253,3 +253,34 @@ def test_science_signatures_on_a_tabular_mdp(tabular_result):
         assert min(biases) > 10 * max(cell(r, name, n)["bias_noise"] for n in grid)
         assert max(biases) / min(biases) < 1.3, biases
     assert cell(r, "lsf", 64)["bias"] < cell(r, "maml", 64)["bias"] / 10
+
+
+def test_maml_and_fomaml_means_converge_to_their_biased_closed_form_limits(science_bandit):
+    # As N grows theta'_N -> theta'_inf = theta + eta grad V and J_N -> E[grad_theta g] =
+    # grad^2 V - E[g s^T], so (SCIENCE.md section 2) the means tend to
+    #   fomaml: grad V(theta'_inf)            maml: (I + eta (grad^2 V - E[g s^T]))^T grad V(theta'_inf)
+    # with an O(1/N) gap; on a bandit E[g s^T] = sum_a pi_a r_a (e_a - pi)(e_a - pi)^T.
+    task, eta = science_bandit, SCIENCE_LR
+    theta = task.initial_params()
+    rewards = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
+    value = lambda th: torch.softmax(th, -1) @ rewards  # noqa: E731
+    pi = torch.softmax(theta, -1)
+    centred = torch.eye(3, dtype=torch.float64) - pi                     # rows e_a - pi
+    g_s = torch.einsum("a,ai,aj->ij", pi * rewards, centred, centred)
+    hessian = torch.autograd.functional.hessian(value, theta)
+    grad_v = torch.autograd.functional.jacobian(value, theta)
+    outer_grad = torch.autograd.functional.jacobian(value, theta + eta * grad_v)
+    limits = {"fomaml": outer_grad,
+              "maml": outer_grad + eta * (hessian - g_s).T @ outer_grad}
+    for name, limit in limits.items():
+        gaps = []
+        for n_inner in (64, 256):
+            truth = mb.meta_gradient(task, theta, inner_lr=eta, n_inner=n_inner)
+            mean = mb.exact_moments(task, theta, mb.estimator_spec(name), n_inner=n_inner,
+                                    inner_lr=eta, truth=truth).mean
+            gaps.append(float((mean - limit).norm()))
+        assert gaps[1] < 1e-3 and gaps[1] < gaps[0] / 3, (name, gaps)
+    # and the limits are biased: far from grad F_inf (the bias of section 4 that never vanishes)
+    limit_truth = mb.meta_gradient(task, theta, inner_lr=eta)
+    assert float((limits["maml"] - limit_truth).norm()) > 0.1
+    assert float((limits["fomaml"] - limit_truth).norm()) > 0.04
