@@ -204,6 +204,8 @@ def test_float32_and_sampled_outer_run():
     (["run", "--task", "tabular-v0", "--task-param", "gamma=2"], "gamma must be <= 1.0"),
     (["run", "--task", "tabular-v0", "--task-param", "n_state=2"], "Did you mean 'n_states'?"),
     (["run", "--task-param", "n_states"], "expected KEY=VALUE"),
+    (["run", "--json", "/no/such/folder/out.jsonl"], "cannot be written"),
+    (["run", "--estimators", ","], "at least one estimator"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):

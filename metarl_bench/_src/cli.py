@@ -137,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace) -> int:
     from metarl_bench._src.check import run_check
-    from metarl_bench._src.registry import estimator_spec
 
     if args.baseline is None and args.save is None:
         raise ParameterError("check needs --baseline REV|FILE, --save PATH, or both")
@@ -145,13 +144,30 @@ def _check(args: argparse.Namespace) -> int:
         raise ParameterError(f"--factor must be > 1, got {args.factor}")
     if args.z <= 0:
         raise ParameterError(f"--z must be > 0, got {args.z}")
-    estimators = None
-    if args.estimators:
-        estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
-        for name in estimators:
-            estimator_spec(name)
+    if args.save:
+        _writable(args.save, "--save")
+    estimators = _estimator_names(args.estimators) if args.estimators else None
     return run_check(args.baseline, estimators=estimators, rounds=args.rounds, z=args.z,
                      factor=args.factor, save=args.save, show_all=args.all)
+
+
+def _estimator_names(text: str) -> list[str]:
+    """A comma-separated --estimators value, every name checked against the registry."""
+    from metarl_bench._src.registry import estimator_spec
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ParameterError("--estimators must name at least one estimator")
+    for name in names:
+        estimator_spec(name)
+    return names
+
+
+def _writable(path: str, option: str) -> None:
+    try:
+        open(path, "w").close()
+    except OSError as exc:
+        raise ParameterError(f"{option} {path!r} cannot be written: {exc.strerror}") from None
 
 
 def _list() -> int:
@@ -168,13 +184,9 @@ def _list() -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluate import evaluate
-    from metarl_bench._src.registry import estimator_spec, make_task
+    from metarl_bench._src.registry import make_task
 
-    estimators = [name.strip() for name in args.estimators.split(",") if name.strip()]
-    if not estimators:
-        raise ParameterError("--estimators must name at least one estimator")
-    for name in estimators:
-        estimator_spec(name)
+    estimators = _estimator_names(args.estimators)
     if args.task is None:
         if args.task_param:
             raise ParameterError("--task-param needs --task")
@@ -190,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     tasks = [(make_task(name, **params), lr if args.inner_lr is None else args.inner_lr)
              for name, params, lr in plan]
     if args.json:
-        open(args.json, "w").close()
+        _writable(args.json, "--json")
     finished = 0
     per_grid_point = len(estimators)
 
