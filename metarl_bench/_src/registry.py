@@ -18,8 +18,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from metarl_bench._src.errors import (ParameterError, RegistrationError, UnknownNameError,
-                                      did_you_mean, unknown_name)
+from metarl_bench._src.errors import (RegistrationError, UnknownNameError, did_you_mean,
+                                      unknown_name)
 
 
 class Estimator(Protocol):
@@ -211,9 +211,5 @@ def make_task(id: str, **kwargs: Any) -> Any:
                 raise UnknownNameError(
                     f"unknown parameter {key!r} for task {id!r}."
                     f"{did_you_mean(key, allowed)} Parameters: {', '.join(allowed)}.")
-    merged = {**spec.kwargs, **kwargs}
-    try:
-        return factory(**merged)
-    except TypeError as exc:
-        raise ParameterError(f"task {id!r}: {exc}") from None
+    return factory(**{**spec.kwargs, **kwargs})
 

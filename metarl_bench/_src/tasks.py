@@ -180,7 +180,11 @@ def _as_tensor(name: str, value: Any, shapes: Sequence[tuple[int, ...]]) -> torc
         return out.dim() == len(shape) and all(d in (-1, n) for d, n in zip(shape, out.shape))
 
     if not any(fits(shape) for shape in shapes):
-        allowed = " or ".join(str(tuple("?" if d == -1 else d for d in s)) for s in shapes)
+        def show(shape: tuple[int, ...]) -> str:
+            dims = ["K" if d == -1 else str(d) for d in shape]
+            return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+        allowed = " or ".join(show(s) for s in shapes)
         raise ShapeError(f"{name} must have shape {allowed}, got {tuple(out.shape)}")
     if not torch.isfinite(out).all():
         raise ParameterError(f"{name} contains NaN or infinite entries")
