@@ -276,18 +276,24 @@ def test_ctrl_c_during_a_cli_run_keeps_every_finished_cell(tmp_path):
     import time
 
     path = tmp_path / "run.jsonl"
+    # a shell that starts jobs in the background (as CI may) leaves SIGINT ignored, and
+    # Python keeps an ignored SIGINT ignored: give the child the default, as a terminal would
     process = subprocess.Popen(
         [sys.executable, "-m", "metarl_bench._src.cli", "run", "--task", "tabular-v0",
          "--estimators", "lsf,maml", "--n-inner", ",".join(["2"] * 3 + ["256"] * 50),
          "--truth", "limit", "--json", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count('"type": "record"') >= 3:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_text().count('"type": "record"') >= 3:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode == 130 and "finished cells kept in" in err
     assert "Traceback" not in err
     (partial,) = mb.load_results(path)
