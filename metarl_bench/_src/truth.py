@@ -69,16 +69,19 @@ class EstimatedGradient:
 
 
 def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
-                           n_samples: int = 20_000, chunk: int = 2_000,
+                           n_samples: int = 20_000, chunk: int | None = None,
                            generator: torch.Generator | None = None) -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
 
     The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
     section 2); it needs the exact V, so the task must have a model. Samples are drawn in
-    chunks of ``chunk`` trials (fixed, so the result does not depend on the machine).
+    chunks of ``chunk`` trials, by default about 2**15 trajectories per chunk (set by N
+    alone, never by the machine, so the result is the same everywhere).
     """
     inner_lr = _check(task, theta, inner_lr)
     n_samples = checks.positive_int("n_samples", n_samples)
+    n_inner = checks.positive_int("n_inner", n_inner)
+    chunk = max(1, 2 ** 15 // n_inner) if chunk is None else checks.positive_int("chunk", chunk)
     loo = estimator_spec("loo").fn
     parts = []
     for start in range(0, n_samples, chunk):
