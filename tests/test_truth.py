@@ -122,3 +122,14 @@ def test_loo_estimated_truth_agrees_with_exact_finite_truth(science_bandit):
     estimate = mb.estimate_meta_gradient(science_bandit, theta, n_inner=8, inner_lr=SCIENCE_LR,
                                          n_samples=20_000, generator=generator(7))
     assert torch.all((estimate.mean - exact).abs() < 4 * estimate.stderr)
+
+
+def test_enumerations_too_large_fall_back_to_estimates():
+    # 10 arms and N = 64: C(73, 9) = 9.7e10 outcomes, far beyond the enumeration limit
+    task = mb.make_task("bandit-v0", rewards="random", n_arms=10, seed=0)
+    theta = task.initial_params()
+    with pytest.raises(mb.UnsupportedError, match="more than the 1,000,000 allowed"):
+        mb.meta_gradient(task, theta, inner_lr=1.0, n_inner=64)
+    result = mb.evaluate(task, ["lsf"], n_inner=[2, 64], n_trials=200, truth_samples=2000)
+    kinds = [(r["n_inner"], r["truth_kind"], r["moments"]) for r in result.records]
+    assert kinds == [(2, "exact", "exact"), (64, "estimated", "monte-carlo")]

@@ -26,8 +26,8 @@ from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.registry import estimator_spec
 from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.truth import (estimate_meta_gradient, exact_moments, meta_gradient,
-                                     supports_exact_moments)
+from metarl_bench._src.truth import (enumerable, estimate_meta_gradient, exact_moments,
+                                     meta_gradient, supports_exact_moments)
 
 SCHEMA_VERSION = 1
 SLOPE_METRICS = ("bias", "variance", "mse")
@@ -167,10 +167,11 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     if not task.has_model:
         raise UnsupportedError(f"task {task.name!r} has no model, so no ground truth to compare "
                                f"against")
-    if truth == "finite" and "exact" in estimators and not getattr(task, "enumerable", False):
+    if truth == "finite" and "exact" in estimators and not all(
+            enumerable(task, n) for n in grid):
         raise UnsupportedError(f"estimator 'exact' with truth='finite' needs an exact "
-                               f"enumeration of the inner samples, which {task.name!r} does "
-                               f"not have (bandit-v0 does); use truth='limit'")
+                               f"enumeration of the inner samples at every N, which "
+                               f"{task.name!r} does not have here; use truth='limit'")
     options = dict(options or {})
     for name, given in options.items():
         spec = estimator_spec(name)
@@ -226,7 +227,7 @@ def _truth(task: Task, theta: torch.Tensor, n: int, inner_lr: float, truth: str,
            ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     if truth == "limit":
         return truth_limit, None, "exact"
-    if getattr(task, "enumerable", False):
+    if enumerable(task, n):
         return meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact"
     generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, "truth", n))
     estimate = estimate_meta_gradient(task, theta, n_inner=n, inner_lr=inner_lr,
@@ -254,7 +255,7 @@ def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inn
     if not torch.isfinite(estimates).all():
         raise UnsupportedError(f"estimator {spec.name!r} returned non-finite estimates at "
                                f"N={n}; lower inner_lr or check the estimator")
-    if exact and supports_exact_moments(task, spec, n_outer):
+    if exact and supports_exact_moments(task, spec, n, n_outer):
         moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=inner_lr,
                                 truth=reference, **options)
         stats = summarize_exact(moments.mean, moments.covariance, reference, moments.mean_cosine)

@@ -8,6 +8,7 @@ and the exact value; the bandit adds the enumeration of pull counts (SCIENCE.md 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -41,8 +42,7 @@ class Task:
 
     Attributes: ``name``, ``param_shape`` (shape of theta), ``n_tasks`` (size of the task
     distribution; the meta-objective averages over it), ``horizon`` T, ``gamma``,
-    ``has_model`` (exact V available), ``enumerable`` (``enumerate_inner`` lists every
-    outcome of the inner sampling), ``params`` (the constructor arguments, for reports).
+    ``has_model`` (exact V available), ``params`` (the constructor arguments, for reports).
     """
 
     name: str = "task"
@@ -51,7 +51,6 @@ class Task:
     horizon: int = 1
     gamma: float = 1.0
     has_model: bool = False
-    enumerable: bool = False
     params: dict[str, Any] = {}
 
     def initial_params(self, dtype: torch.dtype = torch.float64,
@@ -71,9 +70,13 @@ class Task:
         """Exact, differentiable V(theta) of each row in its task: (R, *P) -> (R,)."""
         raise NotImplementedError
 
+    def enumeration_size(self, n_inner: int) -> int | None:
+        """How many outcomes ``enumerate_inner`` lists for N inner samples (None: it can't)."""
+        return None
+
     def enumerate_inner(self, theta: torch.Tensor, n_inner: int
                         ) -> Iterator[tuple[torch.Tensor, Trajectories]]:
-        """Exact enumeration of the inner samples (tasks with ``enumerable`` True).
+        """Exact enumeration of the inner samples (tasks with an ``enumeration_size``).
 
         Yields (log-probability of each row (C,), one row of ``n_inner`` trajectories per
         outcome) per task and per chunk; every outcome appears once with its probability.
@@ -160,8 +163,8 @@ class TabularTask(Task):
                             task_index: torch.Tensor) -> torch.Tensor:
         """P_pi(s'|s) of each row, (R, S, S), one einsum per task of the distribution.
 
-        Gathering each row's (S, A, S) transitions first would hold R*S*A*S numbers: 8 GB
-        for the 512,000 rows of a leave-one-out chunk on a 20-state, 5-action MDP.
+        Gathering each row's (S, A, S) transitions first would hold R*S*A*S numbers, A times
+        the result: the largest tensor by far when rows are trajectories (leave-one-out).
         """
         if self.n_tasks == 1:
             return torch.einsum("rsa,san->rsn", pi, transitions[0])
@@ -272,7 +275,6 @@ class BanditTask(TabularTask):
     sums over the C(N+K-1, K-1) count vectors (SCIENCE.md section 3).
     """
 
-    enumerable = True
     #: rows per chunk when enumerating count vectors (bounds memory at large N)
     enumeration_chunk = 4096
 
@@ -286,6 +288,9 @@ class BanditTask(TabularTask):
         self.n_arms = n_arms
         self.param_shape = (n_arms,)
         self.arm_rewards = rewards
+
+    def enumeration_size(self, n_inner: int) -> int:
+        return math.comb(n_inner + self.n_arms - 1, self.n_arms - 1)
 
     def enumerate_inner(self, theta: torch.Tensor, n_inner: int
                         ) -> Iterator[tuple[torch.Tensor, Trajectories]]:

@@ -17,6 +17,17 @@ from metarl_bench._src.errors import UnsupportedError
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 
 
+#: The most outcomes an exact enumeration may list (a bandit with K arms and N samples has
+#: C(N+K-1, K-1): 33,153 for K=3, N=256; 9.7e10 for K=10, N=64, where estimates take over).
+MAX_ENUMERATION = 1_000_000
+
+
+def enumerable(task: Any, n_inner: int) -> bool:
+    """Whether the inner samples of ``task`` at N = ``n_inner`` can be enumerated exactly."""
+    size = task.enumeration_size(n_inner)
+    return size is not None and size <= MAX_ENUMERATION
+
+
 def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
     checks.params_tensor(theta, task.param_shape, task.name)
     if not task.has_model:
@@ -43,11 +54,14 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
         objective = task.value(rows + inner_lr * grad, task_index).mean()
     else:
         n_inner = checks.positive_int("n_inner", n_inner)
-        if not hasattr(task, "finite_meta_objective"):
+        if not enumerable(task, n_inner):
+            size = task.enumeration_size(n_inner)
+            why = (f"which {task.name!r} does not have (bandit-v0 does)" if size is None else
+                   f"here of {size:,} outcomes, more than the {MAX_ENUMERATION:,} allowed")
             raise UnsupportedError(
                 f"the exact finite-N meta-gradient needs an enumeration of the inner samples, "
-                f"which {task.name!r} does not have (bandit-v0 does); use n_inner=None for "
-                f"grad F_inf, or estimate_meta_gradient(...) for an estimated grad F_N")
+                f"{why}; use n_inner=None for grad F_inf, or estimate_meta_gradient(...) for "
+                f"an estimated grad F_N")
         objective = task.finite_meta_objective(point, n_inner, inner_lr)
     (grad,) = torch.autograd.grad(objective, point)
     return grad
@@ -99,9 +113,10 @@ class ExactMoments:
     mean_cosine: float
 
 
-def supports_exact_moments(task: Any, spec: EstimatorSpec, n_outer: int | None) -> bool:
+def supports_exact_moments(task: Any, spec: EstimatorSpec, n_inner: int,
+                           n_outer: int | None) -> bool:
     return (n_outer is None and spec.from_samples is not None and spec.count_determined
-            and getattr(task, "enumerable", False))
+            and enumerable(task, n_inner))
 
 
 def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inner: int,
@@ -112,7 +127,7 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     averages independent per-task estimates, so mean = mean_k mean_k and
     cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error.
     """
-    if not supports_exact_moments(task, spec, None):
+    if not supports_exact_moments(task, spec, n_inner, None):
         raise UnsupportedError(f"exact moments need an enumerable task (bandit-v0) and a "
                                f"count-determined estimator with exact outer; got "
                                f"{task.name!r} and {spec.name!r}")
