@@ -299,3 +299,25 @@ def test_ctrl_c_during_a_cli_run_keeps_every_finished_cell(tmp_path):
     (partial,) = mb.load_results(path)
     kept = int(err.split("interrupted; ")[1].split(" finished")[0])
     assert len(partial.records) == kept >= 3
+
+
+def test_large_cells_are_evaluated_in_chunks_deterministically(monkeypatch):
+    from metarl_bench._src import evaluate as evaluate_module
+
+    task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    spec = mb.estimator_spec("lsf")
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["n_trials"])
+        return spec.fn(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "estimator_spec",
+                        lambda name: spec.__class__(**{**spec.__dict__, "fn": counting}))
+    run = lambda: mb.evaluate(task, ["lsf"], n_inner=[2 ** 15], n_trials=100,  # noqa: E731
+                              truth="limit", seed=3).records[0]
+    first = run()
+    assert calls == [1] + [32] * 3 + [4]      # a warm-up call, then 2**20 / 2**15 = 32 a chunk
+    second = run()
+    assert {k: v for k, v in first.items() if k != "seconds"} == \
+        {k: v for k, v in second.items() if k != "seconds"}

@@ -246,9 +246,14 @@ def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inn
     spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=1, n_outer=n_outer,
             generator=torch.Generator(device=theta.device).manual_seed(0), **options)
     generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, spec.name, n))
+    # large cells in chunks of about 2**20 trajectories, so memory stays bounded; the chunk
+    # depends on N alone and the generator runs on, so results do not depend on the machine
+    per_chunk = max(1, 2 ** 20 // ((n + (n_outer or 0)) * task.n_tasks))
     start = time.perf_counter()
-    estimates = spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=n_trials,
-                        n_outer=n_outer, generator=generator, **options)
+    estimates = torch.cat([
+        spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=min(per_chunk, n_trials - lo),
+                n_outer=n_outer, generator=generator, **options)
+        for lo in range(0, n_trials, per_chunk)])
     if theta.device.type == "cuda":
         torch.cuda.synchronize(theta.device)
     seconds = time.perf_counter() - start
