@@ -321,3 +321,29 @@ def test_large_cells_are_evaluated_in_chunks_deterministically(monkeypatch):
     second = run()
     assert {k: v for k, v in first.items() if k != "seconds"} == \
         {k: v for k, v in second.items() if k != "seconds"}
+
+
+def test_a_task_without_a_model_runs_sampling_estimators_with_sampled_outer():
+    bandit = mb.make_task("bandit-v0")
+
+    class ModelFree(mb.Task):
+        """The bandit seen only through samples."""
+        name, param_shape, horizon, gamma, has_model = "modelfree-v0", (3,), 1, 1.0, False
+
+        def initial_params(self, dtype=torch.float64, device=None):
+            return bandit.initial_params(dtype, device)
+
+        def sample(self, params, n_traj, task_index, generator):
+            return bandit.sample(params, n_traj, task_index, generator)
+
+        def log_prob(self, params, traj):
+            return bandit.log_prob(params, traj)
+
+    task = ModelFree()
+    theta = task.initial_params()
+    for name in ("unbiased", "lsf", "dice", "maml", "fomaml"):
+        out = mb.get_estimator(name)(task, theta, n_inner=4, inner_lr=1.0, n_trials=5,
+                                     n_outer=6, generator=generator())
+        assert out.shape == (5, 3) and torch.isfinite(out).all()
+    with pytest.raises(mb.UnsupportedError, match="no model"):
+        mb.evaluate(task, ["lsf"], n_outer=6)
