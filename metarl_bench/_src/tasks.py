@@ -166,8 +166,6 @@ class TabularTask(Task):
         Gathering each row's (S, A, S) transitions first would hold R*S*A*S numbers, A times
         the result: the largest tensor by far when rows are trajectories (leave-one-out).
         """
-        if self.n_tasks == 1:
-            return torch.einsum("rsa,san->rsn", pi, transitions[0])
         out = pi.new_empty(pi.shape[0], self.n_states, self.n_states)
         for k in range(self.n_tasks):
             rows = (task_index == k).nonzero().squeeze(-1)
