@@ -60,7 +60,7 @@ def test_register_estimator_decorator_overwrite_and_duplicates():
 
 def test_register_task_requires_versioned_ids():
     with pytest.raises(mb.RegistrationError, match="name-vN"):
-        mb.register_task("mytask", "metarl_bench._src.tasks:make_bandit")
+        mb.register_task("mytask", "metarl_bench._src.tasks.bandit:make_bandit")
 
 
 # ---- typed errors -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import metarl_bench as mb
-from metarl_bench._src.check import FAILING, compare, run_suite
+from metarl_bench._src.regression_gate import FAILING, compare, run_suite
 from metarl_bench._src.cli import main
 from metarl_bench._src.registry import ESTIMATORS
 

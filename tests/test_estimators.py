@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.estimators import inner_step
-from metarl_bench._src.reference import per_trial
+from metarl_bench._src.estimators.common import inner_step
+from metarl_bench._src.estimators.reference import per_trial
 
 from conftest import SCIENCE_BANDIT, SCIENCE_LR, generator
 

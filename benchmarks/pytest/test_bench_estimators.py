@@ -15,7 +15,7 @@ import torch
 import metarl_bench as mb
 from benchmarks.common import (ESTIMATORS, N_GRID, N_TRIALS, SEED, TASKS, Case,
                                allocated_peak_bytes)
-from metarl_bench._src.reference import per_trial
+from metarl_bench._src.estimators.reference import per_trial
 
 #: Trials behind the statistics (as the asv suite's Statistics, so the numbers agree).
 STATS_TRIALS = 500

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from metarl_bench._src.check import run_check
+    from metarl_bench._src.regression_gate import run_check
 
     if args.baseline is None and args.save is None:
         raise ParameterError("check needs --baseline REV|FILE, --save PATH, or both")

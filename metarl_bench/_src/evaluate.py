@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from metarl_bench._src import checks
+from metarl_bench._src import validation
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.registry import estimator_spec
 from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
@@ -126,7 +126,7 @@ def _n_inner_grid(n_inner: int | Iterable[int]) -> list[int]:
     values = [n_inner] if isinstance(n_inner, int) else list(n_inner)
     if not values:
         raise ParameterError("n_inner must list at least one value")
-    return [checks.positive_int("n_inner", n) for n in values]
+    return [validation.positive_int("n_inner", n) for n in values]
 
 
 def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml", "fomaml"), *,
@@ -156,12 +156,12 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
         estimators = [estimators]
     specs = [estimator_spec(name) for name in estimators]
     grid = _n_inner_grid(n_inner)
-    n_trials = checks.positive_int("n_trials", n_trials, minimum=2)
-    inner_lr = checks.finite_float("inner_lr", inner_lr)
-    n_outer = checks.optional_positive_int("n_outer", n_outer)
-    truth_samples = checks.positive_int("truth_samples", truth_samples, minimum=2)
-    seed = checks.positive_int("seed", seed, minimum=0)
-    n_boot = checks.positive_int("n_boot", n_boot, minimum=10)
+    n_trials = validation.positive_int("n_trials", n_trials, minimum=2)
+    inner_lr = validation.finite_float("inner_lr", inner_lr)
+    n_outer = validation.optional_positive_int("n_outer", n_outer)
+    truth_samples = validation.positive_int("truth_samples", truth_samples, minimum=2)
+    seed = validation.positive_int("seed", seed, minimum=0)
+    n_boot = validation.positive_int("n_boot", n_boot, minimum=10)
     if truth not in ("finite", "limit"):
         raise ParameterError(f"truth must be 'finite' or 'limit', got {truth!r}")
     if not task.has_model:
@@ -182,7 +182,7 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     if theta is None:
         theta = task.initial_params(dtype=dtype, device=device)
     else:
-        checks.params_tensor(theta, task.param_shape, task.name)
+        validation.params_tensor(theta, task.param_shape, task.name)
     config = dict(task=task.name, task_params=task.params, estimators=list(estimators),
                   n_inner=grid, n_trials=n_trials, inner_lr=inner_lr, n_outer=n_outer, seed=seed,
                   truth=truth, exact=exact, truth_samples=truth_samples,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src import checks
+from metarl_bench._src import validation
 from metarl_bench._src.errors import UnsupportedError
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 
@@ -29,11 +29,11 @@ def enumerable(task: Any, n_inner: int) -> bool:
 
 
 def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
-    checks.params_tensor(theta, task.param_shape, task.name)
+    validation.params_tensor(theta, task.param_shape, task.name)
     if not task.has_model:
         raise UnsupportedError(f"task {task.name!r} has no model: its exact meta-gradient is "
                                f"unknown; estimate a reference with a large sample instead")
-    return checks.finite_float("inner_lr", inner_lr)
+    return validation.finite_float("inner_lr", inner_lr)
 
 
 def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
@@ -53,7 +53,7 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
         (grad,) = torch.autograd.grad(task.value(rows, task_index).sum(), rows, create_graph=True)
         objective = task.value(rows + inner_lr * grad, task_index).mean()
     else:
-        n_inner = checks.positive_int("n_inner", n_inner)
+        n_inner = validation.positive_int("n_inner", n_inner)
         if not enumerable(task, n_inner):
             size = task.enumeration_size(n_inner)
             why = (f"which {task.name!r} does not have (bandit-v0 does)" if size is None else
@@ -93,9 +93,9 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     alone, never by the machine, so the result is the same everywhere).
     """
     inner_lr = _check(task, theta, inner_lr)
-    n_samples = checks.positive_int("n_samples", n_samples)
-    n_inner = checks.positive_int("n_inner", n_inner)
-    chunk = max(1, 2 ** 15 // n_inner) if chunk is None else checks.positive_int("chunk", chunk)
+    n_samples = validation.positive_int("n_samples", n_samples)
+    n_inner = validation.positive_int("n_inner", n_inner)
+    chunk = max(1, 2 ** 15 // n_inner) if chunk is None else validation.positive_int("chunk", chunk)
     loo = estimator_spec("loo").fn
     parts = []
     for start in range(0, n_samples, chunk):

@@ -1,0 +1,70 @@
+"""Score-function estimators, exactly unbiased for grad F_N: ``unbiased`` and the
+leave-one-out ``loo``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from metarl_bench._src import validation
+from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
+                                                pathwise, row_params)
+from metarl_bench._src.trajectories import Trajectories
+
+
+def unbiased_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
+                          inner_lr: float, outer: OuterSampler | None = None,
+                          baseline: float = 0.0) -> torch.Tensor:
+    """Score-function (exactly unbiased) estimate of grad F_N.
+
+    estimate = (I + eta J_N)^T grad V(theta') + (V(theta') - b) sum_i s(tau_i),
+    s(tau) = sum_t grad log pi(a_t|x_t); b a constant ``baseline`` (keeps it unbiased).
+
+    Reference: A. Fallah, K. Georgiev, A. Mokhtari, A. Ozdaglar. On the Convergence Theory
+    of Debiased Model-Agnostic Meta-Reinforcement Learning. NeurIPS 2021, arXiv:2002.05135.
+    Shapes: inner (R, N, T) -> (R, *P).
+    Bias/variance: unbiased for grad F_N at every N; variance Theta(N) (a sum of N zero-mean
+    scores times an O(1) scalar), O(1) with a good constant baseline.
+    """
+    baseline = validation.finite_float("baseline", baseline)
+    step = inner_step(task, theta, inner, inner_lr)
+    out = outer_at(task, step.adapted, inner.task_index, outer)
+    score_term = ((out.value - baseline).unsqueeze(-1) * step.log_prob.sum(-1)).sum()
+    return grad_of(pathwise(step, out) + score_term, step.params)
+
+
+def loo_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
+                     inner_lr: float, outer: OuterSampler | None = None) -> torch.Tensor:
+    """Leave-one-out score function estimate: exactly unbiased with O(1/N) variance.
+
+    estimate = (I + eta J_N)^T grad V(theta') + sum_i (V(theta') - V(theta'_{-i})) s(tau_i),
+    theta'_{-i} = theta' - (eta/N) g(tau_i), which does not depend on tau_i, so each
+    control variate has mean zero. Needs the exact V (tasks with a model, exact outer).
+
+    Reference: Y. Tang. Biased Gradient Estimate with Drastic Variance Reduction for Meta
+    Reinforcement Learning. ICML 2022, arXiv:2112.07328 (the construction LSF linearizes).
+    Shapes: inner (R, N, T) -> (R, *P).
+    Bias/variance: unbiased for grad F_N; variance O(1/N). Used for the finite-N ground
+    truth of tasks without an enumeration.
+    """
+    if outer is not None:
+        raise UnsupportedError("estimator 'loo' needs the exact outer value: use n_outer=None")
+    step = inner_step(task, theta, inner, inner_lr)
+    out = outer_at(task, step.adapted, inner.task_index, None)
+    # per-trajectory inner gradients g(tau_i): one parameter copy per trajectory
+    single = inner.one_per_row()
+    per_traj_params = row_params(theta, single.n_rows)
+    per_traj_objective = (task.log_prob(per_traj_params, single)
+                          * step.returns.reshape(single.n_rows, 1, -1)).sum()
+    (per_traj_grad,) = torch.autograd.grad(per_traj_objective, per_traj_params)
+    n_rows, n_traj = inner.n_rows, inner.n_traj
+    per_traj_grad = per_traj_grad.reshape(n_rows, n_traj, *theta.shape)
+    left_out = step.adapted.detach().unsqueeze(1) - (inner_lr / n_traj) * per_traj_grad
+    with torch.no_grad():
+        value_left_out = task.value(left_out.reshape(n_rows * n_traj, *theta.shape),
+                                    single.task_index).reshape(n_rows, n_traj)
+    control = out.value.unsqueeze(-1) - value_left_out                         # (R, N)
+    score_term = (control * step.log_prob.sum(-1)).sum()
+    return grad_of(pathwise(step, out) + score_term, step.params)

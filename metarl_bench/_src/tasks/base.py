@@ -1,0 +1,108 @@
+"""The task interface, and the helpers tasks share: seeded uniform draws, inverse-CDF
+sampling, and checked conversion of user arrays."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from metarl_bench._src.errors import ParameterError, ShapeError
+from metarl_bench._src.trajectories import Trajectories
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None,
+             like: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) draws made on the generator's own device, then moved to ``like``'s device.
+
+    Drawing on the generator's device lets a CPU generator drive a CUDA computation, and
+    keeps the draws identical whichever device computes with them.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    draws = torch.rand(shape, generator=generator, device=gen_device, dtype=like.dtype)
+    return draws.to(like.device)
+
+
+def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index of the first cdf entry above u; cdf (..., K), u (...,) -> long (...)."""
+    index = (cdf < u.unsqueeze(-1)).sum(-1)
+    return index.clamp_(max=cdf.shape[-1] - 1)  # cdf[-1] may round to just below 1
+
+
+class Task:
+    """Interface every task satisfies (subclass it for a new task).
+
+    Attributes: ``name``, ``param_shape`` (shape of theta), ``n_tasks`` (size of the task
+    distribution; the meta-objective averages over it), ``horizon`` T, ``gamma``,
+    ``has_model`` (exact V available), ``params`` (the constructor arguments, for reports).
+    """
+
+    name: str = "task"
+    param_shape: tuple[int, ...] = ()
+    n_tasks: int = 1
+    horizon: int = 1
+    gamma: float = 1.0
+    has_model: bool = False
+    params: dict[str, Any] = {}
+
+    def initial_params(self, dtype: torch.dtype = torch.float64,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
+               generator: torch.Generator | None) -> Trajectories:
+        """``n_traj`` trajectories for each row of ``params`` (R, *param_shape)."""
+        raise NotImplementedError
+
+    def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
+        """log pi_theta(a_t|x_t) for each row's own parameters: (R, *P) -> (R, N, T)."""
+        raise NotImplementedError
+
+    def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """Exact, differentiable V(theta) of each row in its task: (R, *P) -> (R,)."""
+        raise NotImplementedError
+
+    def enumeration_size(self, n_inner: int) -> int | None:
+        """How many outcomes ``enumerate_inner`` lists for N inner samples (None: it can't)."""
+        return None
+
+    def enumerate_inner(self, theta: torch.Tensor, n_inner: int
+                        ) -> Iterator[tuple[torch.Tensor, Trajectories]]:
+        """Exact enumeration of the inner samples (tasks with an ``enumeration_size``).
+
+        Yields (log-probability of each row (C,), one row of ``n_inner`` trajectories per
+        outcome) per task and per chunk; every outcome appears once with its probability.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{self.name}({shown})"
+
+
+def as_tensor(name: str, value: Any, shapes: Sequence[tuple[int, ...]]) -> torch.Tensor:
+    try:
+        out = torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be an array of numbers, got {value!r}") from None
+
+    def fits(shape: tuple[int, ...]) -> bool:
+        return out.dim() == len(shape) and all(d in (-1, n) for d, n in zip(shape, out.shape))
+
+    if not any(fits(shape) for shape in shapes):
+        def show(shape: tuple[int, ...]) -> str:
+            dims = ["K" if d == -1 else str(d) for d in shape]
+            return f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+
+        allowed = " or ".join(show(s) for s in shapes)
+        raise ShapeError(f"{name} must have shape {allowed}, got {tuple(out.shape)}")
+    if not torch.isfinite(out).all():
+        raise ParameterError(f"{name} contains NaN or infinite entries")
+    return out
+
+
+def distribution(name: str, value: torch.Tensor) -> torch.Tensor:
+    if (value < 0).any() or not torch.allclose(value.sum(-1), torch.ones(()).double(), atol=1e-9):
+        raise ParameterError(f"{name} must be non-negative and sum to 1 along its last axis")
+    return value
