@@ -260,7 +260,7 @@ def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inn
     if not torch.isfinite(estimates).all():
         raise UnsupportedError(f"estimator {spec.name!r} returned non-finite estimates at "
                                f"N={n}; lower inner_lr or check the estimator")
-    if exact and supports_exact_moments(task, spec, n, n_outer):
+    if exact and supports_exact_moments(task, spec, n, n_outer, options):
         moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=inner_lr,
                                 truth=reference, **options)
         stats = summarize_exact(moments.mean, moments.covariance, reference, moments.mean_cosine)

@@ -42,7 +42,9 @@ class EstimatorSpec:
     moments by enumeration and by the per-trial reference); ``reference``: its slow,
     obviously-correct twin with the from-samples signature; ``needs_model``: it needs the
     exact V of the task; ``count_determined``: with exact outer its value depends on the
-    inner samples only through their multiset (so bandit moments can be enumerated).
+    inner samples only through their multiset (so bandit moments can be enumerated); a
+    function of the call's options where that depends on them (a noisy critic is random
+    beyond the samples).
     """
 
     name: str
@@ -50,8 +52,14 @@ class EstimatorSpec:
     from_samples: Callable[..., torch.Tensor] | None = None
     reference: Callable[..., torch.Tensor] | None = None
     needs_model: bool = False
-    count_determined: bool = False
+    count_determined: bool | Callable[[dict[str, Any]], bool] = False
     options: tuple[str, ...] = field(default=())
+
+    def is_count_determined(self, options: dict[str, Any] | None = None) -> bool:
+        """Whether, with these options, the value depends on the inner samples' counts alone."""
+        if callable(self.count_determined):
+            return bool(self.count_determined(dict(options or {})))
+        return bool(self.count_determined)
 
     @property
     def summary(self) -> str:
@@ -101,7 +109,8 @@ def keyword_options(fn: Callable[..., Any]) -> tuple[str, ...]:
 def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None, *,
                        from_samples: Callable[..., torch.Tensor] | None = None,
                        reference: Callable[..., torch.Tensor] | None = None,
-                       needs_model: bool = False, count_determined: bool = False,
+                       needs_model: bool = False,
+                       count_determined: bool | Callable[[dict[str, Any]], bool] = False,
                        overwrite: bool = False):
     """Register an estimator under ``name``; usable as a decorator when ``fn`` is omitted.
 

@@ -21,6 +21,7 @@ stack of the per-row gradients, all from one backward pass.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -126,6 +127,8 @@ def validate_call(task: Any, theta: torch.Tensor, n_inner: Any, inner_lr: Any, n
 def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = False):
     """The registered estimator built from a from-samples form (docstring carried over)."""
     allowed = keyword_options(from_samples)
+    # estimators random beyond their samples (a noisy critic) draw from the call's generator
+    takes_generator = "generator" in inspect.signature(from_samples).parameters
 
     @functools.wraps(from_samples)
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
@@ -145,6 +148,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
         inner = task.sample(rows, n_inner, task_index, generator)
         outer = None if n_outer is None else (
             lambda adapted, index: task.sample(adapted, n_outer, index, generator))
+        if takes_generator:
+            options["generator"] = generator
         estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer, **options)
         return estimates.reshape(n_trials, task.n_tasks, *theta.shape).mean(1).detach()
 

@@ -115,6 +115,26 @@ class TabularTask(Task):
         return value
 
 
+    def state_values(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """Exact value of each state at each time under each row's policy: (R, *P) -> (R, T, S).
+
+        W[r, t, s] = E[sum_{t' >= t} gamma**t' r_t' | x_t = s], discounted from time 0 like
+        the rewards-to-go of ``trajectories.reward_to_go``, so that G_t - W[t, x_t] is the
+        advantage of step t in the same units (W[:, 0] . start = V). Backward recursion over
+        the remaining horizon, W[T-1] = gamma**(T-1) r_pi, W[t] = gamma**t r_pi + P_pi W[t+1].
+        """
+        start, transitions, rewards, _, _ = self._model(params)
+        pi = torch.softmax(self._logits(params), dim=-1)                 # (R, S, A)
+        reward_pi = (pi * rewards[task_index]).sum(-1)                    # (R, S)
+        transition_pi = (self._policy_transitions(pi, transitions, task_index)
+                         if self.horizon > 1 else None)
+        values = [self.gamma ** (self.horizon - 1) * reward_pi]
+        for t in range(self.horizon - 2, -1, -1):
+            later = torch.bmm(transition_pi, values[-1].unsqueeze(-1)).squeeze(-1)
+            values.append(self.gamma ** t * reward_pi + later)
+        return torch.stack(values[::-1], 1)
+
+
 def make_tabular(*, n_states: int = 10, n_actions: int = 4, horizon: int = 10,
                  gamma: float = 0.9, concentration: float = 1.0, n_tasks: int = 1,
                  seed: int = 0, init_scale: float = 1.0, transitions: Any = None,
