@@ -269,7 +269,8 @@ def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inn
     generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, spec.name, n))
     # large cells in chunks of about 2**20 trajectories, so memory stays bounded; the chunk
     # depends on N alone and the generator runs on, so results do not depend on the machine
-    per_chunk = max(1, 2 ** 20 // ((n + (n_outer or 0)) * task.n_tasks))
+    per_task = spec.trajectories_per_task(n, n_outer, options)
+    per_chunk = max(1, 2 ** 20 // (per_task * task.n_tasks))
     start = time.perf_counter()
     estimates = torch.cat([
         spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=min(per_chunk, n_trials - lo),
@@ -290,7 +291,7 @@ def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inn
         stats = summarize(estimates, reference, reference_samples, n_boot=n_boot,
                           seed=cell_seed(seed, "bootstrap", spec.name, n))
         kind = "monte-carlo"
-    trajectories = task.n_tasks * (n + (n_outer or 0))
+    trajectories = task.n_tasks * per_task
     return plain(dict(task=task.name, estimator=spec.name, n_inner=n, n_outer=n_outer,
                 inner_lr=inner_lr, n_trials=n_trials, truth=truth, truth_kind=truth_kind,
                 moments=kind, **stats, truth_norm=float(reference.norm()),

@@ -17,7 +17,7 @@ from metarl_bench._src.estimators.common import batched
 from metarl_bench._src.estimators.dice import (dice_from_samples, loaded_dice_from_samples,
                                               lvc_from_samples, taypo_from_samples)
 from metarl_bench._src.estimators.emaml import emaml_from_samples
-from metarl_bench._src.estimators.es_maml import es_maml
+from metarl_bench._src.estimators.es_maml import es_maml, es_maml_trajectories
 from metarl_bench._src.estimators.exact import exact
 from metarl_bench._src.estimators.lsf import lsf_from_samples
 from metarl_bench._src.estimators.maml import fomaml_from_samples, maml_from_samples
@@ -39,7 +39,7 @@ def _register_builtin() -> None:
         register_estimator(name, batched(from_samples, needs_model=needs_model),
                            from_samples=from_samples, reference=twin, needs_model=needs_model,
                            count_determined=_without_noisy_critic, overwrite=True)
-    register_estimator("es-maml", es_maml, overwrite=True)
+    register_estimator("es-maml", es_maml, trajectories=es_maml_trajectories, overwrite=True)
     register_estimator("exact", exact, needs_model=True, overwrite=True)
 
 

@@ -10,6 +10,8 @@ from metarl_bench._src import validation
 from metarl_bench._src.estimators.common import OuterSampler, validate_call
 from metarl_bench._src.trajectories import Trajectories, discounted_return, reward_to_go
 
+DEFAULT_PERTURBATIONS = 1
+
 
 def perturbed_points(theta: torch.Tensor, perturbations: torch.Tensor,
                      sigma: float) -> torch.Tensor:
@@ -57,9 +59,14 @@ def es_maml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     return (estimate / (2.0 * sigma * n_perturbations)).reshape(n_rows, *theta.shape)
 
 
+def es_maml_trajectories(n_inner: int, n_outer: int | None, options: dict[str, Any]) -> int:
+    """2 P (N + M): every perturbed point samples its own inner and outer trajectories."""
+    return 2 * options.get("n_perturbations", DEFAULT_PERTURBATIONS) * (n_inner + (n_outer or 0))
+
+
 def es_maml(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float, n_trials: int,
             n_outer: int | None = None, generator: torch.Generator | None = None,
-            n_perturbations: int = 1, sigma: float = 0.1) -> torch.Tensor:
+            n_perturbations: int = DEFAULT_PERTURBATIONS, sigma: float = 0.1) -> torch.Tensor:
     """ES-MAML: antithetic Gaussian perturbations of theta, each adapted and evaluated.
 
     estimate = (1 / (2 sigma P)) sum_p [F(theta + sigma e_p) - F(theta - sigma e_p)] e_p,

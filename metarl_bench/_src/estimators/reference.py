@@ -90,10 +90,19 @@ def maml(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Ten
 
 @_per_row
 def unbiased(row: _Row, traj: Trajectories, task: Any, inner_lr: float,
-             baseline: float = 0.0) -> torch.Tensor:
-    """(I + eta J_N)^T grad V(theta') + (V(theta') - b) sum_i s(tau_i)."""
+             baseline: float | str = 0.0) -> torch.Tensor:
+    """(I + eta J_N)^T grad V(theta') + sum_i (V(theta') - b_i) s(tau_i), b_i = b or the
+    mean return of the other trajectories."""
     pathwise = row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
-    return pathwise + (row.value - baseline) * row.scores.sum(0)
+    if baseline != "loo-mean":
+        return pathwise + (row.value - baseline) * row.scores.sum(0)
+    returns = discounted_return(traj.rewards, task.gamma)[0]
+    n_traj = returns.shape[0]
+    for i in range(n_traj):
+        others = [float(returns[j]) for j in range(n_traj) if j != i]
+        left_out_mean = sum(others) / len(others) if others else 0.0
+        pathwise = pathwise + (row.value - left_out_mean) * row.scores[i]
+    return pathwise
 
 
 @_per_row
