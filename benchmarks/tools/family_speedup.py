@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-trial-rows", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default=None, help="comma list of estimator names")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +78,10 @@ def main() -> None:
     header = (f"{'estimator':<58} {'call':>8} {'lsf call':>9} {'batched':>8} "
               f"{'per-trial':>10} {'speed-up':>9} {'call/lsf':>9}")
     print(header)
+    wanted = None if args.only is None else set(args.only.split(","))
     for name, options in CASES:
+        if wanted is not None and name not in wanted:
+            continue
         spec = mb.estimator_spec(name)
         if name == "es-maml":
             p = 1

@@ -8,7 +8,7 @@ import torch
 
 from metarl_bench._src import validation
 from metarl_bench._src.estimators.common import OuterSampler, validate_call
-from metarl_bench._src.trajectories import Trajectories, discounted_return, reward_to_go
+from metarl_bench._src.trajectories import Trajectories, discounted_return, discounts
 
 DEFAULT_PERTURBATIONS = 1
 
@@ -43,8 +43,13 @@ def es_maml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     n_rows, n_perturbations = perturbations.shape[:2]
     points = perturbed_points(theta, perturbations, sigma).requires_grad_()
     log_prob = task.log_prob(points, inner)
-    returns = reward_to_go(inner.rewards, task.gamma)
-    (inner_grad,) = torch.autograd.grad((log_prob * returns).sum(-1).mean(-1).sum(), points)
+    # G_t = (sum of all) - (sum up to t) + (term t): the rewards-to-go without reversing the
+    # time axis twice, which was a third of the whole cost here
+    discounted_rewards = inner.rewards * discounts(task.gamma, inner.horizon, inner.rewards)
+    returns = (discounted_rewards.sum(-1, keepdim=True) - discounted_rewards.cumsum(-1)
+               + discounted_rewards)
+    objective = (log_prob * returns).sum(-1).mean(-1)
+    (inner_grad,) = torch.autograd.grad(objective.sum(), points)
     adapted = (points + inner_lr * inner_grad).detach()
     with torch.no_grad():
         if outer is None:
