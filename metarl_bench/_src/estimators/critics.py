@@ -12,9 +12,11 @@ Critics (the ``critic`` option):
 * ``"exact"``: the task's exact W_t(s) at the current policy (tasks with a tabular model);
 * ``"noisy-exact"``: the exact one plus seeded Gaussian noise gamma**t * critic_noise * eps
   per (row, time, state): a critic with a known error, drawn from the call's generator;
-* ``"linear"``: least squares on the row's own N trajectories of the undiscounted-from-t
-  return on one-hot state and time features (t/T, (t/T)**2, (t/T)**3), as the linear feature
-  baseline of MAML-RL and ProMP, with a ridge term that keeps the system positive definite.
+* ``"linear"``: least squares, on the row's own N trajectories, of the return from each step
+  (discounted from that step) on one-hot state and time features (t/T, (t/T)**2, (t/T)**3),
+  as the linear feature baseline of MAML-RL and ProMP, with a ridge term that keeps the
+  system positive definite (unvisited states, a constant time feature); the fit is then
+  scaled by gamma**t into time-0 units.
 """
 
 from __future__ import annotations
