@@ -28,17 +28,22 @@ def format_result(result: Any) -> str:
              f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
              f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
     rows = []
+    problems = []
     for r in result.records:
+        if r.get("problem"):
+            problems.append(f"  {r['estimator']} at N={r['n_inner']}: {r['problem']}")
         lo, hi = r["bias_ci"]
         rows.append([r["estimator"], r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
                      _num(r["bias_noise"]),
                      _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
-                     _num(r["mse_x_trajectories"]), r["moments"], f"{r['seconds'] * 1e3:.1f}"])
+                     _num(r["mse_x_trajectories"]), r["moments"] or "-", f"{r['seconds'] * 1e3:.1f}"])
     header = ["estimator", "N", "bias", "bias 95% CI", "noise", "variance", "mse", "cosine",
               "mse x traj", "moments", "ms"]
     parts = [title, _table(header, rows),
              "bias = |mean - truth|; its interval is for the true bias; noise = what bias reads "
              "when the true bias is 0"]
+    if problems:
+        parts.append("no statistics (shown as -) for these cells:\n" + "\n".join(problems))
     if result.slopes:
         by_estimator: dict[str, dict[str, Any]] = {}
         for s in result.slopes:
