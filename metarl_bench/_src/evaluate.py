@@ -324,13 +324,12 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
                        truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
                        options=options)
         store = Store(jsonl) if jsonl is not None else None
-        todo = [c for c in checked.configs if force or store is None or cell_key(c) not in store]
-        total = check_resources(checked.task, todo, max_work)
+        total = check_resources(checked.task, pending(checked, store, force), max_work)
         on_record = progress if callable(progress) and progress is not True else None
         advance, bar = as_advance(bool(progress) if on_record is None else None, total,
                                   f"evaluate {task.name}", "traj")
         try:
-            lines = _run(checked, store, force, advance, on_record)
+            lines = run_plan(checked, store, force, advance, on_record)
         finally:
             if bar is not None:
                 bar.close()
@@ -338,8 +337,17 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     return result
 
 
-def _run(checked: Plan, store: Store | None, force: bool, advance: Callable[[float], None],
-         on_record: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+def pending(checked: Plan, store: Store | None, force: bool) -> list[dict[str, Any]]:
+    """The cells of a plan still to compute: all of them, or those not in the store."""
+    return [c for c in checked.configs if force or store is None or cell_key(c) not in store]
+
+
+def run_plan(checked: Plan, store: Store | None, force: bool,
+             advance: Callable[[float], None] = lambda n: None,
+             on_record: Callable[[dict[str, Any]], None] | None = None
+             ) -> list[dict[str, Any]]:
+    """Compute a plan's pending cells in order, appending each to ``store`` as it finishes;
+    returns the store lines of every cell of the plan (computed or read back)."""
     lines = []
     for configs in checked.cells.values():
         missing = [c for c in configs if force or store is None or cell_key(c) not in store]
