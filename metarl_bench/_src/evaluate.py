@@ -13,6 +13,7 @@ and still agree bit for bit with a serial run.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -397,13 +398,15 @@ def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
                     **kwargs: Any) -> torch.Tensor:
     """Call a registered estimator and check what it returns, naming it if it misbehaves."""
     try:
-        out = spec.fn(task, theta, n_trials=n_trials, **kwargs)
+        inspect.signature(spec.fn, follow_wrapped=False).bind(task, theta, n_trials=n_trials,
+                                                              **kwargs)
     except TypeError as exc:
-        if "argument" not in str(exc):
-            raise
         raise UnsupportedError(
             f"estimator {spec.name!r} cannot be called as fn(task, theta, *, n_inner, inner_lr, "
             f"n_trials, n_outer, generator, **options): {exc}") from None
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        pass
+    out = spec.fn(task, theta, n_trials=n_trials, **kwargs)
     expected = (n_trials, *theta.shape)
     if not isinstance(out, torch.Tensor):
         raise ShapeError(f"estimator {spec.name!r} returned a {type(out).__name__}; expected a "

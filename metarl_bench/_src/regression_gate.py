@@ -230,11 +230,16 @@ def load_baseline(spec: str, estimators: list[str] | None, rounds: int
 
     if spec.endswith(".json") or os.path.isfile(spec):
         try:
-            with open(spec) as handle:
+            with open(spec, encoding="utf-8") as handle:
                 data = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ParameterError(f"--baseline {spec!r}: cannot read a suite JSON: {exc}") from None
-        if data.get("suite_version") != SUITE_VERSION:
+        except OSError as exc:
+            raise ParameterError(f"--baseline {spec!r}: cannot be read: {exc.strerror}"
+                                 ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ParameterError(f"--baseline {spec!r}: not a suite JSON file (binary, not "
+                                 f"UTF-8, or not JSON)") from None
+        if not isinstance(data, dict) or data.get("suite_version") != SUITE_VERSION:
+            data = data if isinstance(data, dict) else {}
             raise ParameterError(f"--baseline {spec!r}: suite_version "
                                  f"{data.get('suite_version')!r}, expected {SUITE_VERSION}")
         return data, spec
