@@ -157,7 +157,7 @@ def test_sigkill_then_the_same_command_gives_the_uninterrupted_file(tmp_path):
     command = [sys.executable, "-m", "metarl_bench._src.cli", "run", "--task", "tabular-v0",
                "--task-param", "n_states=3", "--task-param", "n_actions=2",
                "--task-param", "horizon=3", "--estimators", "lsf,maml",
-               "--n-inner", "1,2,3,4,5,6,7,8,9,10,11,12", "--trials", "400",
+               "--n-inner", "1,2,3,4,5,6,7,8", "--trials", "200",
                "--truth", "limit", "--quiet"]
     killed, whole = tmp_path / "killed.jsonl", tmp_path / "whole.jsonl"
     process = subprocess.Popen(command + ["--json", str(killed)], stdout=subprocess.DEVNULL,
@@ -165,7 +165,7 @@ def test_sigkill_then_the_same_command_gives_the_uninterrupted_file(tmp_path):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
-            if killed.exists() and killed.read_bytes().count(b"\n") >= 3:
+            if killed.exists() and killed.read_bytes().count(b"\n") >= 2:
                 break
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
@@ -173,8 +173,8 @@ def test_sigkill_then_the_same_command_gives_the_uninterrupted_file(tmp_path):
     finally:
         process.kill()
     n_before = killed.read_bytes().count(b"\n")
-    assert process.returncode == -signal.SIGKILL and 3 <= n_before < 24
-    for path in (killed, whole):
-        done = subprocess.run(command + ["--json", str(path)], capture_output=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+    assert process.returncode == -signal.SIGKILL and 2 <= n_before < 16
+    done = subprocess.run(command + ["--json", str(killed)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert main(command[3:] + ["--json", str(whole)]) == 0       # uninterrupted, in-process
     assert without_timing(killed) == without_timing(whole)
