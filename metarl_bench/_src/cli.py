@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--z", type=_float, default=3.0,
                        help="joint standard errors a statistic may worsen by (default: 3)")
     check.add_argument("--all", action="store_true", help="show unchanged rows too")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

@@ -266,9 +266,12 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
         n_truth = config["truth_samples"] if estimated_truth(task, config) else None
         sizes = dict(n_inner=config["n_inner"], n_outer=config["n_outer"],
                      n_trials=config["n_trials"], truth_samples=n_truth)
+        exact_stats = config["exact"] and supports_exact_moments(
+            task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"])
         resources.check_memory(
             resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
-                                  dtype=getattr(torch, config["dtype"])),
+                                  dtype=getattr(torch, config["dtype"]),
+                                  bootstrap=not exact_stats),
             f"the cell {config['estimator']} at N={config['n_inner']} on {task.name} "
             f"(n_trials={config['n_trials']}, n_outer={config['n_outer']}, "
             f"truth_samples={n_truth})",

@@ -149,7 +149,8 @@ def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtyp
 
 
 def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
-                truth_samples: int | None, n_boot: int, dtype: torch.dtype) -> float:
+                truth_samples: int | None, n_boot: int, dtype: torch.dtype,
+                bootstrap: bool = True) -> float:
     """Estimated peak bytes of one evaluation cell (see the module docstring)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     n_params = _shape(task)[0]
@@ -164,8 +165,8 @@ def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
         truth = min(loo_chunk, truth_samples) * task.n_tasks * n_inner * (
             bytes_per_trajectory(task, itemsize) + bytes_per_row(task, True, itemsize))
     kept = 8 * n_params * (n_trials + (truth_samples or 0))
-    bootstrap = 8 * 3 * n_boot * (n_trials + (truth_samples or 0))
-    return max(estimator, truth) + kept + bootstrap
+    resampling = 8 * 3 * n_boot * (n_trials + (truth_samples or 0)) if bootstrap else 0
+    return max(estimator, truth) + kept + resampling
 
 
 def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
