@@ -320,6 +320,9 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     """
     if not isinstance(force, bool):
         raise ParameterError(f"force must be True or False, got {force!r}")
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise ParameterError(f"progress must be True, False, None or a callable, got "
+                             f"{type(progress).__name__}")
     if max_work is not None:
         max_work = validation.finite_float("max_work", max_work, positive=True)
     with resources.limit_memory(max_memory):
@@ -329,9 +332,8 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
                        options=options)
         store = Store(jsonl) if jsonl is not None else None
         total = check_resources(checked.task, pending(checked, store, force), max_work)
-        on_record = progress if callable(progress) and progress is not True else None
-        advance, bar = as_advance(bool(progress) if on_record is None else None, total,
-                                  f"evaluate {task.name}", "traj")
+        on_record = None if progress is None or isinstance(progress, bool) else progress
+        advance, bar = as_advance(progress is True, total, f"evaluate {task.name}", "traj")
         try:
             lines = run_plan(checked, store, force, advance, on_record)
         finally:
