@@ -206,8 +206,11 @@ def _check(args: argparse.Namespace) -> int:
     if args.save:
         _writable(args.save, "--save")
     estimators = _estimator_names(args.estimators) if args.estimators else None
+    from metarl_bench._src.progress import wanted
+
     return run_check(args.baseline, estimators=estimators, rounds=args.rounds, z=args.z,
-                     factor=args.factor, save=args.save, show_all=args.all)
+                     factor=args.factor, save=args.save, show_all=args.all,
+                     progress=wanted(args.quiet))
 
 
 def _estimator_names(text: str) -> list[str]:

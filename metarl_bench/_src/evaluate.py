@@ -268,15 +268,14 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
                      n_trials=config["n_trials"], truth_samples=n_truth)
         exact_stats = config["exact"] and supports_exact_moments(
             task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"])
+        needed, driver = resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
+                                               dtype=getattr(torch, config["dtype"]),
+                                               bootstrap=not exact_stats)
         resources.check_memory(
-            resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
-                                  dtype=getattr(torch, config["dtype"]),
-                                  bootstrap=not exact_stats),
-            f"the cell {config['estimator']} at N={config['n_inner']} on {task.name} "
+            needed, f"the cell {config['estimator']} at N={config['n_inner']} on {task.name} "
             f"(n_trials={config['n_trials']}, n_outer={config['n_outer']}, "
             f"truth_samples={n_truth})",
-            "lower n_inner / n_trials / n_outer / truth_samples, or raise the limit "
-            "(--max-memory SIZE, max_memory=)")
+            f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
         steps += resources.cell_work(task, **sizes)
         trajectories += _cell_trajectories(task, config, n_truth)
     resources.check_work(steps, max_work, f"this evaluation ({len(configs)} cells)",

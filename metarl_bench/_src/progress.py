@@ -31,9 +31,12 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
 
-    def note(self, text: str) -> None:
+    def set(self, done: float, total: float) -> None:
+        """Jump to ``done`` of ``total`` (for work counted elsewhere, e.g. a child process)."""
         if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -148,10 +148,16 @@ def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtyp
     return max(1, min(2 ** 20 // trajectories, int(2 ** 30 // per_trial)))
 
 
+#: The API argument and the CLI flag that set each size a memory estimate depends on.
+FLAGS = {"n_inner": "n_inner (--n-inner)", "n_outer": "n_outer (--n-outer)",
+         "n_trials": "n_trials (--trials)", "truth_samples": "truth_samples (--truth-samples)"}
+
+
 def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
                 truth_samples: int | None, n_boot: int, dtype: torch.dtype,
-                bootstrap: bool = True) -> float:
-    """Estimated peak bytes of one evaluation cell (see the module docstring)."""
+                bootstrap: bool = True) -> tuple[float, str]:
+    """Estimated peak bytes of one evaluation cell (see the module docstring), and the
+    argument that drives the largest part of it (to name in a refusal)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     n_params = _shape(task)[0]
     trajectories = n_inner + (n_outer or 0)
@@ -164,9 +170,14 @@ def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
         loo_chunk = max(1, 2 ** 15 // n_inner)
         truth = min(loo_chunk, truth_samples) * task.n_tasks * n_inner * (
             bytes_per_trajectory(task, itemsize) + bytes_per_row(task, True, itemsize))
-    kept = 8 * n_params * (n_trials + (truth_samples or 0))
-    resampling = 8 * 3 * n_boot * (n_trials + (truth_samples or 0)) if bootstrap else 0
-    return max(estimator, truth) + kept + resampling
+    samples = n_trials + (truth_samples or 0)
+    kept = 8 * n_params * samples + (8 * 3 * n_boot * samples if bootstrap else 0)
+    parts = {
+        "n_outer" if (n_outer or 0) > n_inner else "n_inner": max(estimator, truth),
+        "truth_samples" if (truth_samples or 0) > n_trials else "n_trials": kept,
+    }
+    driver = max(parts, key=parts.get)
+    return max(estimator, truth) + kept, FLAGS[driver]
 
 
 def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
