@@ -260,7 +260,7 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
         cluster = None
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.CRITICAL)
         client = Client(cluster)
     where = scheduler or f"a local cluster of {workers} processes"
     n_todo = sum(len(v) for v in todo.values())
