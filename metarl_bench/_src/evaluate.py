@@ -28,7 +28,8 @@ from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.progress import as_advance
 from metarl_bench._src.registry import estimator_spec
-from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
+from metarl_bench._src.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
+                                     summarize_exact)
 from metarl_bench._src.store import (SCHEMA_VERSION, Store, cell_key, latest, make_line, plain,
                                      read_lines)
 from metarl_bench._src.tasks import Task
@@ -103,7 +104,8 @@ def results_of(lines: Iterable[dict[str, Any]]) -> list[Result]:
             result.config["n_inner"].append(record["n_inner"])
     for result in groups.values():
         result.config["n_inner"].sort()
-        result.slopes = fit_slopes(result.records)
+        result.slopes = fit_slopes(result.records,
+                                   eps=torch.finfo(getattr(torch, result.config["dtype"])).eps)
     return list(groups.values())
 
 
@@ -120,20 +122,42 @@ def load_results(path: str | os.PathLike) -> list[Result]:
     return results_of(latest(read_lines(path)).values())
 
 
-def fit_slopes(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Log-log slopes of bias, variance and MSE against N, per (task, estimator, options)."""
+def fit_slopes(records: Sequence[dict[str, Any]], *, eps: float = torch.finfo(torch.float64).eps
+               ) -> list[dict[str, Any]]:
+    """Log-log slopes of bias, variance and MSE against N, per (task, estimator, options).
+
+    Only values that mean something enter a fit: finite, above the floating-point floor
+    (1e4 machine epsilons of the truth's norm, squared for variance and MSE: an exactly
+    unbiased estimator's enumerated bias sits there), and for the bias, distinguishable from
+    zero (its interval excludes 0). With fewer than 3 such values no slope is given, and
+    ``reason`` says why.
+    """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in records:
         options = json.dumps(record.get("options") or {}, sort_keys=True)
         groups.setdefault((record["task"], record["estimator"], options), []).append(record)
     slopes = []
-    for (task, name, _), rows in groups.items():
+    for (task, name, options), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["n_inner"])
         for metric in SLOPE_METRICS:
-            fit = fit_log_log([r["n_inner"] for r in rows],
-                              [math.nan if r[metric] is None else r[metric] for r in rows])
-            slopes.append(plain(dict(task=task, estimator=name, metric=metric, slope=fit.slope,
-                                     stderr=fit.stderr, n_points=fit.n_points)))
+            xs, ys = [], []
+            for r in rows:
+                floor = 1e4 * eps * (r.get("truth_norm") or 0.0)
+                floor = floor ** 2 if metric != "bias" else floor
+                value = r.get(metric)
+                if value is None or not math.isfinite(value) or value <= floor:
+                    continue
+                if metric == "bias" and not (r.get("bias_ci") or [0.0])[0] > 0:
+                    continue
+                xs.append(r["n_inner"])
+                ys.append(value)
+            fit = fit_log_log(xs, ys)
+            reason = None if math.isfinite(fit.slope) else (
+                f"{len(ys)} of {len(rows)} values above noise; a slope needs "
+                f"{MIN_SLOPE_POINTS} at distinct N")
+            slopes.append(plain(dict(task=task, estimator=name, options=json.loads(options),
+                                     metric=metric, slope=fit.slope, stderr=fit.stderr,
+                                     n_points=fit.n_points, reason=reason)))
     return slopes
 
 
@@ -467,9 +491,6 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
         torch_version=torch.__version__))
 
 
-_STAT_FIELDS = ("bias", "variance", "mse", "cosine", "cosine_per_estimate")
-
-
 def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, Any],
                 options: dict[str, Any], estimates: torch.Tensor, n_nonfinite: int, truth: Truth
                 ) -> tuple[dict[str, Any], str | None]:
@@ -498,6 +519,8 @@ def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, An
         largest = float(flat.abs().max())
         problem = (f"the statistics overflow {str(theta.dtype).replace('torch.', '')} "
                    f"(largest |estimate| {largest:.3g})")
-    empty = {name: None for name in _STAT_FIELDS}
-    empty.update({f"{name}_ci": [None, None] for name in _STAT_FIELDS})
-    return {**empty, "bias_noise": None, "moments": None}, problem
+    empty = {name: None for name in METRICS}
+    empty.update({f"{name}_ci": [None, None] for name in METRICS})
+    empty.update({name: None for name in ("bias_raw", "bias_noise", "cosine_raw",
+                                          "correlation_raw")})
+    return {**empty, "moments": None}, problem
