@@ -363,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetaRLBenchError as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # run and sweep say what they kept; no traceback for the rest
+        print("metarl-bench: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into e.g. head, which stopped reading
         sys.stderr.close()
         return 0

@@ -42,13 +42,16 @@ TIMING_FIELDS = ("seconds",)
 
 
 def plain(value: Any) -> Any:
-    """JSON-ready copy: NaN and infinities become None (strict JSON has neither)."""
+    """JSON-ready copy: NaN and infinities become None (strict JSON has neither); arrays and
+    tensors (e.g. in a plug-in task's parameters) become lists."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy, torch
+        return plain(value.tolist())
     return value
 
 

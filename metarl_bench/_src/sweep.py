@@ -321,9 +321,14 @@ def main_sweep(args: Any) -> int:
 
         from metarl_bench._src.progress import wanted
 
-        computed, kept = run_sweep(sweep, store, force=args.force, serial=args.serial,
-                                   scheduler=args.scheduler, workers=args.workers,
-                                   max_work=max_work, progress=wanted(args.quiet), log=log)
+        try:
+            computed, kept = run_sweep(sweep, store, force=args.force, serial=args.serial,
+                                       scheduler=args.scheduler, workers=args.workers,
+                                       max_work=max_work, progress=wanted(args.quiet), log=log)
+        except KeyboardInterrupt:
+            print(f"metarl-bench: interrupted; {store.written} cells finished in this run are "
+                  f"kept in {output}", file=sys.stderr)
+            return 130
     for result in sweep_results(sweep, store):
         print(result.table() + "\n")
     print(f"{computed} cells computed, {kept} already in the store; results: {output}")
