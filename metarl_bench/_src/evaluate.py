@@ -333,7 +333,7 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
     ``{"unbiased": {"baseline": 0.5}}``.
 
-    ``jsonl``: a results store (see README, "Results"): each cell is appended as soon as it
+    ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it
     is finished, and cells already there are read back instead of recomputed (a resumed
     run); ``force=True`` recomputes and appends them again. ``progress``: True for a bar on
     stderr, or a function called with each finished record. ``max_memory`` (bytes or
