@@ -11,7 +11,8 @@ import torch
 
 from metarl_bench._src import validation
 from metarl_bench._src.errors import ShapeError
-from metarl_bench._src.tasks.base import Task, as_tensor, distribution, inverse_cdf, uniform
+from metarl_bench._src.tasks.base import (Task, alias_draw, alias_outcomes, alias_table,
+                                          as_tensor, distribution, uniform)
 from metarl_bench._src.trajectories import Trajectories
 
 
@@ -36,7 +37,7 @@ class TabularTask(Task):
         self._transitions = transitions
         self._rewards = rewards
         self._init_logits = init_logits
-        self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
 
     def _model(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (like.dtype, like.device)
@@ -55,27 +56,87 @@ class TabularTask(Task):
                        device: torch.device | str | None = None) -> torch.Tensor:
         return self._init_logits.to(dtype=dtype, device=device).reshape(self.param_shape).clone()
 
+    def _alias_model(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Flat alias tables of the start and transition laws, and the rewards, chained.
+
+        A sampled trajectory walks the indices  state * A  (the offset of the policy table
+        of that state) and  (state * A + action) * S  (the offset of the transition table
+        of that state-action pair), so each table's outcomes are stored as the offset of the
+        table the next draw reads and no arithmetic sits between two draws. Returns the
+        start thresholds (n_tasks*S,) and outcomes, the transition thresholds
+        (n_tasks*S*A*S,) and outcomes, and the rewards indexed by (task * S*A*S + state-
+        action offset) (n_tasks*S*A*S,). Built once in float64 on the CPU from the float64
+        model and then converted, so every dtype and device draws from the same tables.
+        """
+        key = ("alias", like.dtype, like.device)
+        if key not in self._cache:
+            n_states, n_actions = self.n_states, self.n_actions
+            policy_offset = torch.arange(n_states) * n_actions            # next state -> s*A
+            start_threshold, start_alias = alias_table(self._start)
+            step_threshold, step_alias = alias_table(self._transitions)
+            rewards = self._rewards.unsqueeze(-1).expand(-1, -1, -1, n_states)
+            tables = (start_threshold.reshape(-1),
+                      alias_outcomes(start_alias, policy_offset.expand_as(start_alias)),
+                      step_threshold.reshape(-1),
+                      alias_outcomes(step_alias, policy_offset.expand_as(step_alias)),
+                      rewards.reshape(-1))
+            self._cache[key] = tuple(
+                t.to(device=like.device, dtype=like.dtype if t.is_floating_point() else None)
+                for t in tables)
+        return self._cache[key]
+
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
+        """Trajectories by alias-table draws: one uniform and O(1) work per draw.
+
+        Per trajectory: the start state (one uniform), then per step the action and, unless
+        it is the last step, the next state (one uniform each), all rows and trajectories
+        at once; the draws are a fixed function of the generator's stream.
+        """
         params = params.detach()
         n_rows = params.shape[0]
-        _, _, rewards, start_cdf, transition_cdf = self._model(params)
-        probs = torch.softmax(self._logits(params), dim=-1)             # (R, S, A)
+        n_states, n_actions = self.n_states, self.n_actions
+        (start_threshold, start_outcomes, step_threshold, step_outcomes,
+         rewards_by_offset) = self._alias_model(params)
+        # rows that are views of one theta (the inner samples of a registered call) share
+        # one policy table: building R identical tables would cost more than the draws
+        shared = n_rows > 1 and params.stride(0) == 0
+        logits = self._logits(params[:1] if shared else params)
+        policy_threshold, policy_alias = alias_table(torch.softmax(logits, dim=-1))
+        state_action_offset = (torch.arange(n_states * n_actions, device=params.device)
+                               * n_states).reshape(n_states, n_actions)
+        policy_outcomes = alias_outcomes(policy_alias,
+                                         state_action_offset.expand_as(policy_alias))
+        policy_threshold = policy_threshold.reshape(-1)
+        row_offset = (None if shared else torch.arange(n_rows, device=params.device)
+                      .unsqueeze(1) * (n_states * n_actions))                      # (R, 1)
+        task_offset = (None if self.n_tasks == 1 else
+                       task_index.unsqueeze(1) * (n_states * n_actions * n_states))  # (R, 1)
         shape = (n_rows, n_traj)
-        rows = torch.arange(n_rows, device=params.device).unsqueeze(1)  # (R, 1)
-        tasks = task_index.unsqueeze(1)                                  # (R, 1)
-        state = inverse_cdf(start_cdf[tasks].expand(*shape, -1), uniform(shape, generator, params))
-        states, actions, rewards_t = [], [], []
+        state = alias_draw(start_threshold, start_outcomes, n_states,
+                           task_index.unsqueeze(1) * n_states, uniform(shape, generator, params))
+        states, state_actions = [], []
         for t in range(self.horizon):
-            action = inverse_cdf(probs[rows, state].cumsum(-1), uniform(shape, generator, params))
-            states.append(state)
-            actions.append(action)
-            rewards_t.append(rewards[tasks, state, action])
+            states.append(state)                                 # s * A
+            state_action = alias_draw(
+                policy_threshold, policy_outcomes, n_actions,
+                state if row_offset is None else state + row_offset,
+                uniform(shape, generator, params))
+            state_actions.append(state_action)                   # (s * A + a) * S
             if t + 1 < self.horizon:
-                state = inverse_cdf(transition_cdf[tasks, state, action],
-                                     uniform(shape, generator, params))
-        return Trajectories(torch.stack(states, -1), torch.stack(actions, -1),
-                            torch.stack(rewards_t, -1), task_index)
+                state = alias_draw(
+                    step_threshold, step_outcomes, n_states,
+                    state_action if task_offset is None else state_action + task_offset,
+                    uniform(shape, generator, params))
+        scaled_states = torch.stack(states, -1)
+        scaled_state_actions = torch.stack(state_actions, -1)
+        rewards_t = rewards_by_offset.take(
+            scaled_state_actions if task_offset is None
+            else scaled_state_actions + task_offset.unsqueeze(-1))
+        states_t = scaled_states.div_(n_actions, rounding_mode="floor")
+        actions_t = scaled_state_actions.div_(n_states, rounding_mode="floor").sub_(
+            states_t * n_actions)
+        return Trajectories(states_t, actions_t, rewards_t, task_index)
 
     def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
         if params.shape[0] != traj.n_rows:
