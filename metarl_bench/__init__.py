@@ -21,6 +21,7 @@ from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_
 
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
 register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
+register_task("tabular-discounted-v0", "metarl_bench._src.tasks.tabular:make_discounted_tabular")
 _estimators._register_builtin()
 
 __version__ = "0.1.0"

@@ -15,13 +15,20 @@ class Trajectories:
     same parameters, in the task ``task_index[row]`` of the task distribution.
 
     Shapes: ``states``, ``actions`` long (R, N, T); ``rewards`` (R, N, T) in the dtype of
-    the parameters; ``task_index`` long (R,).
+    the parameters; ``task_index`` long (R,); ``mask`` bool (R, N, T) or None.
+
+    Trajectories of different lengths (episodes that end at a random time) are padded to
+    the longest: ``mask`` is True on the steps that happened. A padded step has reward 0,
+    state and action 0, and a task's ``log_prob`` is 0 there, so it adds exactly zero to
+    every sum an estimator forms (returns, scores, DiCE's cumulative log-probabilities).
+    ``mask`` None: every step happened.
     """
 
     states: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     task_index: torch.Tensor
+    mask: torch.Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -37,7 +44,8 @@ class Trajectories:
 
     def rows(self, index: torch.Tensor | slice) -> "Trajectories":
         return Trajectories(self.states[index], self.actions[index], self.rewards[index],
-                            self.task_index[index])
+                            self.task_index[index],
+                            None if self.mask is None else self.mask[index])
 
     def one_per_row(self) -> "Trajectories":
         """Every trajectory as a row of its own: (R, N, T) -> (R*N, 1, T)."""
@@ -47,6 +55,7 @@ class Trajectories:
             self.actions.reshape(n_rows * n_traj, 1, horizon),
             self.rewards.reshape(n_rows * n_traj, 1, horizon),
             self.task_index.repeat_interleave(n_traj),
+            None if self.mask is None else self.mask.reshape(n_rows * n_traj, 1, horizon),
         )
 
 

@@ -105,14 +105,16 @@ class Task:
     """Interface every task satisfies (subclass it for a new task).
 
     Attributes: ``name``, ``param_shape`` (shape of theta), ``n_tasks`` (size of the task
-    distribution; the meta-objective averages over it), ``horizon`` T, ``gamma``,
+    distribution; the meta-objective averages over it), ``horizon`` T (None: episodes end
+    at a random time and batches are padded, see ``Trajectories.mask``), ``gamma`` (the
+    discount estimators apply to sampled rewards),
     ``has_model`` (exact V available), ``params`` (the constructor arguments, for reports).
     """
 
     name: str = "task"
     param_shape: tuple[int, ...] = ()
     n_tasks: int = 1
-    horizon: int = 1
+    horizon: int | None = 1
     gamma: float = 1.0
     has_model: bool = False
     params: dict[str, Any] = {}

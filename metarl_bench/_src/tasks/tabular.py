@@ -1,6 +1,7 @@
-"""Random finite-horizon tabular MDPs with a tabular softmax policy pi_theta(a|x) =
-softmax(theta[x])_a: the model (start distribution, transitions, rewards), batched sampling,
-log-probabilities and the exact value by propagating the state distribution."""
+"""Random tabular MDPs with a tabular softmax policy pi_theta(a|x) = softmax(theta[x])_a:
+finite-horizon (``tabular-v0``: exact value by propagating the state distribution) and
+discounted infinite-horizon (``tabular-discounted-v0``: exact value by a linear solve, episodes
+that end at random); the model, batched alias-table sampling and log-probabilities."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from metarl_bench._src import validation
-from metarl_bench._src.errors import ShapeError
+from metarl_bench._src.errors import ParameterError, ShapeError
 from metarl_bench._src.tasks.base import (Task, alias_draw, alias_outcomes, alias_table,
                                           as_tensor, distribution, uniform)
 from metarl_bench._src.trajectories import Trajectories
@@ -23,6 +24,8 @@ class TabularTask(Task):
     """
 
     has_model = True
+    #: probability of going on after each step (discounted tasks); None: fixed horizon
+    continue_probability: float | None = None
 
     def __init__(self, *, name: str, start: torch.Tensor, transitions: torch.Tensor,
                  rewards: torch.Tensor, horizon: int, gamma: float, init_logits: torch.Tensor,
@@ -115,19 +118,29 @@ class TabularTask(Task):
         shape = (n_rows, n_traj)
         state = alias_draw(start_threshold, start_outcomes, n_states,
                            task_index.unsqueeze(1) * n_states, uniform(shape, generator, params))
-        states, state_actions = [], []
-        for t in range(self.horizon):
+        states, state_actions, alive_steps = [], [], []
+        alive = torch.ones(shape, dtype=torch.bool, device=params.device)
+        while True:
             states.append(state)                                 # s * A
             state_action = alias_draw(
                 policy_threshold, policy_outcomes, n_actions,
                 state if row_offset is None else state + row_offset,
                 uniform(shape, generator, params))
             state_actions.append(state_action)                   # (s * A + a) * S
-            if t + 1 < self.horizon:
-                state = alias_draw(
-                    step_threshold, step_outcomes, n_states,
-                    state_action if task_offset is None else state_action + task_offset,
-                    uniform(shape, generator, params))
+            if self.continue_probability is None:
+                if len(states) == self.horizon:
+                    break
+            else:
+                alive_steps.append(alive)
+                alive = alive & (uniform(shape, generator, params) < self.continue_probability)
+                # no cap: the walk goes on until every episode has ended, so no episode is
+                # cut short (the padded length is the longest of R*N geometric lengths)
+                if not alive.any():
+                    break
+            state = alias_draw(
+                step_threshold, step_outcomes, n_states,
+                state_action if task_offset is None else state_action + task_offset,
+                uniform(shape, generator, params))
         scaled_states = torch.stack(states, -1)
         scaled_state_actions = torch.stack(state_actions, -1)
         rewards_t = rewards_by_offset.take(
@@ -136,7 +149,12 @@ class TabularTask(Task):
         states_t = scaled_states.div_(n_actions, rounding_mode="floor")
         actions_t = scaled_state_actions.div_(n_states, rounding_mode="floor").sub_(
             states_t * n_actions)
-        return Trajectories(states_t, actions_t, rewards_t, task_index)
+        if self.continue_probability is None:
+            return Trajectories(states_t, actions_t, rewards_t, task_index)
+        mask = torch.stack(alive_steps, -1)
+        ended = ~mask
+        return Trajectories(states_t.masked_fill_(ended, 0), actions_t.masked_fill_(ended, 0),
+                            rewards_t.masked_fill_(ended, 0.0), task_index, mask)
 
     def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
         if params.shape[0] != traj.n_rows:
@@ -144,8 +162,10 @@ class TabularTask(Task):
         log_pi = torch.log_softmax(self._logits(params), dim=-1)        # (R, S, A)
         n_rows, n_traj, horizon = traj.actions.shape
         flat_state_action = traj.states * self.n_actions + traj.actions
-        return log_pi.reshape(n_rows, -1).gather(
+        out = log_pi.reshape(n_rows, -1).gather(
             1, flat_state_action.reshape(n_rows, -1)).reshape(n_rows, n_traj, horizon)
+        # steps after an episode ended contribute exactly 0 (and no gradient) to every sum
+        return out if traj.mask is None else out.masked_fill(~traj.mask, 0.0)
 
     def _policy_transitions(self, pi: torch.Tensor, transitions: torch.Tensor,
                             task_index: torch.Tensor) -> torch.Tensor:
@@ -176,29 +196,49 @@ class TabularTask(Task):
         return value
 
 
-def make_tabular(*, n_states: int = 10, n_actions: int = 4, horizon: int = 10,
-                 gamma: float = 0.9, concentration: float = 1.0, n_tasks: int = 1,
-                 seed: int = 0, init_scale: float = 1.0, transitions: Any = None,
-                 rewards: Any = None, start: Any = None, init_logits: Any = None) -> TabularTask:
-    """Random finite-horizon tabular MDP(s) with a tabular softmax policy (``tabular-v0``).
+class DiscountedTabularTask(TabularTask):
+    """Discounted infinite-horizon tabular MDPs with a tabular softmax policy (S, A).
 
-    Transitions P(.|s,a) ~ Dirichlet(concentration), rewards R(s,a) ~ U[0,1) (deterministic
-    given (s,a)), start distribution uniform, initial logits ~ N(0, init_scale**2); all drawn
-    from ``seed``, and each replaceable by an explicit array (``transitions`` (S,A,S) or
-    (n_tasks,S,A,S), ``rewards`` (S,A) or (n_tasks,S,A), ``start`` (S,) or (n_tasks,S),
-    ``init_logits`` (S,A)). ``n_tasks`` > 1 makes a task distribution: the meta-objective is
-    the average over its MDPs, which share the initial policy.
+    Value: V(theta) = mu^T (I - gamma P_pi)^{-1} r_pi, mu the start distribution, P_pi and
+    r_pi the policy's transition matrix and expected rewards, by one differentiable linear
+    solve per row.
+
+    Episodes: after each step the episode goes on with probability gamma and ends
+    otherwise, and the rewards are not discounted. Step t is reached with probability
+    gamma^t, so the expected undiscounted return of an episode is exactly the discounted
+    value above, and the policy-gradient and meta-gradient estimators that treat the end as
+    part of the environment are unbiased for its gradients: no horizon is cut, no
+    bootstrap is needed. Hence ``gamma`` (the discount the estimators apply to sampled
+    rewards) is 1 and ``discount`` holds the MDP's gamma.
+
+    Batches: a batch is walked until every episode in it has ended (no cap, so no
+    truncation bias) and padded to its longest episode, ``Trajectories.mask`` marking the
+    steps that happened. Episode lengths are Geometric(1 - gamma) (mean 1/(1 - gamma)); the
+    padded length of n episodes is about log(n) / (1 - gamma), which sets the memory:
+    e.g. gamma = 0.9 and 64,000 episodes pad to about 110 steps.
     """
-    n_states = validation.positive_int("n_states", n_states)
-    n_actions = validation.positive_int("n_actions", n_actions, minimum=2)
-    horizon = validation.positive_int("horizon", horizon)
-    gamma = validation.finite_float("gamma", gamma, low=0.0, high=1.0)
-    concentration = validation.finite_float("concentration", concentration, positive=True)
-    n_tasks = validation.positive_int("n_tasks", n_tasks)
-    seed = validation.positive_int("seed", seed, minimum=0)
-    init_scale = validation.finite_float("init_scale", init_scale, low=0.0)
-    params = dict(n_states=n_states, n_actions=n_actions, horizon=horizon, gamma=gamma,
-                  concentration=concentration, n_tasks=n_tasks, seed=seed, init_scale=init_scale)
+
+    def __init__(self, *, discount: float, **kwargs: Any):
+        super().__init__(horizon=None, gamma=1.0, **kwargs)
+        self.discount = discount
+        self.continue_probability = discount
+
+    def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        start, transitions, rewards, _, _ = self._model(params)
+        pi = torch.softmax(self._logits(params), dim=-1)                 # (R, S, A)
+        reward_pi = (pi * rewards[task_index]).sum(-1)                    # (R, S)
+        transition_pi = self._policy_transitions(pi, transitions, task_index)
+        eye = torch.eye(self.n_states, dtype=params.dtype, device=params.device)
+        # occupancy d^T = mu^T (I - gamma P_pi)^{-1}: one solve with the transposed system
+        occupancy = torch.linalg.solve((eye - self.discount * transition_pi).transpose(-1, -2),
+                                       start[task_index])
+        return (occupancy * reward_pi).sum(-1)
+
+
+def _random_model(n_states: int, n_actions: int, concentration: float, n_tasks: int, seed: int,
+                  init_scale: float, transitions: Any, rewards: Any, start: Any,
+                  init_logits: Any, params: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Model tensors of random tabular MDPs, each replaceable by an explicit array."""
     S, A = n_states, n_actions
     rng = np.random.default_rng(seed)
     drawn_transitions = rng.dirichlet(np.full(S, concentration), size=(n_tasks, S, A))
@@ -221,6 +261,64 @@ def make_tabular(*, n_states: int = 10, n_actions: int = 4, horizon: int = 10,
     else:
         init_t = as_tensor("init_logits", init_logits, [(S, A)])
         params["init_logits"] = np.asarray(init_logits, dtype=float).tolist()
-    return TabularTask(name="tabular-v0", start=start_t, transitions=transitions_t,
-                       rewards=rewards_t, horizon=horizon, gamma=gamma, init_logits=init_t,
-                       params=params)
+    return dict(start=start_t, transitions=transitions_t, rewards=rewards_t, init_logits=init_t)
+
+
+def make_tabular(*, n_states: int = 10, n_actions: int = 4, horizon: int = 10,
+                 gamma: float = 0.9, concentration: float = 1.0, n_tasks: int = 1,
+                 seed: int = 0, init_scale: float = 1.0, transitions: Any = None,
+                 rewards: Any = None, start: Any = None, init_logits: Any = None) -> TabularTask:
+    """Random finite-horizon tabular MDP(s) with a tabular softmax policy (``tabular-v0``).
+
+    Transitions P(.|s,a) ~ Dirichlet(concentration), rewards R(s,a) ~ U[0,1) (deterministic
+    given (s,a)), start distribution uniform, initial logits ~ N(0, init_scale**2); all drawn
+    from ``seed``, and each replaceable by an explicit array (``transitions`` (S,A,S) or
+    (n_tasks,S,A,S), ``rewards`` (S,A) or (n_tasks,S,A), ``start`` (S,) or (n_tasks,S),
+    ``init_logits`` (S,A)). ``n_tasks`` > 1 makes a task distribution: the meta-objective is
+    the average over its MDPs, which share the initial policy.
+    """
+    n_states = validation.positive_int("n_states", n_states)
+    n_actions = validation.positive_int("n_actions", n_actions, minimum=2)
+    if horizon is None:
+        raise ParameterError("tabular-v0 has a finite horizon (an integer >= 1); the "
+                             "discounted infinite-horizon MDP is 'tabular-discounted-v0'")
+    horizon = validation.positive_int("horizon", horizon)
+    gamma = validation.finite_float("gamma", gamma, low=0.0, high=1.0)
+    concentration = validation.finite_float("concentration", concentration, positive=True)
+    n_tasks = validation.positive_int("n_tasks", n_tasks)
+    seed = validation.positive_int("seed", seed, minimum=0)
+    init_scale = validation.finite_float("init_scale", init_scale, low=0.0)
+    params = dict(n_states=n_states, n_actions=n_actions, horizon=horizon, gamma=gamma,
+                  concentration=concentration, n_tasks=n_tasks, seed=seed, init_scale=init_scale)
+    model = _random_model(n_states, n_actions, concentration, n_tasks, seed, init_scale,
+                          transitions, rewards, start, init_logits, params)
+    return TabularTask(name="tabular-v0", horizon=horizon, gamma=gamma, params=params, **model)
+
+
+def make_discounted_tabular(*, n_states: int = 10, n_actions: int = 4, gamma: float = 0.9,
+                            concentration: float = 1.0, n_tasks: int = 1, seed: int = 0,
+                            init_scale: float = 1.0, transitions: Any = None, rewards: Any = None,
+                            start: Any = None, init_logits: Any = None) -> DiscountedTabularTask:
+    """Random discounted infinite-horizon MDP(s), softmax policy (``tabular-discounted-v0``).
+
+    The MDPs of ``tabular-v0`` (same arguments, same draws from ``seed``) with no horizon:
+    V = mu^T (I - gamma P_pi)^{-1} r_pi exactly, and episodes that go on after each step
+    with probability ``gamma`` in [0, 1), undiscounted, so their expected return is V
+    (see :class:`DiscountedTabularTask`).
+    """
+    n_states = validation.positive_int("n_states", n_states)
+    n_actions = validation.positive_int("n_actions", n_actions, minimum=2)
+    gamma = validation.finite_float("gamma", gamma, low=0.0)
+    if gamma >= 1.0:
+        raise ParameterError(f"gamma must be < 1 for an infinite horizon (episodes end with "
+                             f"probability 1 - gamma per step), got {gamma}")
+    concentration = validation.finite_float("concentration", concentration, positive=True)
+    n_tasks = validation.positive_int("n_tasks", n_tasks)
+    seed = validation.positive_int("seed", seed, minimum=0)
+    init_scale = validation.finite_float("init_scale", init_scale, low=0.0)
+    params = dict(n_states=n_states, n_actions=n_actions, gamma=gamma,
+                  concentration=concentration, n_tasks=n_tasks, seed=seed, init_scale=init_scale)
+    model = _random_model(n_states, n_actions, concentration, n_tasks, seed, init_scale,
+                          transitions, rewards, start, init_logits, params)
+    return DiscountedTabularTask(name="tabular-discounted-v0", discount=gamma, params=params,
+                                 **model)
