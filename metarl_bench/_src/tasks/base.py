@@ -24,6 +24,14 @@ def uniform(shape: tuple[int, ...], generator: torch.Generator | None,
     return draws.to(like.device)
 
 
+def normal(shape: tuple[int, ...], generator: torch.Generator | None,
+           like: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) draws made on the generator's own device (as :func:`uniform`)."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    draws = torch.randn(shape, generator=generator, device=gen_device, dtype=like.dtype)
+    return draws.to(like.device)
+
+
 def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Index of the first cdf entry above u; cdf (..., K), u (...,) -> long (...).
 
