@@ -13,8 +13,8 @@ import torch
 
 import metarl_bench as mb
 from metarl_bench._src.estimators.common import inner_step
-from metarl_bench._src.tasks.base import (alias_draw, alias_outcomes, alias_probabilities,
-                                          alias_table)
+from metarl_bench._src.draws import (alias_draw, alias_outcomes, alias_probabilities,
+                                     alias_table)
 from metarl_bench._src.trajectories import Trajectories
 from metarl_bench._src.truth import exact_moments
 

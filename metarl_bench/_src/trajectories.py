@@ -14,14 +14,17 @@ class Trajectories:
     A row is one (trial, task) pair: every trajectory of a row was sampled with the
     same parameters, in the task ``task_index[row]`` of the task distribution.
 
-    Shapes: ``states``, ``actions`` long (R, N, T); ``rewards`` (R, N, T) in the dtype of
-    the parameters; ``task_index`` long (R,); ``mask`` bool (R, N, T) or None.
+    Shapes: ``rewards`` (R, N, T) in the dtype of the parameters; ``task_index`` long (R,);
+    ``states`` (the observation x_t each action was chosen from) and ``actions`` are
+    (R, N, T) long for finite state and action sets (tabular tasks), or
+    (R, N, T, *shape) float for vectors (e.g. (R, N, T, 2) positions and moves). Every
+    field has the three leading axes (R, N, T); the counts are read from ``rewards``.
 
-    Trajectories of different lengths (episodes that end at a random time) are padded to
-    the longest: ``mask`` is True on the steps that happened. A padded step has reward 0,
-    state and action 0, and a task's ``log_prob`` is 0 there, so it adds exactly zero to
-    every sum an estimator forms (returns, scores, DiCE's cumulative log-probabilities).
-    ``mask`` None: every step happened.
+    ``mask`` bool (R, N, T) or None (every step happened): trajectories of different lengths
+    (episodes that end at a random time) are padded to the longest, ``mask`` True on the
+    steps that happened. A padded step has reward 0, state and action 0, and a task's
+    ``log_prob`` is 0 there, so it adds exactly zero to every sum an estimator forms
+    (returns, scores, DiCE's cumulative log-probabilities).
     """
 
     states: torch.Tensor
@@ -31,16 +34,21 @@ class Trajectories:
     mask: torch.Tensor | None = None
 
     @property
+    def observations(self) -> torch.Tensor:
+        """The same tensor as ``states`` (the name continuous-control code expects)."""
+        return self.states
+
+    @property
     def n_rows(self) -> int:
-        return self.actions.shape[0]
+        return self.rewards.shape[0]
 
     @property
     def n_traj(self) -> int:
-        return self.actions.shape[1]
+        return self.rewards.shape[1]
 
     @property
     def horizon(self) -> int:
-        return self.actions.shape[2]
+        return self.rewards.shape[2]
 
     def rows(self, index: torch.Tensor | slice) -> "Trajectories":
         return Trajectories(self.states[index], self.actions[index], self.rewards[index],
@@ -48,15 +56,15 @@ class Trajectories:
                             None if self.mask is None else self.mask[index])
 
     def one_per_row(self) -> "Trajectories":
-        """Every trajectory as a row of its own: (R, N, T) -> (R*N, 1, T)."""
-        n_rows, n_traj, horizon = self.actions.shape
-        return Trajectories(
-            self.states.reshape(n_rows * n_traj, 1, horizon),
-            self.actions.reshape(n_rows * n_traj, 1, horizon),
-            self.rewards.reshape(n_rows * n_traj, 1, horizon),
-            self.task_index.repeat_interleave(n_traj),
-            None if self.mask is None else self.mask.reshape(n_rows * n_traj, 1, horizon),
-        )
+        """Every trajectory as a row of its own: (R, N, T, ...) -> (R*N, 1, T, ...)."""
+        n_rows, n_traj, horizon = self.rewards.shape
+
+        def split(field: torch.Tensor) -> torch.Tensor:
+            return field.reshape(n_rows * n_traj, 1, horizon, *field.shape[3:])
+
+        return Trajectories(split(self.states), split(self.actions), split(self.rewards),
+                            self.task_index.repeat_interleave(n_traj),
+                            None if self.mask is None else split(self.mask))
 
 
 def discounts(gamma: float, horizon: int, like: torch.Tensor) -> torch.Tensor:

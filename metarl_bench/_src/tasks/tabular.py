@@ -1,4 +1,5 @@
-"""Random tabular MDPs with a tabular softmax policy pi_theta(a|x) = softmax(theta[x])_a:
+"""Random tabular MDPs with a tabular softmax policy pi_theta(a|x) = softmax(theta[x])_a
+(``policies.TabularSoftmax``):
 finite-horizon (``tabular-v0``: exact value by propagating the state distribution) and
 discounted infinite-horizon (``tabular-discounted-v0``: exact value by a linear solve, episodes
 that end at random); the model, batched alias-table sampling and log-probabilities."""
@@ -11,9 +12,10 @@ import numpy as np
 import torch
 
 from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError, ShapeError
-from metarl_bench._src.tasks.base import (Task, alias_draw, alias_outcomes, alias_table,
-                                          as_tensor, distribution, uniform)
+from metarl_bench._src.draws import alias_draw, alias_outcomes, alias_table
+from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.policies import TabularSoftmax
+from metarl_bench._src.tasks.base import Task, as_tensor, distribution, uniform
 from metarl_bench._src.trajectories import Trajectories
 
 
@@ -35,11 +37,11 @@ class TabularTask(Task):
         self.horizon = horizon
         self.gamma = gamma
         self.params = params
-        self.param_shape = (self.n_states, self.n_actions)
+        self.policy = TabularSoftmax(self.n_states, self.n_actions, init_logits)
+        self.param_shape = self.policy.param_shape
         self._start = start
         self._transitions = transitions
         self._rewards = rewards
-        self._init_logits = init_logits
         self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
 
     def _model(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -53,11 +55,7 @@ class TabularTask(Task):
         return self._cache[key]
 
     def _logits(self, params: torch.Tensor) -> torch.Tensor:
-        return params.reshape(params.shape[0], self.n_states, self.n_actions)
-
-    def initial_params(self, dtype: torch.dtype = torch.float64,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        return self._init_logits.to(dtype=dtype, device=device).reshape(self.param_shape).clone()
+        return self.policy.logits(params)
 
     def _alias_model(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flat alias tables of the start and transition laws, and the rewards, chained.
@@ -104,8 +102,8 @@ class TabularTask(Task):
         # rows that are views of one theta (the inner samples of a registered call) share
         # one policy table: building R identical tables would cost more than the draws
         shared = n_rows > 1 and params.stride(0) == 0
-        logits = self._logits(params[:1] if shared else params)
-        policy_threshold, policy_alias = alias_table(torch.softmax(logits, dim=-1))
+        policy_threshold, policy_alias = alias_table(
+            self.policy.probs(params[:1] if shared else params))
         state_action_offset = (torch.arange(n_states * n_actions, device=params.device)
                                * n_states).reshape(n_states, n_actions)
         policy_outcomes = alias_outcomes(policy_alias,
@@ -156,17 +154,6 @@ class TabularTask(Task):
         return Trajectories(states_t.masked_fill_(ended, 0), actions_t.masked_fill_(ended, 0),
                             rewards_t.masked_fill_(ended, 0.0), task_index, mask)
 
-    def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
-        if params.shape[0] != traj.n_rows:
-            raise ShapeError(f"params has {params.shape[0]} rows, trajectories have {traj.n_rows}")
-        log_pi = torch.log_softmax(self._logits(params), dim=-1)        # (R, S, A)
-        n_rows, n_traj, horizon = traj.actions.shape
-        flat_state_action = traj.states * self.n_actions + traj.actions
-        out = log_pi.reshape(n_rows, -1).gather(
-            1, flat_state_action.reshape(n_rows, -1)).reshape(n_rows, n_traj, horizon)
-        # steps after an episode ended contribute exactly 0 (and no gradient) to every sum
-        return out if traj.mask is None else out.masked_fill(~traj.mask, 0.0)
-
     def _policy_transitions(self, pi: torch.Tensor, transitions: torch.Tensor,
                             task_index: torch.Tensor) -> torch.Tensor:
         """P_pi(s'|s) of each row, (R, S, S), one einsum per task of the distribution.
@@ -184,7 +171,7 @@ class TabularTask(Task):
 
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         start, transitions, rewards, _, _ = self._model(params)
-        pi = torch.softmax(self._logits(params), dim=-1)                 # (R, S, A)
+        pi = self.policy.probs(params)                                    # (R, S, A)
         reward_pi = (pi * rewards[task_index]).sum(-1)                    # (R, S)
         state_dist = start[task_index]                                    # (R, S)
         value = (state_dist * reward_pi).sum(-1)
@@ -225,7 +212,7 @@ class DiscountedTabularTask(TabularTask):
 
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         start, transitions, rewards, _, _ = self._model(params)
-        pi = torch.softmax(self._logits(params), dim=-1)                 # (R, S, A)
+        pi = self.policy.probs(params)                                    # (R, S, A)
         reward_pi = (pi * rewards[task_index]).sum(-1)                    # (R, S)
         transition_pi = self._policy_transitions(pi, transitions, task_index)
         eye = torch.eye(self.n_states, dtype=params.dtype, device=params.device)
