@@ -54,8 +54,8 @@ def test_the_largest_uniform_never_picks_a_column_past_the_end(dtype):
     probs = torch.zeros(7, dtype=dtype)
     probs[-1] = 1.0
     threshold, alias = alias_table(probs)
-    outcome = alias_draw(threshold, alias_outcomes(alias, torch.arange(7)), 7, 0,
-                         largest.reshape(1))
+    outcome = alias_draw(threshold, alias_outcomes(alias, torch.arange(7)), 0,
+                         7 * largest.reshape(1))
     assert outcome.tolist() == [6]
 
 

@@ -16,10 +16,14 @@ def _device_of(generator: torch.Generator | None) -> torch.device:
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator | None,
-            like: torch.Tensor) -> torch.Tensor:
-    """U[0, 1) draws in ``like``'s dtype, on ``like``'s device."""
-    draws = torch.rand(shape, generator=generator, device=_device_of(generator), dtype=like.dtype)
-    return draws.to(like.device)
+            like: torch.Tensor, high: float = 1.0) -> torch.Tensor:
+    """U[0, high) draws in ``like``'s dtype, on ``like``'s device.
+
+    ``high`` scales in the same kernel: the draws are exactly ``high`` times those of
+    ``high=1`` (one rounding either way), without a separate multiplication.
+    """
+    draws = torch.empty(shape, device=_device_of(generator), dtype=like.dtype)
+    return draws.uniform_(0.0, high, generator=generator).to(like.device)
 
 
 def normal(shape: tuple[int, ...], generator: torch.Generator | None,
@@ -86,21 +90,20 @@ def alias_outcomes(alias: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.cat([value.gather(-1, alias).reshape(-1), value.reshape(-1)])
 
 
-def alias_draw(threshold: torch.Tensor, outcomes: torch.Tensor, n_columns: int,
-               offset: torch.Tensor | int, u: torch.Tensor) -> torch.Tensor:
-    """One draw per entry of ``u`` from flat alias tables of ``n_columns`` columns each.
+def alias_draw(threshold: torch.Tensor, outcomes: torch.Tensor, offset: torch.Tensor | int,
+               scaled: torch.Tensor) -> torch.Tensor:
+    """One draw per entry of ``scaled`` from flat alias tables of K columns each.
 
     ``threshold`` (n_tables * K,) from :func:`alias_table`, flattened; ``outcomes`` from
     :func:`alias_outcomes`; ``offset`` long: K times the table each draw uses, broadcast
-    against ``u``; ``u``: U[0, 1) draws. The integer part of u K picks the column and its
-    fractional part decides between the column and its alias, so one uniform makes one
-    draw (the fraction keeps all but log2(K) bits of u's precision: each outcome's
-    probability is off by at most one unit in the last place of u). For a p-bit uniform,
-    u <= 1 - 2**-p and K (1 - 2**-p) rounds to a float below K, so the column is always in
-    range (tested for every K up to 4096).
-    Returns the outcomes' values, long, shaped like ``u``.
+    against the draws; ``scaled``: K u for U[0, 1) draws u (``uniform(..., high=K)``). The
+    integer part of K u picks the column and its fractional part decides between the
+    column and its alias, so one uniform makes one draw (the fraction keeps all but
+    log2(K) bits of u's precision: each outcome's probability is off by at most one unit
+    in the last place of u). For a p-bit uniform, u <= 1 - 2**-p and K (1 - 2**-p) rounds
+    to a float below K, so the column is always in range (tested for every K up to 4096).
+    Returns the outcomes' values, long, shaped like ``scaled``; ``scaled`` is overwritten.
     """
-    scaled = u * n_columns
     flat = scaled.long()
     flat += offset
     keep = scaled.frac_() < threshold.take(flat)

@@ -114,16 +114,16 @@ class TabularTask(Task):
         task_offset = (None if self.n_tasks == 1 else
                        task_index.unsqueeze(1) * (n_states * n_actions * n_states))  # (R, 1)
         shape = (n_rows, n_traj)
-        state = alias_draw(start_threshold, start_outcomes, n_states,
-                           task_index.unsqueeze(1) * n_states, uniform(shape, generator, params))
+        state = alias_draw(start_threshold, start_outcomes, task_index.unsqueeze(1) * n_states,
+                           uniform(shape, generator, params, high=n_states))
         states, state_actions, alive_steps = [], [], []
         alive = torch.ones(shape, dtype=torch.bool, device=params.device)
         while True:
             states.append(state)                                 # s * A
             state_action = alias_draw(
-                policy_threshold, policy_outcomes, n_actions,
+                policy_threshold, policy_outcomes,
                 state if row_offset is None else state + row_offset,
-                uniform(shape, generator, params))
+                uniform(shape, generator, params, high=n_actions))
             state_actions.append(state_action)                   # (s * A + a) * S
             if self.continue_probability is None:
                 if len(states) == self.horizon:
@@ -136,9 +136,9 @@ class TabularTask(Task):
                 if not alive.any():
                     break
             state = alias_draw(
-                step_threshold, step_outcomes, n_states,
+                step_threshold, step_outcomes,
                 state_action if task_offset is None else state_action + task_offset,
-                uniform(shape, generator, params))
+                uniform(shape, generator, params, high=n_states))
         scaled_states = torch.stack(states, -1)
         scaled_state_actions = torch.stack(state_actions, -1)
         rewards_t = rewards_by_offset.take(
