@@ -293,3 +293,19 @@ def test_bandit_variant_arguments_are_checked():
     with pytest.raises(mb.UnsupportedError, match="more than the"):
         task = mb.make_task("bernoulli-bandit-v0", success_probs="random", n_arms=3)
         mb.meta_gradient(task, task.initial_params(), inner_lr=1.0, n_inner=64)
+
+
+# ---- chunked calls --------------------------------------------------------------------------
+
+def test_large_calls_run_in_chunks_with_the_generator_running_on(monkeypatch):
+    from metarl_bench._src.estimators import common
+
+    task = mb.make_task("bandit-v0", rewards=[1.0, 0.0, 0.5])
+    theta, lsf = task.initial_params(), mb.get_estimator("lsf")
+    seeded = generator(12)
+    parts = [lsf(task, theta, n_inner=4, inner_lr=1.0, n_trials=count, generator=seeded)
+             for count in (3, 2, 2)]
+    # 4 trajectory steps per trial, at most 12 per chunk: 7 trials run as 3 + 2 + 2
+    monkeypatch.setattr(common, "CHUNK_STEPS", 12)
+    chunked = lsf(task, theta, n_inner=4, inner_lr=1.0, n_trials=7, generator=generator(12))
+    assert torch.equal(chunked, torch.cat(parts))
