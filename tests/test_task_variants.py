@@ -309,3 +309,18 @@ def test_large_calls_run_in_chunks_with_the_generator_running_on(monkeypatch):
     monkeypatch.setattr(common, "CHUNK_STEPS", 12)
     chunked = lsf(task, theta, n_inner=4, inner_lr=1.0, n_trials=7, generator=generator(12))
     assert torch.equal(chunked, torch.cat(parts))
+
+
+def test_float32_models_hold_no_subnormal_numbers():
+    task = mb.make_task("tabular-v0", n_states=20, n_actions=5, horizon=3, concentration=0.002)
+    tiny32 = torch.finfo(torch.float32).tiny
+    assert torch.any((task._transitions > 0) & (task._transitions < tiny32))  # the premise
+    theta32 = task.initial_params(dtype=torch.float32)
+    for table in (*task._model(theta32), *task._alias_model(theta32)):
+        if table.is_floating_point():
+            assert not torch.any((table != 0) & (table.abs() < tiny32))
+    # the float64 model keeps them, and float32 runs stay close to float64 ones
+    theta64 = task.initial_params()
+    assert torch.any((task._model(theta64)[1] > 0) & (task._model(theta64)[1] < tiny32))
+    torch.testing.assert_close(mb.meta_gradient(task, theta32, inner_lr=1.0).double(),
+                               mb.meta_gradient(task, theta64, inner_lr=1.0), rtol=1e-4, atol=1e-6)

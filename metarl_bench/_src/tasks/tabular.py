@@ -19,6 +19,20 @@ from metarl_bench._src.tasks.base import Task, as_tensor, distribution, uniform
 from metarl_bench._src.trajectories import Trajectories
 
 
+def without_subnormals(values: torch.Tensor) -> torch.Tensor:
+    """``values`` with the entries below its dtype's smallest normal number set to 0.
+
+    A Dirichlet draw with a small concentration has transition probabilities far below
+    float32's normal range (1.2e-38); converted to float32 they become subnormal, and
+    arithmetic on subnormals is many times slower on some CPUs. Setting them to 0 when the
+    model is converted changes each such entry by less than 1.2e-38 (float32's own rounding
+    of a probability is 6e-8); the float64 model, which holds every entry, is untouched.
+    A global torch.set_flush_denormal(True) was the alternative; it is a process-wide
+    switch that would also change the user's own computations, so it is not used.
+    """
+    return values.masked_fill(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
+
+
 class TabularTask(Task):
     """Finite-horizon tabular MDPs with a tabular softmax policy, theta of shape (S, A).
 
@@ -48,7 +62,7 @@ class TabularTask(Task):
         key = (like.dtype, like.device)
         if key not in self._cache:
             start, transitions, rewards = (
-                t.to(dtype=like.dtype, device=like.device)
+                without_subnormals(t.to(dtype=like.dtype, device=like.device))
                 for t in (self._start, self._transitions, self._rewards))
             self._cache[key] = (start, transitions, rewards,
                                 start.cumsum(-1), transitions.cumsum(-1))
@@ -82,8 +96,8 @@ class TabularTask(Task):
                       alias_outcomes(step_alias, policy_offset.expand_as(step_alias)),
                       rewards.reshape(-1))
             self._cache[key] = tuple(
-                t.to(device=like.device, dtype=like.dtype if t.is_floating_point() else None)
-                for t in tables)
+                without_subnormals(t.to(device=like.device, dtype=like.dtype))
+                if t.is_floating_point() else t.to(device=like.device) for t in tables)
         return self._cache[key]
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
