@@ -100,6 +100,17 @@ class TabularTask(Task):
                 if t.is_floating_point() else t.to(device=like.device) for t in tables)
         return self._cache[key]
 
+    def _offset_lookup(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """State and action of each state-action offset (s * A + a) * S: (S*A*S,) long each."""
+        key = ("offsets", like.device)
+        if key not in self._cache:
+            offset = torch.arange(self.n_states * self.n_actions * self.n_states,
+                                  device=like.device)
+            state_action = offset.div(self.n_states, rounding_mode="floor")
+            self._cache[key] = (state_action.div(self.n_actions, rounding_mode="floor"),
+                                state_action.remainder(self.n_actions))
+        return self._cache[key]
+
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
         """Trajectories by alias-table draws: one uniform and O(1) work per draw.
@@ -130,17 +141,16 @@ class TabularTask(Task):
         shape = (n_rows, n_traj)
         state = alias_draw(start_threshold, start_outcomes, task_index.unsqueeze(1) * n_states,
                            uniform(shape, generator, params, high=n_states))
-        states, state_actions, alive_steps = [], [], []
+        state_actions, alive_steps = [], []
         alive = torch.ones(shape, dtype=torch.bool, device=params.device)
         while True:
-            states.append(state)                                 # s * A
             state_action = alias_draw(
                 policy_threshold, policy_outcomes,
                 state if row_offset is None else state + row_offset,
                 uniform(shape, generator, params, high=n_actions))
             state_actions.append(state_action)                   # (s * A + a) * S
             if self.continue_probability is None:
-                if len(states) == self.horizon:
+                if len(state_actions) == self.horizon:
                     break
             else:
                 alive_steps.append(alive)
@@ -153,14 +163,12 @@ class TabularTask(Task):
                 step_threshold, step_outcomes,
                 state_action if task_offset is None else state_action + task_offset,
                 uniform(shape, generator, params, high=n_states))
-        scaled_states = torch.stack(states, -1)
-        scaled_state_actions = torch.stack(state_actions, -1)
+        # one stacked record per step; states, actions and rewards are read off it by lookup
+        scaled = torch.stack(state_actions, -1)
+        state_of, action_of = self._offset_lookup(params)
+        states_t, actions_t = state_of.take(scaled), action_of.take(scaled)
         rewards_t = rewards_by_offset.take(
-            scaled_state_actions if task_offset is None
-            else scaled_state_actions + task_offset.unsqueeze(-1))
-        states_t = scaled_states.div_(n_actions, rounding_mode="floor")
-        actions_t = scaled_state_actions.div_(n_states, rounding_mode="floor").sub_(
-            states_t * n_actions)
+            scaled if task_offset is None else scaled + task_offset.unsqueeze(-1))
         if self.continue_probability is None:
             return Trajectories(states_t, actions_t, rewards_t, task_index)
         mask = torch.stack(alive_steps, -1)
