@@ -272,6 +272,8 @@ def test_gaussian_bandit_without_noise_is_the_deterministic_bandit():
         mb.get_estimator("lsf")(plain, theta, n_inner=6, inner_lr=2.0, n_trials=40,
                                 generator=generator(2)), rtol=0, atol=1e-12)
     assert gaussian.enumeration_size(4) is None
+    with pytest.raises(mb.UnsupportedError, match="continuous rewards"):
+        gaussian.finite_meta_objective(theta, 4, 2.0)
 
 
 def test_gaussian_rewards_have_their_arm_means_and_stds():

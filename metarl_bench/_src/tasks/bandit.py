@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.tasks.base import as_tensor, normal, uniform
 from metarl_bench._src.tasks.tabular import TabularTask
 from metarl_bench._src.trajectories import Trajectories
@@ -176,6 +176,16 @@ class GaussianBanditTask(BanditTask):
 
     def enumeration_size(self, n_inner: int) -> None:
         return None
+
+    def enumerate_inner(self, theta: torch.Tensor, n_inner: int
+                        ) -> Iterator[tuple[torch.Tensor, Trajectories]]:
+        raise UnsupportedError("gaussian-bandit-v0 has continuous rewards: its inner samples "
+                               "cannot be enumerated")
+
+    def finite_meta_objective(self, theta: torch.Tensor, n_inner: int,
+                              inner_lr: float) -> torch.Tensor:
+        raise UnsupportedError("gaussian-bandit-v0 has no exact F_N (continuous rewards); "
+                               "estimate it with estimate_meta_gradient")
 
 
 def compositions(total: int, parts: int) -> torch.Tensor:
