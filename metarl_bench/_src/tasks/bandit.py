@@ -40,6 +40,20 @@ class BanditTask(TabularTask):
         self.param_shape = (n_arms,)
         self.arm_rewards = rewards
 
+    def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
+               generator: torch.Generator | None) -> Trajectories:
+        # the arms first, then (stochastic rewards) the rewards' own draws
+        pulls = super().sample(params, n_traj, task_index, generator)
+        rewards = self._draw_rewards(pulls, generator, params.detach())
+        return pulls if rewards is None else Trajectories(pulls.states, pulls.actions, rewards,
+                                                          task_index)
+
+    def _draw_rewards(self, pulls: Trajectories, generator: torch.Generator | None,
+                      like: torch.Tensor) -> torch.Tensor | None:
+        """The rewards of the sampled pulls (``pulls.rewards`` holds the arms' means);
+        None: deterministic arms, the means are the rewards."""
+        return None
+
     def enumeration_size(self, n_inner: int) -> int:
         return math.comb(n_inner + self.n_arms - 1, self.n_arms - 1)
 
@@ -96,13 +110,10 @@ class BernoulliBanditTask(BanditTask):
         self.name = "bernoulli-bandit-v0"
         self.success_probs = success_probs
 
-    def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
-               generator: torch.Generator | None) -> Trajectories:
-        # the arms first, then one uniform per pull for its reward
-        pulls = super().sample(params, n_traj, task_index, generator)
-        success = uniform(pulls.rewards.shape, generator, params) < pulls.rewards
-        return Trajectories(pulls.states, pulls.actions, success.to(pulls.rewards.dtype),
-                            task_index)
+    def _draw_rewards(self, pulls: Trajectories, generator: torch.Generator | None,
+                      like: torch.Tensor) -> torch.Tensor:
+        success = uniform(pulls.rewards.shape, generator, like) < pulls.rewards
+        return success.to(pulls.rewards.dtype)
 
     def enumeration_size(self, n_inner: int) -> int:
         return math.comb(n_inner + 2 * self.n_arms - 1, 2 * self.n_arms - 1)
@@ -164,15 +175,12 @@ class GaussianBanditTask(BanditTask):
         self.name = "gaussian-bandit-v0"
         self.stds = stds
 
-    def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
-               generator: torch.Generator | None) -> Trajectories:
-        # the arms first, then one standard normal per pull for its noise
-        pulls = super().sample(params, n_traj, task_index, generator)
-        stds = self.stds.to(dtype=params.dtype, device=params.device)
-        noise = normal(pulls.rewards.shape, generator, params)
-        scale = stds[task_index.unsqueeze(-1), pulls.actions[..., 0]].unsqueeze(-1)
-        return Trajectories(pulls.states, pulls.actions, pulls.rewards + scale * noise,
-                            task_index)
+    def _draw_rewards(self, pulls: Trajectories, generator: torch.Generator | None,
+                      like: torch.Tensor) -> torch.Tensor:
+        stds = self.stds.to(dtype=like.dtype, device=like.device)
+        noise = normal(pulls.rewards.shape, generator, like)
+        scale = stds[pulls.task_index.unsqueeze(-1), pulls.actions[..., 0]].unsqueeze(-1)
+        return pulls.rewards + scale * noise
 
     def enumeration_size(self, n_inner: int) -> None:
         return None
