@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.registry import keyword_options
 from metarl_bench._src.tasks import Task
@@ -132,9 +132,8 @@ CHUNK_STEPS = 2 ** 21
 
 def trials_per_chunk(task: Any, n_inner: int, n_outer: int | None) -> int:
     """Trials per chunk: set by the task's shape and N alone, never by the machine, so a
-    seeded call gives the same numbers everywhere. Tasks with no fixed horizon count
-    trajectories."""
-    steps = task.n_tasks * (n_inner + (n_outer or 0)) * (task.horizon or 1)
+    seeded call gives the same numbers everywhere."""
+    steps = task.n_tasks * (n_inner + (n_outer or 0)) * resources.horizon_of(task)
     return max(1, CHUNK_STEPS // steps)
 
 

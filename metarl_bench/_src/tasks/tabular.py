@@ -6,12 +6,13 @@ that end at random); the model, batched alias-table sampling and log-probabiliti
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import resources, validation
 from metarl_bench._src.draws import alias_draw, alias_outcomes, alias_table
 from metarl_bench._src.errors import ParameterError
 from metarl_bench._src.policies import TabularSoftmax
@@ -231,6 +232,10 @@ class DiscountedTabularTask(TabularTask):
         super().__init__(horizon=None, gamma=1.0, **kwargs)
         self.discount = discount
         self.continue_probability = discount
+        #: padded length to plan memory and work for: the typical longest of 2**20
+        #: episodes, log(2**20) / -log(gamma) steps
+        self.planning_horizon = (1 if discount == 0.0 else
+                                 1 + math.ceil(math.log(2 ** 20) / -math.log(discount)))
 
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         start, transitions, rewards, _, _ = self._model(params)
@@ -249,6 +254,13 @@ def _random_model(n_states: int, n_actions: int, concentration: float, n_tasks: 
                   init_logits: Any, params: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Model tensors of random tabular MDPs, each replaceable by an explicit array."""
     S, A = n_states, n_actions
+    # per entry of the transition tensor (n_tasks, S, A, S): the float64 draw, the tensor and
+    # its cumulative sums, and the sampler's alias tables (a float64 threshold, two long
+    # outcomes, the reward of its state-action pair)
+    resources.check_memory(7 * 8 * n_tasks * S * A * S,
+                           f"a tabular task with n_states={S}, n_actions={A}, n_tasks={n_tasks}",
+                           "lower n_states, n_actions or n_tasks, or raise the limit "
+                           "(--max-memory SIZE, max_memory=)")
     rng = np.random.default_rng(seed)
     drawn_transitions = rng.dirichlet(np.full(S, concentration), size=(n_tasks, S, A))
     drawn_rewards = rng.uniform(0.0, 1.0, size=(n_tasks, S, A))
