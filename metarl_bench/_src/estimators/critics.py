@@ -88,6 +88,9 @@ def _linear_values(task: Any, inner: Trajectories) -> torch.Tensor:
     if n_states is None:
         raise UnsupportedError(f"critic='linear' needs discrete states (a tabular task); "
                                f"task {task.name!r} has none")
+    if inner.mask is not None:
+        raise UnsupportedError(f"critic='linear' is implemented for fixed-length episodes; "
+                               f"task {task.name!r} pads episodes of random length")
     rewards = inner.rewards
     n_rows, n_traj, horizon = rewards.shape
     n_features = n_states + 3

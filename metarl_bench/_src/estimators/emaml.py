@@ -21,7 +21,7 @@ def emaml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
 
     estimate = (I + eta J_N)^T grad V(theta') + V(theta') c sum_i sum_t grad log pi(a_it|x_it),
     c = 1/(N T) for ``score_scale="mean"`` (the average over the N*T pre-update
-    log-probabilities, as ProMP's implementation of the E-MAML term) or c = 1 for ``"sum"``
+    log-probabilities, or over the steps that happened when episodes differ in length, as ProMP's implementation of the E-MAML term) or c = 1 for ``"sum"``
     (then it is exactly ``unbiased`` with no baseline). V(theta') is exact or the mean
     discounted return of the M outer trajectories.
 
@@ -38,6 +38,9 @@ def emaml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
         raise ParameterError(f"score_scale must be 'mean' or 'sum', got {score_scale!r}")
     step = inner_step(task, theta, inner, inner_lr)
     out = outer_at(task, step.adapted, inner.task_index, outer)
-    scale = 1.0 / (inner.n_traj * inner.horizon) if score_scale == "mean" else 1.0
-    score_term = scale * (out.value.unsqueeze(-1) * step.log_prob.sum(-1)).sum()
+    score = out.value * step.log_prob.sum((-2, -1))                              # (R,)
+    if score_scale == "mean":  # over the steps that happened (padding is no step)
+        score = score / (inner.n_traj * inner.horizon if inner.mask is None
+                         else inner.mask.sum((-2, -1)).clamp(min=1))
+    score_term = score.sum()
     return grad_of(pathwise(step, out) + score_term, step.params)

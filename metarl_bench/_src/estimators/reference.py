@@ -139,7 +139,8 @@ def emaml(row: _Row, traj: Trajectories, task: Any, inner_lr: float,
           score_scale: str = "mean") -> torch.Tensor:
     """(I + eta J_N)^T grad V(theta') + V(theta') c sum_i s(tau_i), c = 1/(N T) or 1."""
     pathwise = row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
-    scale = 1.0 / (traj.n_traj * traj.horizon) if score_scale == "mean" else 1.0
+    n_steps = traj.n_traj * traj.horizon if traj.mask is None else int(traj.mask.sum())
+    scale = 1.0 / max(n_steps, 1) if score_scale == "mean" else 1.0
     return pathwise + scale * row.value * row.scores.sum(0)
 
 
