@@ -173,12 +173,13 @@ def _writable(path: str, option: str) -> None:
 def _list() -> int:
     from metarl_bench._src.registry import estimator_spec, list_estimators, list_tasks, TASKS
 
+    width = max(14, *(len(name) + 1 for name in list_tasks() + list_estimators()))
     print("tasks:")
     for name in list_tasks():
-        print(f"  {name:<14} {TASKS[name].summary}")
+        print(f"  {name:<{width}} {TASKS[name].summary}")
     print("estimators:")
     for name in list_estimators():
-        print(f"  {name:<14} {estimator_spec(name).summary}")
+        print(f"  {name:<{width}} {estimator_spec(name).summary}")
     return 0
 
 
