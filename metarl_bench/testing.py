@@ -38,7 +38,6 @@ A whole run takes a few seconds per estimator.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -185,5 +184,3 @@ def check_estimator(estimator: str | EstimatorSpec | Callable[..., Any], *,
         raise AssertionError(str(report))
     return report
 
-
-del inspect

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -147,31 +147,46 @@ def check_returns_tensor_of_shape(ctx: Context) -> str:
     return "shapes " + ", ".join(str(s) for s in seen)
 
 
-def _checked(tasks: list[str], unsupported: list[str]) -> str:
-    return ", ".join(tasks) + (f" ({', '.join(unsupported)}: unsupported, not checked)"
-                               if unsupported else "")
+class _Sweep:
+    """Calls over tasks x dtypes; a task the estimator declares unsupported (other than the
+    bandit) is left out and named in ``covered``."""
+
+    def __init__(self, ctx: Context, check: str, tasks: tuple, dtypes: tuple, n_trials: int):
+        self.ctx, self.check, self.tasks, self.dtypes, self.n_trials = (
+            ctx, check, tasks, dtypes, n_trials)
+        self.done: list[str] = []
+        self.unsupported: list[str] = []
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.dtype, torch.Tensor]]:
+        for which in self.tasks:
+            task = self.ctx.task(which)
+            label = f"{task.name} n_tasks={task.n_tasks}"
+            try:
+                for dtype in self.dtypes:
+                    yield task, dtype, _tensor_result(self.ctx, self.check, task,
+                                                      task.initial_params(dtype=dtype),
+                                                      self.n_trials)
+            except _TaskUnsupported:
+                self.unsupported.append(label)
+                continue
+            self.done.append(label)
+
+    @property
+    def covered(self) -> str:
+        return ", ".join(self.done) + (f" ({', '.join(self.unsupported)}: unsupported, not "
+                                       f"checked)" if self.unsupported else "")
 
 
 def check_dtype_follows_theta(ctx: Context) -> str:
     check = "check_dtype_follows_theta"
-    tasks: list[str] = []
-    unsupported: list[str] = []
-    for which in (BANDIT, TWO_TASK_MDP):
-        task = ctx.task(which)
-        for dtype in (torch.float32, torch.float64):
-            try:
-                out = _tensor_result(ctx, check, task, task.initial_params(dtype=dtype))
-            except _TaskUnsupported:
-                unsupported.append(f"{task.name} n_tasks={task.n_tasks}")
-                break
-            if out.dtype != dtype:
-                raise fail(check, "the result has theta's dtype",
-                           f"{out.dtype} for theta in {dtype} on {task.name}",
-                           "compute in theta.dtype (make the task's tensors with "
-                           "dtype=theta.dtype) instead of a fixed dtype")
-        else:
-            tasks.append(f"{task.name} n_tasks={task.n_tasks}")
-    return f"float32 -> float32, float64 -> float64 on {_checked(tasks, unsupported)}"
+    sweep = _Sweep(ctx, check, (BANDIT, TWO_TASK_MDP), (torch.float32, torch.float64), 5)
+    for task, dtype, out in sweep:
+        if out.dtype != dtype:
+            raise fail(check, "the result has theta's dtype",
+                       f"{out.dtype} for theta in {dtype} on {task.name}",
+                       "compute in theta.dtype (make the task's tensors with "
+                       "dtype=theta.dtype) instead of a fixed dtype")
+    return f"float32 -> float32, float64 -> float64 on {sweep.covered}"
 
 
 def check_device_follows_theta(ctx: Context) -> str:
@@ -191,42 +206,24 @@ def check_device_follows_theta(ctx: Context) -> str:
 
 def check_finite(ctx: Context) -> str:
     check = "check_finite"
-    tasks: list[str] = []
-    unsupported: list[str] = []
-    for which in (BANDIT, MDP, TWO_TASK_MDP):
-        task = ctx.task(which)
-        for dtype in (torch.float32, torch.float64):
-            try:
-                out = _tensor_result(ctx, check, task, task.initial_params(dtype=dtype), 50)
-            except _TaskUnsupported:
-                unsupported.append(f"{task.name} n_tasks={task.n_tasks}")
-                break
-            bad = (~torch.isfinite(out)).sum().item()
-            if bad:
-                raise fail(check, "every estimate is finite",
-                           f"{bad} NaN or infinite entries of {out.numel()} on {task.name} "
-                           f"in {dtype}",
-                           "look for a log or division of a probability that can be 0, or "
-                           "an overflow in float32")
-        else:
-            tasks.append(f"{task.name} n_tasks={task.n_tasks}")
-    return f"50 estimates finite in float32 and float64 on {_checked(tasks, unsupported)}"
+    sweep = _Sweep(ctx, check, (BANDIT, MDP, TWO_TASK_MDP), (torch.float32, torch.float64), 50)
+    for task, dtype, out in sweep:
+        bad = (~torch.isfinite(out)).sum().item()
+        if bad:
+            raise fail(check, "every estimate is finite",
+                       f"{bad} NaN or infinite entries of {out.numel()} on {task.name} "
+                       f"in {dtype}",
+                       "look for a log or division of a probability that can be 0, or "
+                       "an overflow in float32")
+    return f"50 estimates finite in float32 and float64 on {sweep.covered}"
 
 
 def check_same_seed_same_bits(ctx: Context) -> str:
     check = "check_same_seed_same_bits"
-    tasks: list[str] = []
-    unsupported: list[str] = []
-    for which in (BANDIT, TWO_TASK_MDP):
-        task = ctx.task(which)
-        theta = task.initial_params()
-        try:
-            first = _tensor_result(ctx, check, task, theta, 20)
-        except _TaskUnsupported:
-            unsupported.append(f"{task.name} n_tasks={task.n_tasks}")
-            continue
+    sweep = _Sweep(ctx, check, (BANDIT, TWO_TASK_MDP), (torch.float64,), 20)
+    for task, _, first in sweep:
         torch.manual_seed(12345)  # an estimator drawing from the global RNG now differs
-        again = _tensor_result(ctx, check, task, theta, 20)
+        again = _tensor_result(ctx, check, task, task.initial_params(), 20)
         if not torch.equal(first, again):
             differ = (first != again).sum().item()
             raise fail(check, "the same generator seed gives bit-identical estimates",
@@ -234,8 +231,7 @@ def check_same_seed_same_bits(ctx: Context) -> str:
                        f"generator seed {ctx.seed} on {task.name}",
                        "draw every random number from the `generator` argument (e.g. "
                        "torch.rand(..., generator=generator)), never from the global RNG")
-        tasks.append(f"{task.name} n_tasks={task.n_tasks}")
-    return f"two calls, same seed: identical bits on {_checked(tasks, unsupported)}"
+    return f"two calls, same seed: identical bits on {sweep.covered}"
 
 
 def check_seeds_change_estimates(ctx: Context) -> str:
@@ -324,28 +320,29 @@ def check_bad_input_raises_typed_errors(ctx: Context) -> str:
     return f"{len(cases)} bad calls, each a typed error"
 
 
-def _inner(task: Any, theta: torch.Tensor, n_rows: int, n_inner: int, seed: int) -> Any:
-    index = torch.arange(n_rows) % task.n_tasks
-    return task.sample(theta.expand(n_rows, *theta.shape), n_inner, index,
-                       torch.Generator().manual_seed(seed))
-
-
 def _twin_options(ctx: Context) -> dict[str, Any]:
     return {k: v for k, v in ctx.options.items() if k in ctx.spec.options}
+
+
+def _on_same_samples(ctx: Context, twin: Callable[..., torch.Tensor], n_rows: int,
+                     n_inner: int) -> Iterator[tuple[Any, torch.Tensor, torch.Tensor]]:
+    """(task, from-samples form, twin) on the same float64 inner samples, for 2 tasks."""
+    options = _twin_options(ctx)
+    for which in (BANDIT, TWO_TASK_MDP):
+        task = ctx.task(which)
+        theta = task.initial_params() + 0.1
+        index = torch.arange(n_rows) % task.n_tasks
+        inner = task.sample(theta.expand(n_rows, *theta.shape), n_inner, index,
+                            torch.Generator().manual_seed(ctx.seed))
+        yield (task, ctx.spec.from_samples(task, theta, inner, inner_lr=INNER_LR, **options),
+               twin(task, theta, inner, inner_lr=INNER_LR, **options))
 
 
 def check_batched_equals_per_trial(ctx: Context) -> str:
     from metarl_bench._src.estimators.reference import per_trial
 
     check = "check_batched_equals_per_trial"
-    options = _twin_options(ctx)
-    for which in (BANDIT, TWO_TASK_MDP):
-        task = ctx.task(which)
-        theta = task.initial_params() + 0.1
-        inner = _inner(task, theta, 6, 5, ctx.seed)
-        batched = ctx.spec.from_samples(task, theta, inner, inner_lr=INNER_LR, **options)
-        looped = per_trial(ctx.spec.from_samples)(task, theta, inner, inner_lr=INNER_LR,
-                                                  **options)
+    for task, batched, looped in _on_same_samples(ctx, per_trial(ctx.spec.from_samples), 6, 5):
         if not torch.allclose(batched, looped, rtol=1e-10, atol=1e-12):
             raise fail(check, "rows never interact: the from-samples form on R rows equals "
                        "it run one row at a time on the same samples (float64, rtol 1e-10)",
@@ -358,13 +355,7 @@ def check_batched_equals_per_trial(ctx: Context) -> str:
 
 def check_from_samples_equals_reference(ctx: Context) -> str:
     check = "check_from_samples_equals_reference"
-    options = _twin_options(ctx)
-    for which in (BANDIT, TWO_TASK_MDP):
-        task = ctx.task(which)
-        theta = task.initial_params() + 0.1
-        inner = _inner(task, theta, 3, 4, ctx.seed)
-        fast = ctx.spec.from_samples(task, theta, inner, inner_lr=INNER_LR, **options)
-        slow = ctx.spec.reference(task, theta, inner, inner_lr=INNER_LR, **options)
+    for task, fast, slow in _on_same_samples(ctx, ctx.spec.reference, 3, 4):
         if fast.shape != slow.shape or not torch.allclose(fast, slow, rtol=1e-10, atol=1e-12):
             found = (f"shapes {tuple(fast.shape)} and {tuple(slow.shape)}"
                      if fast.shape != slow.shape else
