@@ -3,7 +3,8 @@
 Each check takes the estimator's spec and the options passed to every call, returns a line
 saying what it measured, and raises :class:`CheckFailure` (an ``AssertionError``) naming the
 rule that was broken, what was found, and how to fix it. Checks that cannot apply to an
-estimator (no from-samples form, a deterministic estimator) are skipped with the reason.
+estimator (the twin checks without a from-samples form, the MDP statistics of an estimator
+that declares the MDP unsupported) are skipped with the reason.
 
 Statistical checks use fixed seeds, so a given estimator passes or fails the same way on
 every run. Their thresholds are 5 standard errors (a correct estimator fails a z-test at
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from metarl_bench._src.errors import MetaRLBenchError, UnsupportedError
-from metarl_bench._src.registry import EstimatorSpec, signature_problems
+from metarl_bench._src.registry import EstimatorSpec, make_task, signature_problems
 from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_gradient
 
 #: z of every statistical test (see the module docstring).
@@ -65,11 +66,9 @@ class Context:
     _tasks: dict[str, Any] = field(default_factory=dict)
 
     def task(self, which: tuple[str, dict[str, Any]]) -> Any:
-        import metarl_bench as mb
-
         key = which[0] + repr(sorted(which[1].items()))
         if key not in self._tasks:
-            self._tasks[key] = mb.make_task(which[0], **which[1])
+            self._tasks[key] = make_task(which[0], **which[1])
         return self._tasks[key]
 
     def call(self, task: Any, theta: torch.Tensor, *, n_inner: int = N_SMALL,
