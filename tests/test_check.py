@@ -23,6 +23,9 @@ from metarl_bench._src.registry import ESTIMATORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = ["lsf", "unbiased", "fomaml"]
+#: Timed in the load tests: the two estimators the old gate misread under load (lsf
+#: "SLOWER" x4.84, unbiased "faster"), to keep the ten runs short.
+TIMED = ["lsf", "unbiased"]
 #: A busy process stops by itself when pytest is gone or after this many seconds, should the
 #: fixture's own clean-up never run (a killed pytest).
 BUSY_SECONDS = 1200
@@ -149,7 +152,7 @@ def test_unchanged_code_passes_ten_runs_out_of_ten_on_a_busy_machine(busy_machin
     ratios = []
     for run in range(10):
         assert all(spinner.poll() is None for spinner in busy_machine)
-        rows = compare(*measure([baseline, current_tree()], SUBSET, memory=run == 0,
+        rows = compare(*measure([baseline, current_tree()], TIMED, memory=run == 0,
                                 statistics=run == 0))
         assert {r["metric"] for r in rows} >= {"seconds", "cpu_seconds"}
         assert not failing(rows), (run, failing(rows))
@@ -178,7 +181,7 @@ def test_a_three_times_slower_estimator_fails_the_time_gate(busy_machine, tmp_pa
                            reference=_spec.reference, needs_model=_spec.needs_model,
                            count_determined=_spec.count_determined, overwrite=True)
     """)
-    rows = compare(*measure([current_tree(), slow], SUBSET, memory=False))
+    rows = compare(*measure([current_tree(), slow], TIMED, memory=False))
     assert failing(rows) == {("lsf", "tabular", 32, "seconds"),
                              ("lsf", "tabular", 32, "cpu_seconds")}
     print("3x slower lsf: median time ratio",
@@ -222,10 +225,17 @@ def test_a_version_1_suite_file_still_gates_statistics_and_memory(tmp_path):
     (["check", "--baseline", "no-such-rev-xyz"], "neither a suite JSON file nor a commit"),
     (["check", "--baseline", "HEAD", "--estimators", "lfs"], "Did you mean 'lsf'?"),
     (["check", "--baseline", "HEAD", "--factor", "0.5"], "--factor must be > 1"),
-    (["check", "--baseline", "HEAD", "--threads", "0"], "expected a positive integer"),
 ])
 def test_cli_check_bad_input(argv, message, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_cli_check_rejects_a_thread_count_below_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--baseline", "HEAD", "--threads", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "expected a positive integer" in err
+    assert err.count("\n") == 1
