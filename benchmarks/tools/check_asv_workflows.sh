@@ -6,7 +6,7 @@
 #   rendered in headless Chromium with every outside request refused).
 #
 #   bash benchmarks/tools/check_asv_workflows.sh
-#   BENCH='Estimate.time_estimate' bash benchmarks/tools/check_asv_workflows.sh
+#   BENCH='Statistics.track_variance' bash benchmarks/tools/check_asv_workflows.sh
 #   KEEP=1 ...   keeps the clone (and its .asv/) for a look
 #
 # Slow (a venv, asv's virtualenv with torch, three commits built): not part of .ci/run.
@@ -17,7 +17,7 @@
 set -euo pipefail
 
 SOURCE=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
-BENCH=${BENCH:-'Statistics.track_variance|Estimate.time_estimate'}
+BENCH=${BENCH:-'Estimate.time_estimate'}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/asv-workflows-XXXXXX")
 PREVIEW_PID=
 CHECKED=()
