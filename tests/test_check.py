@@ -110,6 +110,11 @@ def test_time_gate_uses_the_median_of_per_round_ratios_and_only_when_interleaved
     now["times"][0]["seconds"] = [2.0, 2.0, 6.0, 6.0, 3.0]
     row = by_metric(compare(base, now), "e", "seconds")
     assert row["ratio"] == 2.0 and row["verdict"] == "slower"
+    # an estimator only one tree can time
+    gone = copy.deepcopy(base)
+    gone["times"].append(dict(estimator="old", task="t", n_inner=4, seconds=[], cpu_seconds=[]))
+    assert by_metric(compare(gone, now), "old", "seconds")["verdict"] == "gone"
+    assert by_metric(compare(now, gone), "old", "seconds")["verdict"] == "new"
     # not measured together (e.g. a saved file): shown, never gated
     now["run_id"] = "another run"
     now["times"][0]["seconds"] = [10.0] * 5

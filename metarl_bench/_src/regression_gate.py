@@ -316,7 +316,8 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
         suite["times"] = [{"estimator": name, "task": task_key, "n_inner": n_inner,
                            "trials": trials, "calls_per_sample": calls[name],
                            **times[name][index]} for name in timed]
-        # estimators one tree times and the other cannot: their samples are unpaired
+        # estimators one tree times and the other cannot: listed, so that the comparison
+        # says new or gone, with no samples (there is nothing to pair them with)
         suite["times"] += [{"estimator": name, "task": task_key, "n_inner": n_inner,
                             "trials": trials, "calls_per_sample": 0, "seconds": [],
                             "cpu_seconds": []} for name in warm[index] if name not in timed]
@@ -390,7 +391,8 @@ def compare(baseline: dict[str, Any], now: dict[str, Any], *, z: float = 3.0,
                                           for old, new in zip(b, n))
             else:
                 ratio = nv / bv if bv and nv is not None else None
-            verdict = _cost_verdict(bool(b), bool(n), ratio, factor, "slower", "faster")
+            verdict = _cost_verdict(k in base_times, k in now_times, ratio, factor,
+                                    "slower", "faster")
             if not paired and verdict not in ("new", "gone"):
                 verdict = "-"
             rows.append(_row(k, metric, bv, nv, verdict, ratio))
