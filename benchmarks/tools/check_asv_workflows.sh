@@ -9,7 +9,7 @@
 #   BENCH='Statistics.track_variance' bash benchmarks/tools/check_asv_workflows.sh
 #   KEEP=1 ...   keeps the clone (and its .asv/) for a look
 #
-# Slow (a venv, asv's virtualenv with torch, three commits built): not part of .ci/run.
+# Slow (a venv, asv's virtualenv with torch, two commits built): not part of .ci/run.
 # It clones the committed HEAD of this repository: commit before running it. Needs the
 # network only for the package registries (PyPI, npm) and, when chromium is missing and we
 # are root, Debian's (apt-get install chromium).
@@ -17,7 +17,8 @@
 set -euo pipefail
 
 SOURCE=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
-BENCH=${BENCH:-'Estimate.time_estimate'}
+# asv matches --bench against 'name(param, ...)': two estimators on the bandit, 4 cells
+BENCH=${BENCH:-'Estimate.time_estimate\(.(lsf|unbiased)., .bandit.'}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/asv-workflows-XXXXXX")
 PREVIEW_PID=
 CHECKED=()
