@@ -10,7 +10,8 @@ Public API (everything else lives in ``metarl_bench._src`` and may change)::
 
 from metarl_bench._src import estimators as _estimators
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
-                                      ShapeError, UnknownNameError, UnsupportedError)
+                                      ResourceError, ResultsFileError, ShapeError,
+                                      UnknownNameError, UnsupportedError)
 from metarl_bench._src.evaluate import Result, evaluate, load_results
 from metarl_bench._src.policies import Policy, make_policy
 from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
@@ -21,14 +22,18 @@ from metarl_bench._src.trajectories import Trajectories
 from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_gradient
 
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
+register_task("bernoulli-bandit-v0", "metarl_bench._src.tasks.bandit:make_bernoulli_bandit")
+register_task("gaussian-bandit-v0", "metarl_bench._src.tasks.bandit:make_gaussian_bandit")
 register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
+register_task("tabular-discounted-v0", "metarl_bench._src.tasks.tabular:make_discounted_tabular")
 _estimators._register_builtin()
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "Policy",
-    "RegistrationError", "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
+    "RegistrationError", "ResourceError", "Result", "ResultsFileError", "ShapeError", "Task",
+    "Trajectories", "UnknownNameError", "UnsupportedError",
     "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
     "register_estimator", "register_task",

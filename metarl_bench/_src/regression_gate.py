@@ -265,14 +265,22 @@ def _both(workers: list[_Worker], op: str) -> list[Any]:
 
 
 def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: int = 5,
-            threads: int = 1, memory: bool = True, statistics: bool = True
-            ) -> list[dict[str, Any]]:
+            threads: int = 1, memory: bool = True, statistics: bool = True,
+            progress: Any = None) -> list[dict[str, Any]]:
     """Measure one tree, or a baseline tree and a working tree with interleaved timing.
 
     Returns one suite per tree (plain data, JSON-ready). With two trees their ``times``
     hold paired samples: sample ``i`` of both was taken in round ``i``, back to back.
     ``memory=False`` or ``statistics=False`` leaves those (deterministic) parts out.
+    ``progress``: a :class:`~metarl_bench._src.progress.Progress` bar that follows the
+    steps (statistics and memory, then each timed round).
     """
+    steps = 2 + rounds
+
+    def step(done: int) -> None:
+        if progress is not None:
+            progress.set(done, steps)
+
     run_id = uuid.uuid4().hex
     with tempfile.TemporaryDirectory() as scratch:
         workers: list[_Worker] = []
@@ -285,9 +293,11 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
                        "threads": worker.threads, "rounds": rounds,
                        "measured_at": datetime.datetime.now(datetime.timezone.utc)
                        .isoformat(timespec="seconds")} for worker in workers]
+            step(0)
             for suite, rows in zip(suites, _both(workers, "statistics") if statistics
                                    else [[] for _ in workers]):
                 suite["statistics"] = rows
+            step(1)
             warm = _both(workers, "prepare")
             for suite, rows in zip(suites, _both(workers, "memory") if memory
                                    else [[] for _ in workers]):
@@ -297,6 +307,7 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
                      for name in timed}
             calls = {name: _calls_per_sample(workers, name) for name in timed}
             load_before = os.getloadavg()
+            step(2)
             for round_index in range(rounds):
                 # alternate which tree goes first, so neither always runs in the other's wake
                 order = list(range(len(workers)))[::1 if round_index % 2 == 0 else -1]
@@ -305,6 +316,7 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
                         wall, cpu = workers[index].request("time", name=name, calls=calls[name])
                         times[name][index]["seconds"].append(wall)
                         times[name][index]["cpu_seconds"].append(cpu)
+                step(3 + round_index)
             load_after = os.getloadavg()
         finally:
             for worker in workers:
@@ -496,10 +508,13 @@ def read_suite(path: str) -> dict[str, Any]:
     from metarl_bench._src.errors import ParameterError
 
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ParameterError(f"--baseline {path!r}: cannot read a suite JSON: {exc}") from None
+    except OSError as exc:
+        raise ParameterError(f"--baseline {path!r}: cannot be read: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ParameterError(f"--baseline {path!r}: not a suite JSON file (binary, not UTF-8, "
+                             f"or not JSON)") from None
     version = data.get("suite_version") if isinstance(data, dict) else None
     if version == 1:
         # version 1 kept one median time and the peak bytes per call in "costs"
@@ -540,20 +555,24 @@ def current_tree() -> str:
 
 def run_check(baseline: str | None, *, estimators: list[str] | None = None, rounds: int = 5,
               threads: int = 1, z: float = 3.0, factor: float = 2.0, save: str | None = None,
-              show_all: bool = False, out: Any = None) -> int:
-    """The ``check`` command: 0 when nothing regressed, 1 otherwise."""
+              show_all: bool = False, out: Any = None, progress: bool = False) -> int:
+    """The ``check`` command: 0 when nothing regressed, 1 otherwise. ``progress``: a bar on
+    stderr."""
+    from metarl_bench._src.progress import Progress
+
     out = out or sys.stdout
     here = current_tree()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, \
+            Progress(None, "check", enabled=progress, unit="step") as bar:
+        options = dict(rounds=rounds, threads=threads, progress=bar)
         if baseline is None:
-            (now,), base, label = measure([here], estimators, rounds=rounds,
-                                          threads=threads), None, None
+            (now,), base, label = measure([here], estimators, **options), None, None
         elif baseline.endswith(".json") or os.path.isfile(baseline):
             base, label = read_suite(baseline), baseline
-            (now,) = measure([here], estimators, rounds=rounds, threads=threads)
+            (now,) = measure([here], estimators, **options)
         else:
             label = revision_tree(baseline, folder)
-            base, now = measure([folder, here], estimators, rounds=rounds, threads=threads)
+            base, now = measure([folder, here], estimators, **options)
     if save:
         with open(save, "w") as handle:
             json.dump(now, handle, indent=1)

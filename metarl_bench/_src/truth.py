@@ -8,12 +8,13 @@ leave-one-out unbiased estimates, reported with its standard error.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.progress import as_advance
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 
 
@@ -84,23 +85,40 @@ class EstimatedGradient:
 
 def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                            n_samples: int = 20_000, chunk: int | None = None,
-                           generator: torch.Generator | None = None) -> EstimatedGradient:
+                           generator: torch.Generator | None = None,
+                           progress: bool | Callable[[int], None] | None = None
+                           ) -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
 
     The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
     section 2); it needs the exact V, so the task must have a model. Samples are drawn in
     chunks of ``chunk`` trials, by default about 2**15 trajectories per chunk (set by N
-    alone, never by the machine, so the result is the same everywhere).
+    alone, never by the machine, so the result is the same everywhere). ``progress``: True
+    for a bar on stderr, or a function called with the number of samples of each chunk.
     """
     inner_lr = _check(task, theta, inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
     n_inner = validation.positive_int("n_inner", n_inner)
     chunk = max(1, 2 ** 15 // n_inner) if chunk is None else validation.positive_int("chunk", chunk)
+    itemsize = theta.element_size()
+    resources.check_memory(
+        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * task.n_tasks * n_inner * (
+            resources.bytes_per_trajectory(task, itemsize)
+            + resources.bytes_per_row(task, True, itemsize)),
+        f"estimate_meta_gradient(n_samples={n_samples}, n_inner={n_inner}) on {task.name}",
+        "lower n_samples or n_inner, or raise the limit (max_memory= / --max-memory)")
     loo = estimator_spec("loo").fn
+    advance, bar = as_advance(progress, n_samples, f"truth N={n_inner}", "sample")
     parts = []
-    for start in range(0, n_samples, chunk):
-        parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr,
-                         n_trials=min(chunk, n_samples - start), generator=generator))
+    try:
+        for start in range(0, n_samples, chunk):
+            size = min(chunk, n_samples - start)
+            parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=size,
+                             generator=generator))
+            advance(size)
+    finally:
+        if bar is not None:
+            bar.close()
     return EstimatedGradient(torch.cat(parts))
 
 
