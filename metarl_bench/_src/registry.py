@@ -42,7 +42,9 @@ class EstimatorSpec:
     moments by enumeration and by the per-trial reference); ``reference``: its slow,
     obviously-correct twin with the from-samples signature; ``needs_model``: it needs the
     exact V of the task; ``count_determined``: with exact outer its value depends on the
-    inner samples only through their multiset (so bandit moments can be enumerated).
+    inner samples only through their multiset (so bandit moments can be enumerated); a
+    function of the call's options where that depends on them (a noisy critic is random
+    beyond the samples).
     """
 
     name: str
@@ -50,8 +52,22 @@ class EstimatorSpec:
     from_samples: Callable[..., torch.Tensor] | None = None
     reference: Callable[..., torch.Tensor] | None = None
     needs_model: bool = False
-    count_determined: bool = False
+    count_determined: bool | Callable[[dict[str, Any]], bool] = False
     options: tuple[str, ...] = field(default=())
+    trajectories: Callable[[int, int | None, dict[str, Any]], int] | None = None
+
+    def trajectories_per_task(self, n_inner: int, n_outer: int | None,
+                              options: dict[str, Any] | None = None) -> int:
+        """Trajectories one estimate samples in each task: N + M unless ``trajectories`` says."""
+        if self.trajectories is not None:
+            return int(self.trajectories(n_inner, n_outer, dict(options or {})))
+        return n_inner + (n_outer or 0)
+
+    def is_count_determined(self, options: dict[str, Any] | None = None) -> bool:
+        """Whether, with these options, the value depends on the inner samples' counts alone."""
+        if callable(self.count_determined):
+            return bool(self.count_determined(dict(options or {})))
+        return bool(self.count_determined)
 
     @property
     def summary(self) -> str:
@@ -101,7 +117,9 @@ def keyword_options(fn: Callable[..., Any]) -> tuple[str, ...]:
 def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None, *,
                        from_samples: Callable[..., torch.Tensor] | None = None,
                        reference: Callable[..., torch.Tensor] | None = None,
-                       needs_model: bool = False, count_determined: bool = False,
+                       needs_model: bool = False,
+                       count_determined: bool | Callable[[dict[str, Any]], bool] = False,
+                       trajectories: Callable[[int, int | None, dict[str, Any]], int] | None = None,
                        overwrite: bool = False):
     """Register an estimator under ``name``; usable as a decorator when ``fn`` is omitted.
 
@@ -110,6 +128,8 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
     ...                  generator=None):
     ...     ...
 
+    ``trajectories(n_inner, n_outer, options)``: the trajectories one estimate samples per
+    task, where that is not N + M (e.g. zero-order estimators sampling at several points).
     ``overwrite=True`` replaces an existing entry; otherwise a second registration of the
     same name raises :class:`RegistrationError`.
     """
@@ -125,7 +145,7 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
         ESTIMATORS[name] = EstimatorSpec(
             name=name, fn=function, from_samples=from_samples, reference=reference,
             needs_model=needs_model, count_determined=count_determined,
-            options=keyword_options(from_samples or function))
+            options=keyword_options(from_samples or function), trajectories=trajectories)
         return function
 
     return add if fn is None else add(fn)
