@@ -8,6 +8,7 @@ Public API (everything else lives in ``metarl_bench._src`` and may change)::
                                     n_trials=1000)
 """
 
+from metarl_bench._src import envs as _envs
 from metarl_bench._src import estimators as _estimators
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
                                       ShapeError, UnknownNameError, UnsupportedError)
@@ -21,6 +22,11 @@ from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_
 
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
 register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
+register_task("halfcheetah-vel-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_vel")
+register_task("halfcheetah-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_dir")
+register_task("ant-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_ant_dir")
+register_task("gym-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_gym")
+_envs.register_gymnasium_envs()
 _estimators._register_builtin()
 
 __version__ = "0.1.0"
