@@ -17,7 +17,7 @@ SUBSET = ["lsf", "unbiased", "fomaml"]
 
 @pytest.fixture(scope="module")
 def baseline():
-    return run_suite(SUBSET, rounds=5, memory=False)
+    return run_suite(SUBSET, rounds=5, memory=False, mujoco=False)
 
 
 def failing(rows):
@@ -65,7 +65,7 @@ def test_an_injected_variance_bug_fails_the_check(baseline):
 
     mb.register_estimator("lsf", noisier_lsf, overwrite=True)
     try:
-        rows = compare(baseline, run_suite(SUBSET, rounds=3, memory=False))
+        rows = compare(baseline, run_suite(SUBSET, rounds=3, memory=False, mujoco=False))
     finally:
         ESTIMATORS["lsf"] = lsf
     failed = failing(rows)
@@ -75,7 +75,7 @@ def test_an_injected_variance_bug_fails_the_check(baseline):
 
 def test_unchanged_code_passes_ten_runs_out_of_ten(baseline):
     for run in range(10):
-        rows = compare(baseline, run_suite(SUBSET, rounds=5, memory=False))
+        rows = compare(baseline, run_suite(SUBSET, rounds=5, memory=False, mujoco=False))
         assert not failing(rows), (run, failing(rows))
 
 

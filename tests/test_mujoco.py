@@ -252,3 +252,18 @@ def test_gym_task_errors():
         mb.make_task("gym-v0", env_id="NoSuchEnv-v0")
     with pytest.raises(mb.ParameterError, match="set_task"):
         mb.make_task("gym-v0", env_id="Pendulum-v1", tasks=[{"g": 1.0}])
+
+
+def test_check_suite_times_a_mujoco_call(monkeypatch):
+    from metarl_bench._src import regression_gate
+
+    # the rest of the suite shrunk to one cheap cell: only the MuJoCo row is under test
+    tabular = regression_gate.CHECK_TASKS["tabular"]
+    monkeypatch.setattr(regression_gate, "CHECK_TASKS", {"tabular": (*tabular[:4], 10)})
+    monkeypatch.setattr(regression_gate, "CHECK_N", (2,))
+    monkeypatch.setattr(regression_gate, "TIMING", ("tabular", 2, 10))
+    costs = regression_gate.run_suite(["lsf", "loo"], rounds=1, memory=False)["costs"]
+    MUJOCO_TIMING = regression_gate.MUJOCO_TIMING
+    mujoco_rows = [row for row in costs if row["task"] == MUJOCO_TIMING[0]]
+    assert [row["estimator"] for row in mujoco_rows] == ["lsf"]   # loo needs a model
+    assert mujoco_rows[0]["seconds"] > 0

@@ -41,11 +41,17 @@ CHECK_TASKS = {
 }
 CHECK_N = (4, 32)
 TIMING = ("tabular", 32, 2000)  # (task, N, trials) of the timed and memory-measured call
+#: A timed MuJoCo call (task key, task id, parameters, inner step size, N, M, trials): small,
+#: to catch a slower sampler; skipped where the task or MuJoCo is absent. Append only.
+MUJOCO_TIMING = ("halfcheetah-vel", "halfcheetah-vel-v0", {"n_tasks": 2, "horizon": 20,
+                                                           "seed": 0}, 1e-3, 4, 4, 2)
 
 
 def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
-              memory: bool = True) -> dict[str, Any]:
-    """Measure the suite on the importable metarl_bench; plain data, JSON-ready."""
+              memory: bool = True, mujoco: bool = True) -> dict[str, Any]:
+    """Measure the suite on the importable metarl_bench; plain data, JSON-ready.
+
+    ``mujoco=False`` leaves out the MuJoCo timing (tests that repeat the suite)."""
     import torch
 
     import metarl_bench as mb
@@ -79,15 +85,40 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
             call()  # warm-up, and skips what the timing task does not support
         except unsupported:
             continue
-        seconds = []
-        for _ in range(rounds):
-            start = time.perf_counter()
+        out["costs"].append(_cost(name, task_key, n_inner, call, rounds, memory))
+    if not mujoco:
+        return out
+    mujoco_key, task_id, params, inner_lr, n_inner, n_outer, trials = MUJOCO_TIMING
+    failed = getattr(mb, "MetaRLBenchError", Exception)
+    try:
+        task = mb.make_task(task_id, **params)
+    except failed:  # a tree without the task, or without MuJoCo
+        return out
+    theta = task.initial_params()
+    for name in names:
+        fn = mb.get_estimator(name)
+        call = lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr,  # noqa: E731
+                          n_trials=trials, n_outer=n_outer,
+                          generator=torch.Generator().manual_seed(0))
+        try:
             call()
-            seconds.append(time.perf_counter() - start)
-        out["costs"].append({"estimator": name, "task": task_key, "n_inner": n_inner,
-                             "seconds": statistics.median(seconds),
-                             "peak_bytes": _peak_bytes(call) if memory else None})
+        except unsupported:
+            continue
+        out["costs"].append(_cost(name, mujoco_key, n_inner, call, rounds, memory))
     return out
+
+
+def _cost(name: str, task_key: str, n_inner: int, call: Any, rounds: int, memory: bool
+          ) -> dict[str, Any]:
+    """Median seconds of ``rounds`` calls and the peak bytes of one (a warmed-up call)."""
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return {"estimator": name, "task": task_key, "n_inner": n_inner,
+            "seconds": statistics.median(seconds),
+            "peak_bytes": _peak_bytes(call) if memory else None}
 
 
 def _peak_bytes(call: Any) -> int | None:
