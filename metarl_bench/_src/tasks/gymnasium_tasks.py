@@ -399,11 +399,3 @@ def _range(name: str, value: Any) -> tuple[float, float]:
         raise ParameterError(f"{name} must have low <= high, got ({low}, {high})")
     return low, high
 
-
-def _log_prob_until_foundation(self, params, traj):  # TEMPORARY: removed at the merge
-    return self.policy.log_prob(params, traj.states, traj.actions)
-
-
-GymnasiumTask.log_prob = _log_prob_until_foundation
-GymnasiumTask.initial_params = lambda self, dtype=torch.float64, device=None: \
-    self.policy.initial_params(dtype=dtype, device=device)
