@@ -4,7 +4,6 @@ not simulation. Public API only (plus gymnasium and mujoco themselves)."""
 
 import time
 
-import numpy as np
 import torch
 
 import metarl_bench as mb
@@ -19,11 +18,9 @@ SEED = 0
 
 
 def mujoco_available() -> bool:
-    try:
-        import mujoco  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("mujoco") is not None
 
 
 class Throughput:
