@@ -227,3 +227,16 @@ def test_check_suite_times_a_mujoco_call(monkeypatch):
     mujoco_rows = [row for row in costs if row["task"] == MUJOCO_TIMING[0]]
     assert [row["estimator"] for row in mujoco_rows] == ["lsf"]   # loo needs a model
     assert mujoco_rows[0]["seconds"] > 0
+
+
+def test_benchmark_grid_runs_halfcheetah_with_a_sampled_outer_step():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import common
+
+    with pytest.raises(NotImplementedError, match="no model"):
+        common.Case("loo", "halfcheetah-vel", 4)
+    case = common.Case("lsf", "halfcheetah-vel", 4)
+    assert case.call == {"n_outer": 20} and case.run().shape == (2, *case.theta.shape)
