@@ -110,6 +110,19 @@ def _check_direction(task: Any) -> float:
     return direction
 
 
+class DirectionTaskMixin(MetaTaskMixin):
+    """Tasks {"direction": d}, d = -1 or +1 with probability 1/2 each."""
+
+    def sample_tasks(self, n_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        return [{"direction": float(d)} for d in 2 * rng.integers(0, 2, size=n_tasks) - 1]
+
+    def set_task(self, task: dict[str, float]) -> None:
+        self._direction = _check_direction(task)
+
+    def get_task(self) -> dict[str, float]:
+        return {"direction": self._direction}
+
+
 class HalfCheetahVelEnv(MetaTaskMixin, HalfCheetahEnv):
     """HalfCheetah that must run at a goal velocity (MAML's HalfCheetah-Vel).
 
@@ -179,7 +192,7 @@ class HalfCheetahVelEnv(MetaTaskMixin, HalfCheetahEnv):
         return reward, {"reward_forward": forward, "reward_ctrl": ctrl}
 
 
-class HalfCheetahDirEnv(MetaTaskMixin, HalfCheetahEnv):
+class HalfCheetahDirEnv(DirectionTaskMixin, HalfCheetahEnv):
     """HalfCheetah that must run forward or backward (MAML's HalfCheetah-Dir).
 
     ## Description
@@ -218,22 +231,13 @@ class HalfCheetahDirEnv(MetaTaskMixin, HalfCheetahEnv):
         utils.EzPickle.__init__(self, ctrl_cost_weight, task, **kwargs)
         self.set_task(task if task is not None else {"direction": 1.0})
 
-    def sample_tasks(self, n_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-        return [{"direction": float(d)} for d in 2 * rng.integers(0, 2, size=n_tasks) - 1]
-
-    def set_task(self, task: dict[str, float]) -> None:
-        self._direction = _check_direction(task)
-
-    def get_task(self) -> dict[str, float]:
-        return {"direction": self._direction}
-
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         reward, forward, ctrl = direction_reward(x_velocity, action, self._direction,
                                                  self._ctrl_cost_weight)
         return reward, {"reward_forward": forward, "reward_ctrl": ctrl}
 
 
-class AntDirEnv(MetaTaskMixin, AntEnv):
+class AntDirEnv(DirectionTaskMixin, AntEnv):
     """Ant that must walk forward or backward along x (MAML's Ant-Dir).
 
     ## Description
@@ -290,15 +294,6 @@ class AntDirEnv(MetaTaskMixin, AntEnv):
         utils.EzPickle.__init__(self, ctrl_cost_weight, contact_cost_weight, healthy_reward,
                                 terminate_when_unhealthy, task, **kwargs)
         self.set_task(task if task is not None else {"direction": 1.0})
-
-    def sample_tasks(self, n_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-        return [{"direction": float(d)} for d in 2 * rng.integers(0, 2, size=n_tasks) - 1]
-
-    def set_task(self, task: dict[str, float]) -> None:
-        self._direction = _check_direction(task)
-
-    def get_task(self) -> dict[str, float]:
-        return {"direction": self._direction}
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         healthy = ant_healthy(self.data.qpos, self.data.qvel, self._healthy_z_range)
