@@ -240,3 +240,18 @@ def test_benchmark_grid_runs_halfcheetah_with_a_sampled_outer_step():
         common.Case("loo", "halfcheetah-vel", 4)
     case = common.Case("lsf", "halfcheetah-vel", 4)
     assert case.call == {"n_outer": 20} and case.run().shape == (2, *case.theta.shape)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trajectories_do_not_depend_on_the_device():
+    task = mb.make_task("halfcheetah-vel-v0", n_tasks=2, horizon=30)
+    theta = task.initial_params()
+    index = torch.tensor([0, 1])
+    on_cpu = task.sample(theta.expand(2, -1), 4, index, generator(3))
+    on_gpu = task.sample(theta.cuda().expand(2, -1), 4, index.cuda(), generator(3))
+    assert on_gpu.rewards.is_cuda
+    for field in ("states", "actions", "rewards"):
+        assert torch.equal(getattr(on_cpu, field), getattr(on_gpu, field).cpu()), field
+    estimate = mb.get_estimator("lsf")(task, theta.cuda(), n_inner=3, inner_lr=1e-3,
+                                       n_trials=2, n_outer=3, generator=generator())
+    assert estimate.is_cuda and torch.isfinite(estimate).all()

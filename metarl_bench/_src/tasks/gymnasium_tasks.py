@@ -167,7 +167,11 @@ class GymnasiumTask(Task):
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None, *, sampler: str | None = None
                ) -> Trajectories:
-        params = params.detach()
+        device = params.device
+        # the simulators run on the CPU, and so does the policy while sampling: then the
+        # trajectories do not depend on the device of the computation (a GPU matmul differs
+        # from a CPU one in the last bits, and a chaotic simulation amplifies them)
+        params = params.detach().cpu()
         n_rows = params.shape[0]
         n_sims = n_rows * n_traj
         sim = self.simulator(n_sims, sampler)
@@ -193,8 +197,9 @@ class GymnasiumTask(Task):
                 actions.append(action if discrete else
                                torch.from_numpy(env_action).to(params).reshape(action.shape))
                 rewards.append(torch.from_numpy(reward).to(params).reshape(n_rows, n_traj))
-        return Trajectories(torch.stack(observations, 2), torch.stack(actions, 2),
-                            torch.stack(rewards, -1), task_index)
+        return Trajectories(torch.stack(observations, 2).to(device),
+                            torch.stack(actions, 2).to(device),
+                            torch.stack(rewards, -1).to(device), task_index)
 
 
 def _horizon_gamma(horizon: Any, gamma: Any) -> tuple[int, float]:
