@@ -134,6 +134,11 @@ class GymnasiumTask(Task):
         self._set_task = set_task
         self.params = params
         self._reference_env = _require_gymnasium_env(env_id, self.env_kwargs).unwrapped
+        # memory of one trajectory against a tabular one (sets evaluate's chunk size): per
+        # step, float observations and actions and the policy's widest layer of activations
+        space = self._reference_env.observation_space
+        width = max([space.shape[0], *policy.spec.get("hidden", [])])
+        self.trajectory_cost = max(1, horizon * width // 16)
         self._simulators: dict[tuple[str, int], Any] = {}
 
     def simulator(self, n_sims: int, sampler: str | None = None) -> Any:
