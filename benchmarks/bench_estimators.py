@@ -68,9 +68,6 @@ class Statistics:
 
     def setup(self, estimator, task, n_inner):
         case = Case(estimator, task, n_inner)
-        if not case.task.has_model:
-            raise NotImplementedError(f"{task} has no model: its statistics need an estimated "
-                                      f"truth (metarl-bench run), too costly for a cell")
         truth = "finite" if task == "bandit" else "limit"
         options = {"truth": truth} if estimator == "exact" else {}
         try:

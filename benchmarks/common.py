@@ -17,13 +17,6 @@ TASKS = {
     "bandit": ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]}, 2.0),
     "tabular": ("tabular-v0", {"n_states": 20, "n_actions": 5, "horizon": 20, "gamma": 0.8,
                                "seed": 0}, 1.0),
-    # small, so a cell costs about a second; bench_mujoco.py measures the sizes
-    "halfcheetah-vel": ("halfcheetah-vel-v0", {"n_tasks": 2, "horizon": 50, "seed": 0}, 1e-3),
-}
-#: Overrides of the estimator call per task: a task with no model samples its outer step
-#: (n_outer) and runs fewer trials (its simulation dominates). Append only.
-CALLS = {
-    "halfcheetah-vel": {"n_outer": 20, "n_trials": 2},
 }
 N_GRID = [4, 64]
 N_TRIALS = 200
@@ -58,22 +51,19 @@ class Case:
 
     def __init__(self, estimator: str, task_key: str, n_inner: int):
         task_id, params, self.inner_lr = TASKS[task_key]
-        self.call = dict(CALLS.get(task_key, {}))
-        self.n_trials = self.call.pop("n_trials", N_TRIALS)
+        self.task = mb.make_task(task_id, **params)
+        self.theta = self.task.initial_params()
         self.estimator = mb.get_estimator(estimator)
         self.name, self.n_inner = estimator, n_inner
-        try:  # unsupported combinations (or a task whose extra is absent) are skipped
-            self.task = mb.make_task(task_id, **params)
-            self.theta = self.task.initial_params()
-            self.run(n_trials=min(2, self.n_trials))
+        try:
+            self.run(n_trials=2)  # unsupported combinations are skipped, not failed
         except mb.UnsupportedError as exc:
             raise NotImplementedError(str(exc)) from None
 
-    def run(self, n_trials: int | None = None) -> torch.Tensor:
+    def run(self, n_trials: int = N_TRIALS) -> torch.Tensor:
         return self.estimator(self.task, self.theta, n_inner=self.n_inner,
-                              inner_lr=self.inner_lr,
-                              n_trials=self.n_trials if n_trials is None else n_trials,
-                              generator=torch.Generator().manual_seed(SEED), **self.call)
+                              inner_lr=self.inner_lr, n_trials=n_trials,
+                              generator=torch.Generator().manual_seed(SEED))
 
 
 def allocated_peak_bytes(call: Callable[[], object]) -> int | None:

@@ -229,19 +229,6 @@ def test_check_suite_times_a_mujoco_call(monkeypatch):
     assert mujoco_rows[0]["seconds"] > 0
 
 
-def test_benchmark_grid_runs_halfcheetah_with_a_sampled_outer_step():
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks import common
-
-    with pytest.raises(NotImplementedError, match="no model"):
-        common.Case("loo", "halfcheetah-vel", 4)
-    case = common.Case("lsf", "halfcheetah-vel", 4)
-    assert case.call == {"n_outer": 20} and case.run().shape == (2, *case.theta.shape)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_trajectories_do_not_depend_on_the_device():
     task = mb.make_task("halfcheetah-vel-v0", n_tasks=2, horizon=30)

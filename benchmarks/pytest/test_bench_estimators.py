@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from benchmarks.common import (ESTIMATORS, N_GRID, SEED, TASKS, Case,
+from benchmarks.common import (ESTIMATORS, N_GRID, N_TRIALS, SEED, TASKS, Case,
                                allocated_peak_bytes)
 from metarl_bench._src.estimators.reference import per_trial
 
@@ -53,14 +53,9 @@ def test_estimator(benchmark, results, estimator, task, n_inner):
 
     def run(generator):
         return case.estimator(instance, case.theta, n_inner=n_inner, inner_lr=inner_lr,
-                              n_trials=case.n_trials, generator=generator, **case.call)
+                              n_trials=N_TRIALS, generator=generator)
 
     benchmark.pedantic(run, setup=seeded, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    if not instance.has_model:
-        # an estimated truth would cost far more than the cell: time and memory only
-        benchmark.extra_info.update(estimator=estimator, task=instance.name, n_inner=n_inner,
-                                    timed_trials=case.n_trials, **case.call)
-        return
 
     # the bandit's finite-N truth is exact; on the MDP it would have to be estimated at
     # more cost than the cell itself, so the exact N -> infinity limit is used there
@@ -69,7 +64,7 @@ def test_estimator(benchmark, results, estimator, task, n_inner):
                          inner_lr=inner_lr, seed=SEED, truth=truth).records[0]
     info = dict(
         estimator=estimator, task=instance.name, n_inner=n_inner, inner_lr=inner_lr,
-        timed_trials=case.n_trials, n_trials=record["n_trials"], truth=truth,
+        timed_trials=N_TRIALS, n_trials=record["n_trials"], truth=truth,
         truth_kind=record["truth_kind"], moments=record["moments"], bias=record["bias"],
         variance=record["variance"], mse=record["mse"], cosine=record["cosine"],
         trajectories_per_estimate=record["trajectories"],
