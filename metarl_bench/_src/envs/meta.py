@@ -35,8 +35,12 @@ class MetaTaskEnv:
         raise NotImplementedError
 
     @property
-    def task(self) -> dict[str, Any]:
-        return self.get_task()
+    def task(self) -> dict[str, Any] | None:
+        """The current task, None before any is set (``set_attr`` probes this attribute)."""
+        try:
+            return self.get_task()
+        except ParameterError:
+            return None
 
     @task.setter
     def task(self, task: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from metarl_bench._src.draws import normal
 from metarl_bench._src.errors import ParameterError
 from metarl_bench._src.policies import LinearGaussian
 from metarl_bench._src.tasks.base import Task, as_tensor
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.trajectories import Trajectories, reward_to_go
 
 
 class LQNavigationTask(Task):
@@ -155,3 +155,52 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
                             control_cost=control_cost,
                             start_mean=torch.zeros(dim, dtype=torch.float64) if start is None
                             else start, start_std=start_std, policy=policy, params=params)
+
+
+def pathwise_meta_gradients(task: LQNavigationTask, theta: torch.Tensor, *, n_inner: int,
+                            inner_lr: float, n_samples: int,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent unbiased estimates of grad F_N by reparameterisation: (n_samples, D).
+
+    Each trajectory is a differentiable function of theta and fixed noise (x_{t+1} = x_t +
+    K x_t + k + sigma eps_t), so F_N(theta) = E_eps mean_k V_k(theta + eta g_N(theta, tau(theta,
+    eps))) can be differentiated inside the expectation. g_N differentiates the surrogate
+    sum_t log pi_theta(a_t|x_t) G_t in the policy's theta only (the trajectory held fixed), so
+    the policy sees a copy of theta while the trajectory sees theta itself. No score
+    function appears at the outer level: a check of the score-function estimators that
+    shares none of their code. One sample is the average over the task distribution of one
+    trial's per-task pathwise gradients.
+    """
+    n_rows = n_samples * task.n_tasks
+    task_index = torch.arange(n_rows, device=theta.device) % task.n_tasks
+    # one leaf copy per trial, shared by that trial's tasks: one backward pass gives every
+    # trial's gradient
+    trials = theta.detach().unsqueeze(0).repeat(n_samples, 1).requires_grad_()
+    rows = trials.unsqueeze(1).expand(n_samples, task.n_tasks, -1).reshape(n_rows, -1)
+    policy_params = rows.clone()
+    blocks = task.policy.layout.split(rows)
+    gain, bias, std = blocks["gain"], blocks["bias"], torch.exp(blocks["log_std"])
+    goals = task.goals.to(theta)[task_index].unsqueeze(1)
+    dim = task.dim
+    state = task.start_mean.to(theta).expand(n_rows, n_inner, dim)
+    if task.start_std > 0:
+        state = state + task.start_std * normal((n_rows, n_inner, dim), generator, theta)
+    states, actions, rewards = [], [], []
+    for _ in range(task.horizon):
+        noise = normal((n_rows, n_inner, dim), generator, theta)
+        action = (torch.einsum("rij,rnj->rni", gain, state) + bias.unsqueeze(1)
+                  + std.unsqueeze(1) * noise)
+        states.append(state)
+        actions.append(action)
+        rewards.append(-((state - goals) ** 2).sum(-1) - task.control_cost * (action ** 2).sum(-1))
+        state = state + action
+    traj = Trajectories(torch.stack(states, 2), torch.stack(actions, 2), torch.stack(rewards, -1),
+                        task_index)
+    returns = reward_to_go(traj.rewards, task.gamma)
+    surrogate = (task.policy.log_prob(policy_params, traj.states, traj.actions)
+                 * returns).sum(-1).mean(-1)
+    (inner_grad,) = torch.autograd.grad(surrogate.sum(), policy_params, create_graph=True)
+    values = task.value(policy_params + inner_lr * inner_grad, task_index)
+    objectives = values.reshape(n_samples, task.n_tasks).mean(-1)
+    (grads,) = torch.autograd.grad(objectives.sum(), trials)
+    return grads

@@ -11,8 +11,9 @@ import torch
 from metarl_bench._src import validation
 from metarl_bench._src.advantages import Advantages, make_advantages
 from metarl_bench._src.envs.navigation import sample_goals
-from metarl_bench._src.errors import ParameterError
-from metarl_bench._src.policies import CONTINUOUS_POLICIES, Policy, make_policy
+from metarl_bench._src.errors import ParameterError, unknown_name
+from metarl_bench._src.policies import (CONTINUOUS_POLICIES, DISCRETE_POLICIES, Policy,
+                                        make_policy)
 from metarl_bench._src.tasks.base import Task, as_tensor
 from metarl_bench._src.trajectories import Trajectories
 
@@ -91,8 +92,9 @@ def make_navigation2d(*, n_tasks: int = 20, seed: int = 0, horizon: int = 100,
     goal_high = validation.finite_float("goal_high", goal_high)
     if not goal_low < goal_high:
         raise ParameterError(f"goal_low must be below goal_high, got {goal_low} and {goal_high}")
+    if policy not in CONTINUOUS_POLICIES + DISCRETE_POLICIES:
+        raise unknown_name("policy kind", policy, CONTINUOUS_POLICIES + DISCRETE_POLICIES)
     if policy not in CONTINUOUS_POLICIES:
-        make_policy(policy, observation_dim=2, action_dim=2)  # raises the unknown-name error
         raise ParameterError(f"navigation2d-v0 has continuous actions: policy must be one of "
                              f"{', '.join(CONTINUOUS_POLICIES)}, got {policy!r}")
     advantages = make_advantages(baseline, gae_lambda, normalize_advantages)
