@@ -10,6 +10,7 @@ Public API (everything else lives in ``metarl_bench._src`` and may change)::
 
 from metarl_bench._src import envs as _envs
 from metarl_bench._src import estimators as _estimators
+from metarl_bench._src.envs import set_tasks
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
                                       ShapeError, UnknownNameError, UnsupportedError)
 from metarl_bench._src.evaluate import Result, evaluate, load_results
@@ -23,6 +24,8 @@ from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_
 
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
 register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
+register_task("navigation2d-v0", "metarl_bench._src.tasks.navigation:make_navigation2d")
+register_task("lq-navigation-v0", "metarl_bench._src.tasks.lq:make_lq_navigation")
 register_task("halfcheetah-vel-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_vel")
 register_task("halfcheetah-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_dir")
 register_task("ant-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_ant_dir")
@@ -37,5 +40,5 @@ __all__ = [
     "RegistrationError", "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
     "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
-    "register_estimator", "register_task",
+    "register_estimator", "register_task", "set_tasks",
 ]

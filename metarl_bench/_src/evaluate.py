@@ -26,8 +26,8 @@ from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.registry import estimator_spec
 from metarl_bench._src.stats import MIN_SLOPE_POINTS, fit_log_log, summarize, summarize_exact
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.truth import (enumerable, estimate_meta_gradient, exact_moments,
-                                     meta_gradient, supports_exact_moments)
+from metarl_bench._src.truth import (chunk_trials, enumerable, estimate_meta_gradient,
+                                     exact_moments, meta_gradient, supports_exact_moments)
 
 SCHEMA_VERSION = 1
 SLOPE_METRICS = ("bias", "variance", "mse")
@@ -162,8 +162,10 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     """Bias, variance, MSE and cosine of each estimator against the truth, for each N.
 
     ``truth``: ``"finite"`` (grad F_N: exact on bandits, else the mean of ``truth_samples``
-    leave-one-out estimates, reported as estimated with its error in the intervals) or
-    ``"limit"`` (grad F_inf, exact). ``exact``: use the exact enumerated moments where the task
+    exactly unbiased estimates, reported as estimated with its error in the intervals:
+    leave-one-out ones on tasks with a model, ``unbiased`` ones with ``n_outer`` sampled outer
+    trajectories on tasks without one; each record's ``truth_method`` says which) or
+    ``"limit"`` (grad F_inf, exact; tasks with a model). ``exact``: use the exact enumerated moments where the task
     and estimator allow it (bandit, exact outer), Monte Carlo over ``n_trials`` otherwise;
     each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
     ``{"unbiased": {"baseline": 0.5}}``. ``jsonl``: append the header and then each record to
@@ -185,9 +187,12 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     n_boot = validation.positive_int("n_boot", n_boot, minimum=10)
     if truth not in ("finite", "limit"):
         raise ParameterError(f"truth must be 'finite' or 'limit', got {truth!r}")
-    if not task.has_model:
-        raise UnsupportedError(f"task {task.name!r} has no model, so no ground truth to compare "
-                               f"against")
+    if not task.has_model and n_outer is None:
+        raise UnsupportedError(f"task {task.name!r} has no model: the estimators and the "
+                               f"estimated truth sample the outer step, so pass n_outer=M")
+    if not task.has_model and truth == "limit":
+        raise UnsupportedError(f"task {task.name!r} has no model, so grad F_inf is unknown; "
+                               f"use truth='finite' (estimated from samples)")
     if truth == "finite" and "exact" in estimators and not all(
             enumerable(task, n) for n in grid):
         raise UnsupportedError(f"estimator 'exact' with truth='finite' needs an exact "
@@ -216,12 +221,13 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
             _emit(stream, result.lines()[0])
         truth_limit = meta_gradient(task, theta, inner_lr=inner_lr) if truth == "limit" else None
         for n in grid:
-            reference, reference_samples, truth_kind = _truth(
-                task, theta, n, inner_lr, truth, truth_limit, truth_samples, seed)
+            reference, reference_samples, truth_kind, truth_method = _truth(
+                task, theta, n, inner_lr, truth, truth_limit, truth_samples, seed, n_outer)
             for spec in specs:
                 record = _cell(task, theta, spec, n, n_trials, inner_lr, n_outer, seed, truth,
                                truth_kind, reference, reference_samples, exact, n_boot,
                                options.get(spec.name, {}))
+                record["truth_method"] = truth_method
                 result.records.append(record)
                 if stream is not None:
                     _emit(stream, {"type": "record", **record})
@@ -244,16 +250,18 @@ def _emit(stream: Any, line: dict[str, Any]) -> None:
 
 
 def _truth(task: Task, theta: torch.Tensor, n: int, inner_lr: float, truth: str,
-           truth_limit: torch.Tensor | None, truth_samples: int, seed: int
-           ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+           truth_limit: torch.Tensor | None, truth_samples: int, seed: int,
+           n_outer: int | None) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
     if truth == "limit":
-        return truth_limit, None, "exact"
+        return truth_limit, None, "exact", "grad F_inf by nested autodiff through the model"
     if enumerable(task, n):
-        return meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact"
+        return (meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact",
+                "grad F_N by exact enumeration of the inner samples")
     generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, "truth", n))
     estimate = estimate_meta_gradient(task, theta, n_inner=n, inner_lr=inner_lr,
-                                      n_samples=truth_samples, generator=generator)
-    return estimate.mean, estimate.samples, "estimated"
+                                      n_samples=truth_samples, n_outer=n_outer,
+                                      generator=generator)
+    return estimate.mean, estimate.samples, "estimated", estimate.method
 
 
 def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inner_lr: float,
@@ -269,7 +277,7 @@ def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inn
     generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, spec.name, n))
     # large cells in chunks of about 2**20 trajectories, so memory stays bounded; the chunk
     # depends on N alone and the generator runs on, so results do not depend on the machine
-    per_chunk = max(1, 2 ** 20 // ((n + (n_outer or 0)) * task.n_tasks))
+    per_chunk = chunk_trials(task, 2 ** 20, (n + (n_outer or 0)) * task.n_tasks)
     start = time.perf_counter()
     estimates = torch.cat([
         spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=min(per_chunk, n_trials - lo),

@@ -32,12 +32,18 @@ from typing import Any, Iterable
 
 SUITE_VERSION = 1
 STAT_METRICS = ("bias", "variance", "mse")
-#: name -> (task id, parameters, inner step size, truth, trials). Append only.
+#: name -> (task id, parameters, inner step size, truth, trials[, evaluate options]).
+#: Append only. A task the measured tree does not have is left out of its suite.
 CHECK_TASKS = {
     "bandit": ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]},
                2.0, "finite", 200),
     "tabular": ("tabular-v0", {"n_states": 4, "n_actions": 3, "horizon": 4, "gamma": 0.9,
                                "seed": 1}, 1.0, "limit", 2000),
+    "lq": ("lq-navigation-v0", {"n_tasks": 2, "horizon": 3, "init_std": 0.3}, 0.02, "limit",
+           500),
+    # no model: sampled outer step, truth estimated from 200 unbiased estimates
+    "navigation": ("navigation2d-v0", {"n_tasks": 2, "horizon": 10, "hidden": [8]}, 0.001,
+                   "finite", 100, {"n_outer": 4, "truth_samples": 200}),
 }
 CHECK_N = (4, 32)
 TIMING = ("tabular", 32, 2000)  # (task, N, trials) of the timed and memory-measured call
@@ -60,14 +66,21 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
     names = list(estimators) if estimators is not None else mb.list_estimators()
     out: dict[str, Any] = {"suite_version": SUITE_VERSION, "package": mb.__file__,
                            "statistics": [], "costs": []}
-    tasks = {key: (mb.make_task(task_id, **params), lr, truth, trials)
-             for key, (task_id, params, lr, truth, trials) in CHECK_TASKS.items()}
+    unknown = getattr(mb, "UnknownNameError", ValueError)
+    tasks = {}
+    for key, (task_id, params, lr, truth, trials, *extra) in CHECK_TASKS.items():
+        try:
+            tasks[key] = (mb.make_task(task_id, **params), lr, truth, trials,
+                          extra[0] if extra else {})
+        except unknown:
+            continue
     for name in names:
-        for key, (task, inner_lr, truth, trials) in tasks.items():
+        for key, (task, inner_lr, truth, trials, extra) in tasks.items():
             options = {name: {"truth": truth}} if name == "exact" else None
             try:
                 result = mb.evaluate(task, [name], n_inner=list(CHECK_N), n_trials=trials,
-                                     inner_lr=inner_lr, truth=truth, seed=0, options=options)
+                                     inner_lr=inner_lr, truth=truth, seed=0, options=options,
+                                     **extra)
             except unsupported:
                 continue
             for record in result.records:
@@ -76,7 +89,7 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
                     **{m: record[m] for m in STAT_METRICS},
                     **{f"{m}_ci": record[f"{m}_ci"] for m in STAT_METRICS}})
         task_key, n_inner, trials = TIMING
-        task, inner_lr, _, _ = tasks[task_key]
+        task, inner_lr, _, _, _ = tasks[task_key]
         theta = task.initial_params()
         fn = mb.get_estimator(name)
         call = lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr,  # noqa: E731

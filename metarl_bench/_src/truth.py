@@ -1,8 +1,9 @@
 """Ground truth: exact meta-gradients, estimated finite-N references, exact moments.
 
-SCIENCE.md section 3: grad F_inf by nested autodiff through the exact model; grad F_N by
-enumerating pull counts (bandits); otherwise grad F_N estimated as the mean of many
-leave-one-out unbiased estimates, reported with its standard error.
+grad F_inf by nested autodiff through the exact model; grad F_N by enumerating pull counts
+(bandits); otherwise grad F_N estimated as the mean of many exactly unbiased estimates
+(leave-one-out with the exact model; score-function with sampled outer steps on tasks
+without a model), reported with its standard error and the method that made it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from metarl_bench._src import validation
 from metarl_bench._src.errors import UnsupportedError
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.trajectories import discounted_return
 
 
 #: The most outcomes an exact enumeration may list (a bandit with K arms and N samples has
@@ -69,9 +71,11 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
 
 @dataclass(frozen=True)
 class EstimatedGradient:
-    """A reference gradient estimated from ``samples`` (S, *P): mean and standard error."""
+    """A reference gradient estimated from ``samples`` (S, *P): mean and standard error;
+    ``method`` says which estimator and how many trajectories made it."""
 
     samples: torch.Tensor
+    method: str = ""
 
     @property
     def mean(self) -> torch.Tensor:
@@ -82,26 +86,73 @@ class EstimatedGradient:
         return self.samples.std(0) / self.samples.shape[0] ** 0.5
 
 
-def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
-                           n_samples: int = 20_000, chunk: int | None = None,
-                           generator: torch.Generator | None = None) -> EstimatedGradient:
-    """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
+#: Trajectories in the pilot batch that sets the constant baseline of a model-free truth.
+PILOT_TRAJECTORIES = 64
 
-    The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
-    section 2); it needs the exact V, so the task must have a model. Samples are drawn in
-    chunks of ``chunk`` trials, by default about 2**15 trajectories per chunk (set by N
-    alone, never by the machine, so the result is the same everywhere).
+
+def chunk_trials(task: Any, budget: int, per_trial: int) -> int:
+    """Trials per chunk so that a chunk holds about ``budget`` tabular-sized trajectories.
+
+    ``task.trajectory_cost`` (1 unless a task sets it) is how many tabular trajectories one of
+    the task's weighs in memory; the chunk depends on the task and N alone, never on the
+    machine, so results are the same everywhere.
     """
-    inner_lr = _check(task, theta, inner_lr)
+    cost = max(1, int(getattr(task, "trajectory_cost", 1)))
+    return max(1, budget // (per_trial * cost))
+
+
+def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
+                           n_samples: int = 20_000, n_outer: int | None = None,
+                           chunk: int | None = None,
+                           generator: torch.Generator | None = None) -> EstimatedGradient:
+    """grad F_N estimated as the mean of ``n_samples`` exactly unbiased estimates.
+
+    Tasks with a model: leave-one-out estimates (``loo``: exact outer, O(1/N) variance),
+    in chunks of about 2**15 trajectories. Tasks without one:
+    ``unbiased`` score-function estimates with ``n_outer`` sampled outer trajectories and a
+    constant baseline b, the mean return of a separate pilot batch of 64 trajectories per task
+    at theta (independent of every estimate, so each stays exactly unbiased while the score
+    term (V(theta') - b) sum_i s_i loses most of its variance). Each chunk draws on from
+    ``generator``; the chunk size depends on N and the task alone, so the result is the same
+    on every machine.
+    """
+    validation.params_tensor(theta, task.param_shape, task.name)
+    inner_lr = validation.finite_float("inner_lr", inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
     n_inner = validation.positive_int("n_inner", n_inner)
-    chunk = max(1, 2 ** 15 // n_inner) if chunk is None else validation.positive_int("chunk", chunk)
-    loo = estimator_spec("loo").fn
+    n_outer = validation.optional_positive_int("n_outer", n_outer)
+    if task.has_model:
+        name, options, per_trial = "loo", {}, n_inner
+        default_chunk = chunk_trials(task, 2 ** 15, n_inner)
+        method = f"mean of {n_samples} loo estimates (exact outer), N={n_inner}"
+        n_outer = None
+    else:
+        if n_outer is None:
+            raise UnsupportedError(
+                f"task {task.name!r} has no model: an estimated truth samples the outer step, "
+                f"so it needs n_outer=M")
+        baseline = pilot_return(task, theta, generator)
+        name, options, per_trial = "unbiased", {"baseline": baseline}, n_inner + n_outer
+        default_chunk = chunk_trials(task, 2 ** 15, per_trial * task.n_tasks)
+        method = (f"mean of {n_samples} unbiased estimates, N={n_inner}, M={n_outer}, "
+                  f"baseline {baseline:.6g} from {PILOT_TRAJECTORIES} pilot trajectories per "
+                  f"task")
+    chunk = default_chunk if chunk is None else validation.positive_int("chunk", chunk)
+    fn = estimator_spec(name).fn
     parts = []
     for start in range(0, n_samples, chunk):
-        parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr,
-                         n_trials=min(chunk, n_samples - start), generator=generator))
-    return EstimatedGradient(torch.cat(parts))
+        parts.append(fn(task, theta, n_inner=n_inner, inner_lr=inner_lr,
+                        n_trials=min(chunk, n_samples - start), n_outer=n_outer,
+                        generator=generator, **options))
+    return EstimatedGradient(torch.cat(parts), method)
+
+
+def pilot_return(task: Any, theta: torch.Tensor, generator: torch.Generator | None) -> float:
+    """Mean discounted return at theta over 64 trajectories per task of the distribution."""
+    task_index = torch.arange(task.n_tasks, device=theta.device)
+    rows = theta.detach().expand(task.n_tasks, *theta.shape)
+    traj = task.sample(rows, PILOT_TRAJECTORIES, task_index, generator)
+    return float(discounted_return(traj.rewards, task.gamma).mean())
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ cost weight is 0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import mujoco
 import numpy as np
 from mujoco import batch as mujoco_batch
@@ -41,7 +43,7 @@ class BatchSimulator:
     (0: all cores); results do not depend on it.
     """
 
-    def __init__(self, env: locomotion.MetaTaskMixin, n_sims: int, nthread: int = 0):
+    def __init__(self, env: Any, n_sims: int, nthread: int = 0):
         if not isinstance(env, (locomotion.HalfCheetahVelEnv, locomotion.HalfCheetahDirEnv,
                                 locomotion.AntDirEnv)):
             raise TypeError(f"no batched simulator for {type(env).__name__}")

@@ -23,6 +23,9 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
+from metarl_bench._src.envs.meta import MetaTaskEnv, rng_of
+from metarl_bench._src.errors import ParameterError
+
 
 def velocity_reward(x_velocity: np.ndarray, action: np.ndarray, goal_velocity: np.ndarray,
                     ctrl_cost_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,50 +74,29 @@ def ant_healthy(qpos: np.ndarray, qvel: np.ndarray, z_range: tuple[float, float]
     return finite & (z_range[0] <= qpos[..., 2]) & (qpos[..., 2] <= z_range[1])
 
 
-class MetaTaskMixin:
-    """The meta-task protocol: a task is a dict; ``task`` is also a settable attribute, so
-    ``vector_env.set_attr("task", [task_0, task_1, ...])`` gives each sub-environment its
-    own task."""
-
-    def sample_tasks(self, n_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-        raise NotImplementedError
-
-    def set_task(self, task: dict[str, float]) -> None:
-        raise NotImplementedError
-
-    def get_task(self) -> dict[str, float]:
-        raise NotImplementedError
-
-    @property
-    def task(self) -> dict[str, float]:
-        return self.get_task()
-
-    @task.setter
-    def task(self, task: dict[str, float]) -> None:
-        self.set_task(task)
-
-
 def _check_task(task: Any, key: str) -> float:
     if not isinstance(task, dict) or set(task) != {key}:
-        raise ValueError(f"a task of this environment is a dict {{{key!r}: value}}, got {task!r}")
+        raise ParameterError(f"a task of this environment is a dict {{{key!r}: value}}, got {task!r}")
     value = float(task[key])
     if not np.isfinite(value):
-        raise ValueError(f"task {key} must be finite, got {task[key]!r}")
+        raise ParameterError(f"task {key} must be finite, got {task[key]!r}")
     return value
 
 
 def _check_direction(task: Any) -> float:
     direction = _check_task(task, "direction")
     if direction not in (-1.0, 1.0):
-        raise ValueError(f"task direction must be -1 or 1, got {task['direction']!r}")
+        raise ParameterError(f"task direction must be -1 or 1, got {task['direction']!r}")
     return direction
 
 
-class DirectionTaskMixin(MetaTaskMixin):
+class DirectionTaskMixin(MetaTaskEnv):
     """Tasks {"direction": d}, d = -1 or +1 with probability 1/2 each."""
 
-    def sample_tasks(self, n_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-        return [{"direction": float(d)} for d in 2 * rng.integers(0, 2, size=n_tasks) - 1]
+    def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
+                     ) -> list[dict[str, float]]:
+        draws = rng_of(self, rng).integers(0, 2, size=n_tasks)
+        return [{"direction": float(d)} for d in 2 * draws - 1]
 
     def set_task(self, task: dict[str, float]) -> None:
         self._direction = _check_direction(task)
@@ -123,7 +105,7 @@ class DirectionTaskMixin(MetaTaskMixin):
         return {"direction": self._direction}
 
 
-class HalfCheetahVelEnv(MetaTaskMixin, HalfCheetahEnv):
+class HalfCheetahVelEnv(MetaTaskEnv, HalfCheetahEnv):
     """HalfCheetah that must run at a goal velocity (MAML's HalfCheetah-Vel).
 
     ## Description
@@ -169,16 +151,17 @@ class HalfCheetahVelEnv(MetaTaskMixin, HalfCheetahEnv):
                  **kwargs: Any):
         low, high = (float(v) for v in goal_velocity_range)
         if not (np.isfinite(low) and np.isfinite(high) and low <= high):
-            raise ValueError(f"goal_velocity_range must be finite (low, high) with low <= high, "
+            raise ParameterError(f"goal_velocity_range must be finite (low, high) with low <= high, "
                              f"got {goal_velocity_range!r}")
         self.goal_velocity_range = (low, high)
         super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         utils.EzPickle.__init__(self, goal_velocity_range, ctrl_cost_weight, task, **kwargs)
         self.set_task(task if task is not None else {"velocity": low})
 
-    def sample_tasks(self, n_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
+                     ) -> list[dict[str, float]]:
         low, high = self.goal_velocity_range
-        return [{"velocity": float(v)} for v in rng.uniform(low, high, size=n_tasks)]
+        return [{"velocity": float(v)} for v in rng_of(self, rng).uniform(low, high, n_tasks)]
 
     def set_task(self, task: dict[str, float]) -> None:
         self._goal_velocity = _check_task(task, "velocity")

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from metarl_bench._src.advantages import require_plain
 from metarl_bench._src.estimators.common import OuterSampler, grad_of, outer_at, row_params
 from metarl_bench._src.trajectories import Trajectories, discounts
 
@@ -31,6 +32,7 @@ def dice_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     Shapes: inner (R, N, T) -> (R, *P).
     Bias/variance: an LSF variant: bias vanishes as N grows, variance O(1/N).
     """
+    require_plain(task, "dice", "its surrogate weights raw rewards")
     params = row_params(theta, inner.n_rows)
     log_prob = task.log_prob(params, inner)
     discounted_rewards = inner.rewards * discounts(task.gamma, inner.horizon, inner.rewards)
