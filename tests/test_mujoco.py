@@ -244,3 +244,17 @@ def test_trajectories_do_not_depend_on_the_device():
     estimate = mb.get_estimator("lsf")(task, theta.cuda(), n_inner=3, inner_lr=1e-3,
                                        n_trials=2, n_outer=3, generator=generator())
     assert estimate.is_cuda and torch.isfinite(estimate).all()
+
+
+def test_benchmark_grid_runs_halfcheetah_with_a_sampled_outer_step():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import common
+
+    with pytest.raises(NotImplementedError, match="model"):
+        common.Case("loo", "halfcheetah-vel", 4)
+    case = common.Case("lsf", "halfcheetah-vel", 4)
+    assert case.n_outer == 20 and not case.statistics
+    assert case.run().shape == (case.n_trials, *case.theta.shape)
