@@ -269,3 +269,13 @@ def test_cli_run_prints_a_table_against_an_estimated_truth(capsys):
                  "1e-3", "--estimators", "lsf,fomaml"]) == 0
     out = capsys.readouterr().out
     assert "truth=finite (estimated)" in out and "lsf" in out and "fomaml" in out
+
+
+def test_making_the_environments_is_quiet(tmp_path, monkeypatch, recwarn):
+    """Gymnasium's half_cheetah.xml uses an attribute MuJoCo 4 deprecates: the notice is
+    dropped, instead of being printed and logged to MUJOCO_LOG.TXT at every make."""
+    monkeypatch.chdir(tmp_path)
+    for env_id in MUJOCO_ENVS:
+        gymnasium.make(env_id)
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert not [w for w in recwarn if "MuJoCo" in str(w.message)]

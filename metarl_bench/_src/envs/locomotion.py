@@ -16,8 +16,11 @@ clamps the control to [-1, 1]).
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import warnings
+from typing import Any, Iterator
 
+import mujoco
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
@@ -25,6 +28,26 @@ from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
 from metarl_bench._src.envs.meta import MetaTaskEnv, rng_of
 from metarl_bench._src.errors import ParameterError
+
+
+@contextlib.contextmanager
+def gymnasium_model_warnings() -> Iterator[None]:
+    """Compile Gymnasium's model files without MuJoCo 4's deprecation of ``settotalmass``.
+
+    The attribute is in Gymnasium's own half_cheetah.xml, not ours to change; MuJoCo would
+    print the notice and append it to MUJOCO_LOG.TXT in the working directory each time an
+    environment is made. Any other MuJoCo warning is passed on as a Python warning.
+    """
+    def handle(message: str) -> None:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(handle)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
 
 
 def velocity_reward(x_velocity: np.ndarray, action: np.ndarray, goal_velocity: np.ndarray,
@@ -154,7 +177,8 @@ class HalfCheetahVelEnv(MetaTaskEnv, HalfCheetahEnv):
             raise ParameterError(f"goal_velocity_range must be finite (low, high) with low <= high, "
                              f"got {goal_velocity_range!r}")
         self.goal_velocity_range = (low, high)
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        with gymnasium_model_warnings():
+            super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         utils.EzPickle.__init__(self, goal_velocity_range, ctrl_cost_weight, task, **kwargs)
         self.set_task(task if task is not None else {"velocity": low})
 
@@ -210,7 +234,8 @@ class HalfCheetahDirEnv(DirectionTaskMixin, HalfCheetahEnv):
 
     def __init__(self, ctrl_cost_weight: float = 0.05, task: dict[str, float] | None = None,
                  **kwargs: Any):
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        with gymnasium_model_warnings():
+            super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         utils.EzPickle.__init__(self, ctrl_cost_weight, task, **kwargs)
         self.set_task(task if task is not None else {"direction": 1.0})
 
@@ -271,9 +296,11 @@ class AntDirEnv(DirectionTaskMixin, AntEnv):
                  healthy_reward: float = 0.05, terminate_when_unhealthy: bool = False,
                  task: dict[str, float] | None = None, **kwargs: Any):
         kwargs.setdefault("include_cfrc_ext_in_observation", False)
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight,
-                         contact_cost_weight=contact_cost_weight, healthy_reward=healthy_reward,
-                         terminate_when_unhealthy=terminate_when_unhealthy, **kwargs)
+        with gymnasium_model_warnings():
+            super().__init__(ctrl_cost_weight=ctrl_cost_weight,
+                             contact_cost_weight=contact_cost_weight,
+                             healthy_reward=healthy_reward,
+                             terminate_when_unhealthy=terminate_when_unhealthy, **kwargs)
         utils.EzPickle.__init__(self, ctrl_cost_weight, contact_cost_weight, healthy_reward,
                                 terminate_when_unhealthy, task, **kwargs)
         self.set_task(task if task is not None else {"direction": 1.0})
