@@ -279,3 +279,17 @@ def test_making_the_environments_is_quiet(tmp_path, monkeypatch, recwarn):
         gymnasium.make(env_id)
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
     assert not [w for w in recwarn if "MuJoCo" in str(w.message)]
+
+
+def test_a_linear_baseline_changes_the_inner_step_and_dice_refuses_it():
+    plain = mb.make_task("halfcheetah-dir-v0", n_tasks=2, horizon=8, hidden=(8,))
+    fitted = mb.make_task("halfcheetah-dir-v0", n_tasks=2, horizon=8, hidden=(8,),
+                          baseline="linear")
+    assert fitted.params["baseline"] == "linear"
+    theta = plain.initial_params()
+    call = dict(n_inner=4, inner_lr=1e-3, n_trials=2, n_outer=3)
+    without = mb.get_estimator("fomaml")(plain, theta, generator=generator(), **call)
+    with_baseline = mb.get_estimator("fomaml")(fitted, theta, generator=generator(), **call)
+    assert torch.isfinite(with_baseline).all() and not torch.equal(without, with_baseline)
+    with pytest.raises(mb.UnsupportedError, match="plain"):
+        mb.get_estimator("dice")(fitted, theta, generator=generator(), **call)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from metarl_bench._src import validation
+from metarl_bench._src.advantages import make_advantages
 from metarl_bench._src.errors import ParameterError, UnsupportedError, unknown_name
 from metarl_bench._src.policies import make_policy
 from metarl_bench._src.tasks.base import Task
@@ -117,7 +118,8 @@ class GymnasiumTask(Task):
     def __init__(self, *, name: str, env_id: str, env_kwargs: dict[str, Any],
                  tasks: list[Any], policy: Any, horizon: int, gamma: float, sampler: str,
                  action_dtype: str, nthread: int, goal_key: str | None,
-                 set_task: Callable[[Any, Any], None] | None, params: dict[str, Any]):
+                 set_task: Callable[[Any, Any], None] | None, params: dict[str, Any],
+                 advantages: Any = None):
         self.name = name
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
@@ -133,6 +135,9 @@ class GymnasiumTask(Task):
         self.goal_key = goal_key
         self._set_task = set_task
         self.params = params
+        self.advantages = advantages if advantages is not None else make_advantages()
+        if not self.advantages.plain:
+            self.params = {**params, **self.advantages.describe()}
         self._reference_env = _require_gymnasium_env(env_id, self.env_kwargs).unwrapped
         # memory of one trajectory against a tabular one (sets evaluate's chunk size): per
         # step, float observations and actions and the policy's widest layer of activations
@@ -240,8 +245,10 @@ def _task_policy(env: Any, policy: str, hidden: Any, init_std: Any, policy_seed:
 def _locomotion(name: str, env_id: str, goal_key: str, env_kwargs: dict[str, Any], *,
                 n_tasks: Any, seed: Any, tasks: Any, horizon: Any, gamma: Any, policy: str,
                 hidden: Any, init_std: Any, policy_seed: Any, sampler: str,
-                action_dtype: str, nthread: Any, params: dict[str, Any]) -> GymnasiumTask:
+                action_dtype: str, nthread: Any, params: dict[str, Any], baseline: Any,
+                gae_lambda: Any, normalize_advantages: Any) -> GymnasiumTask:
     horizon, gamma = _horizon_gamma(horizon, gamma)
+    advantages = make_advantages(baseline, gae_lambda, normalize_advantages)
     _choice("sampler", sampler, SAMPLERS)
     _choice("action_dtype", action_dtype, ACTION_DTYPES)
     nthread = validation.positive_int("nthread", nthread, minimum=0)
@@ -263,7 +270,7 @@ def _locomotion(name: str, env_id: str, goal_key: str, env_kwargs: dict[str, Any
         name=name, env_id=env_id, env_kwargs=env_kwargs, tasks=tasks,
         policy=_task_policy(env, policy, hidden, init_std, policy_seed), horizon=horizon,
         gamma=gamma, sampler=sampler, action_dtype=action_dtype, nthread=nthread,
-        goal_key=goal_key, set_task=None, params=params)
+        goal_key=goal_key, set_task=None, params=params, advantages=advantages)
 
 
 def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
@@ -271,7 +278,9 @@ def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
                          hidden: Any = (64, 64), init_std: float = 1.0, policy_seed: int = 0,
                          goal_velocity_range: Any = (0.0, 2.0), ctrl_cost_weight: float = 0.05,
                          sampler: str = "batch", action_dtype: str = "float64",
-                         nthread: int = 0) -> GymnasiumTask:
+                         nthread: int = 0,
+                         baseline: str | None = None, gae_lambda: float | None = None,
+                         normalize_advantages: bool = False) -> GymnasiumTask:
     """HalfCheetah running at a goal velocity (MAML's HalfCheetah-Vel), Gaussian MLP policy.
 
     Environment ``metarl_bench/HalfCheetahVel-v0`` (see its docstring for observation, action,
@@ -283,8 +292,10 @@ def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
     ``policy_seed``) or "linear". ``sampler`` "batch" (MuJoCo's batched simulator) or
     "gymnasium" (the reference vector env; the same trajectories bit for bit);
     ``action_dtype`` the dtype of the actions the simulator is given; ``nthread`` the
-    simulator's threads (0: all cores; results do not depend on it). No model: use
-    ``n_outer=M``.
+    simulator's threads (0: all cores; results do not depend on it). ``baseline``
+    ("linear", as MAML-RL, garage and ProMP), ``gae_lambda``, ``normalize_advantages``: the
+    inner step's advantages (``metarl_bench._src.advantages``; they change F_N). No model:
+    use ``n_outer=M``.
     """
     low, high = _range("goal_velocity_range", goal_velocity_range)
     ctrl = validation.finite_float("ctrl_cost_weight", ctrl_cost_weight, low=0.0)
@@ -293,7 +304,8 @@ def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
         dict(goal_velocity_range=(low, high), ctrl_cost_weight=ctrl), n_tasks=n_tasks,
         seed=seed, tasks=tasks, horizon=horizon, gamma=gamma, policy=policy, hidden=hidden,
         init_std=init_std, policy_seed=policy_seed, sampler=sampler,
-        action_dtype=action_dtype, nthread=nthread,
+        action_dtype=action_dtype, nthread=nthread, baseline=baseline, gae_lambda=gae_lambda,
+        normalize_advantages=normalize_advantages,
         params=dict(n_tasks=n_tasks if tasks is None else len(tasks), seed=seed,
                     horizon=horizon, gamma=gamma, policy=policy, hidden=list(hidden),
                     goal_velocity_range=[low, high], ctrl_cost_weight=ctrl, sampler=sampler,
@@ -304,7 +316,9 @@ def make_halfcheetah_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
                          horizon: int = 100, gamma: float = 0.99, policy: str = "mlp",
                          hidden: Any = (64, 64), init_std: float = 1.0, policy_seed: int = 0,
                          ctrl_cost_weight: float = 0.05, sampler: str = "batch",
-                         action_dtype: str = "float64", nthread: int = 0) -> GymnasiumTask:
+                         action_dtype: str = "float64", nthread: int = 0,
+                         baseline: str | None = None, gae_lambda: float | None = None,
+                         normalize_advantages: bool = False) -> GymnasiumTask:
     """HalfCheetah running forward or backward (MAML's HalfCheetah-Dir), Gaussian MLP policy.
 
     Environment ``metarl_bench/HalfCheetahDir-v0``: reward d v_x - 0.05 |a|^2, d = +-1 with
@@ -316,6 +330,7 @@ def make_halfcheetah_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
         dict(ctrl_cost_weight=ctrl), n_tasks=n_tasks, seed=seed, tasks=tasks,
         horizon=horizon, gamma=gamma, policy=policy, hidden=hidden, init_std=init_std,
         policy_seed=policy_seed, sampler=sampler, action_dtype=action_dtype, nthread=nthread,
+        baseline=baseline, gae_lambda=gae_lambda, normalize_advantages=normalize_advantages,
         params=dict(n_tasks=n_tasks if tasks is None else len(tasks), seed=seed,
                     horizon=horizon, gamma=gamma, policy=policy, hidden=list(hidden),
                     ctrl_cost_weight=ctrl, sampler=sampler, action_dtype=action_dtype))
@@ -326,7 +341,9 @@ def make_ant_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
                  hidden: Any = (64, 64), init_std: float = 1.0, policy_seed: int = 0,
                  ctrl_cost_weight: float = 0.005, contact_cost_weight: float = 5e-4,
                  healthy_reward: float = 0.05, sampler: str = "batch",
-                 action_dtype: str = "float64", nthread: int = 0) -> GymnasiumTask:
+                 action_dtype: str = "float64", nthread: int = 0,
+                 baseline: str | None = None, gae_lambda: float | None = None,
+                 normalize_advantages: bool = False) -> GymnasiumTask:
     """Ant walking forward or backward along x (MAML's Ant-Dir), Gaussian MLP policy.
 
     Environment ``metarl_bench/AntDir-v0``: reward d v_x + 0.05 healthy - 0.005 |a|^2
@@ -341,7 +358,8 @@ def make_ant_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
         "ant-dir-v0", "metarl_bench/AntDir-v0", "direction", weights, n_tasks=n_tasks,
         seed=seed, tasks=tasks, horizon=horizon, gamma=gamma, policy=policy, hidden=hidden,
         init_std=init_std, policy_seed=policy_seed, sampler=sampler,
-        action_dtype=action_dtype, nthread=nthread,
+        action_dtype=action_dtype, nthread=nthread, baseline=baseline, gae_lambda=gae_lambda,
+        normalize_advantages=normalize_advantages,
         params=dict(n_tasks=n_tasks if tasks is None else len(tasks), seed=seed,
                     horizon=horizon, gamma=gamma, policy=policy, hidden=list(hidden),
                     **weights, sampler=sampler, action_dtype=action_dtype))
