@@ -76,6 +76,13 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
+                    required: bool = False) -> None:
+    parser.add_argument("--task", required=required, help=help)
+    parser.add_argument("--task-param", action="append", type=_task_param, default=[],
+                        metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl-bench",
                      description="Benchmark meta-gradient estimators against exact ground truth.")
@@ -87,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="bias / variance / MSE / cosine of estimators over a grid of N",
         description="Compare estimators against the exact (or estimated) meta-gradient. With no "
                     "--task: the headline comparison on a bandit and a tabular MDP.")
-    run.add_argument("--task", help="task id (default: the headline bandit and tabular MDP)")
-    run.add_argument("--task-param", action="append", type=_task_param, default=[],
-                     metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+    _task_arguments(run, help="task id (default: the headline bandit and tabular MDP)")
     run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
                      help=f"comma-separated names (default: {HEADLINE_ESTIMATORS})")
     run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
@@ -116,9 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-train the initial parameters with an estimator's meta-gradient "
                     "(outer Adam or SGD); log the return before and after adaptation per "
                     "iteration as JSON lines and draw the learning curve as a PNG.")
-    train.add_argument("--task", required=True, help="task id, e.g. navigation2d-v0")
-    train.add_argument("--task-param", action="append", type=_task_param, default=[],
-                       metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+    _task_arguments(train, help="task id, e.g. navigation2d-v0", required=True)
     train.add_argument("--estimator", default="lsf", help="estimator name (default: lsf)")
     train.add_argument("--iterations", type=_positive_int, default=100,
                        help="meta-iterations (default: 100)")
