@@ -20,9 +20,9 @@ TASKS = {
     "tabular": ("tabular-v0", {"n_states": 20, "n_actions": 5, "horizon": 20, "gamma": 0.8,
                                "seed": 0}, 1.0),
     "lq": ("lq-navigation-v0", {"n_tasks": 2, "horizon": 5, "init_std": 0.3}, 0.02),
-    "navigation": ("navigation2d-v0", {"n_tasks": 4, "horizon": 20, "hidden": [16, 16],
+    "navigation": ("navigation2d-v0", {"n_tasks": 2, "horizon": 10, "hidden": [8],
                                        "policy_seed": 0, "seed": 0}, 0.001,
-                   {"n_outer": 8, "truth_samples": 200}),
+                   {"n_outer": 4, "truth_samples": 100}),
 }
 N_GRID = [4, 64]
 N_TRIALS = 200
