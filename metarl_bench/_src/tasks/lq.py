@@ -56,7 +56,6 @@ class LQNavigationTask(Task):
         self.policy = policy
         self.param_shape = policy.param_shape
         self.params = params
-        self.trajectory_cost = max(1, horizon * self.dim // 4)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:

@@ -41,9 +41,6 @@ class Navigation2DTask(Task):
         self.param_shape = policy.param_shape
         self.advantages = advantages
         self.params = params
-        # per step: float positions and actions, and the policy's widest layer of activations
-        width = max([2, *policy.spec.get("hidden", [])])
-        self.trajectory_cost = max(1, horizon * width // 16)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
