@@ -59,7 +59,7 @@ class Statistics:
 
     Bandit: exact enumerated moments against the exact grad F_N. Tabular and LQ: 500 seeded
     trials against the exact grad F_inf (an estimated finite truth would cost more than the
-    cell). Navigation (no model): against grad F_N estimated from 200 unbiased estimates.
+    cell). Navigation (no model): against grad F_N estimated from 100 unbiased estimates.
     Version 2: ``bias`` is the noise-corrected bias, ``mse`` = bias^2 + variance.
     """
 

@@ -22,9 +22,9 @@ TASKS = {
     "tabular": ("tabular-v0", {"n_states": 20, "n_actions": 5, "horizon": 20, "gamma": 0.8,
                                "seed": 0}, 1.0),
     "lq": ("lq-navigation-v0", {"n_tasks": 2, "horizon": 5, "init_std": 0.3}, 0.02),
-    "navigation": ("navigation2d-v0", {"n_tasks": 4, "horizon": 20, "hidden": [16, 16],
+    "navigation": ("navigation2d-v0", {"n_tasks": 2, "horizon": 10, "hidden": [8],
                                        "policy_seed": 0, "seed": 0}, 0.001,
-                   {"n_outer": 8, "truth_samples": 200}),
+                   {"n_outer": 4, "truth_samples": 100}),
     # MuJoCo, small: bench_mujoco.py measures the sizes of the literature
     "halfcheetah-vel": ("halfcheetah-vel-v0", {"n_tasks": 2, "horizon": 50, "seed": 0}, 1e-3,
                         {"n_outer": 20, "n_trials": 2, "statistics": False}),

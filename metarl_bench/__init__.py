@@ -12,7 +12,8 @@ from metarl_bench._src import envs as _envs
 from metarl_bench._src import estimators as _estimators
 from metarl_bench._src.envs import set_tasks
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
-                                      ShapeError, UnknownNameError, UnsupportedError)
+                                      ResourceError, ResultsFileError, ShapeError,
+                                      UnknownNameError, UnsupportedError)
 from metarl_bench._src.evaluate import Result, evaluate, load_results
 from metarl_bench._src.policies import Policy, make_policy
 from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
@@ -37,7 +38,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "Policy",
-    "RegistrationError", "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
+    "RegistrationError", "ResourceError", "Result", "ResultsFileError", "ShapeError", "Task",
+    "Trajectories", "UnknownNameError", "UnsupportedError",
     "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
     "register_estimator", "register_task", "set_tasks",

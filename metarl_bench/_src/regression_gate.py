@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SUITE_VERSION = 1
 STAT_METRICS = ("bias", "variance", "mse")
@@ -54,10 +54,12 @@ MUJOCO_TIMING = ("halfcheetah-vel", "halfcheetah-vel-v0", {"n_tasks": 2, "horizo
 
 
 def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
-              memory: bool = True, mujoco: bool = True) -> dict[str, Any]:
+              memory: bool = True, mujoco: bool = True,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Measure the suite on the importable metarl_bench; plain data, JSON-ready.
 
-    ``mujoco=False`` leaves out the MuJoCo timing (tests that repeat the suite)."""
+    ``progress(done, total)`` is called after each estimator; ``mujoco=False`` leaves out
+    the MuJoCo timing (tests that repeat the suite)."""
     import torch
 
     import metarl_bench as mb
@@ -74,7 +76,9 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
                           extra[0] if extra else {})
         except unknown:
             continue
-    for name in names:
+    for done, name in enumerate(names):
+        if progress is not None:
+            progress(done, len(names))
         for key, (task, inner_lr, truth, trials, extra) in tasks.items():
             options = {name: {"truth": truth}} if name == "exact" else None
             try:
@@ -99,6 +103,8 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
         except unsupported:
             continue
         out["costs"].append(_cost(name, task_key, n_inner, call, rounds, memory))
+    if progress is not None:
+        progress(len(names), len(names))
     if not mujoco:
         return out
     mujoco_key, task_id, params, inner_lr, n_inner, n_outer, trials = MUJOCO_TIMING
@@ -241,8 +247,12 @@ def _toplevel() -> str:
                              "inside the repository, or pass --baseline FILE.json") from None
 
 
-def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[str, Any]:
-    """Run the suite in a fresh interpreter with ``tree``'s metarl_bench first on the path."""
+def measure_tree(tree: str, estimators: list[str] | None, rounds: int,
+                 progress: Any = None) -> dict[str, Any]:
+    """Run the suite in a fresh interpreter with ``tree``'s metarl_bench first on the path.
+
+    ``progress``: a :class:`~metarl_bench._src.progress.Progress` bar that follows the
+    estimators measured (the suite reports them on its stderr)."""
     from metarl_bench._src.errors import MetaRLBenchError
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -250,14 +260,22 @@ def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[s
         # nothing that could shadow a module of the measured tree
         script = shutil.copy(os.path.abspath(__file__), os.path.join(scratch, "check_suite.py"))
         out = os.path.join(scratch, "suite.json")
-        command = [sys.executable, script, "--out", out, "--rounds", str(rounds)]
+        command = [sys.executable, script, "--out", out, "--rounds", str(rounds), "--progress"]
         if estimators:
             command += ["--estimators", ",".join(estimators)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        other = []
+        with subprocess.Popen(command, cwd=scratch, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) as child:
+            for text in child.stderr:
+                if text.startswith(_PROGRESS):
+                    if progress is not None:
+                        progress.set(*map(int, text[len(_PROGRESS):].split()))
+                else:
+                    other.append(text)
+        if child.returncode != 0:
+            last = ("".join(other).strip().splitlines() or ["(no output)"])[-1]
             raise MetaRLBenchError(f"the check suite failed on {tree}: {last}")
         with open(out) as handle:
             measured = json.load(handle)
@@ -267,18 +285,23 @@ def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[s
     return measured
 
 
-def load_baseline(spec: str, estimators: list[str] | None, rounds: int
+def load_baseline(spec: str, estimators: list[str] | None, rounds: int, progress: Any = None
                   ) -> tuple[dict[str, Any], str]:
     """A baseline from a JSON file written by ``check --save``, or from a git revision."""
     from metarl_bench._src.errors import ParameterError
 
     if spec.endswith(".json") or os.path.isfile(spec):
         try:
-            with open(spec) as handle:
+            with open(spec, encoding="utf-8") as handle:
                 data = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ParameterError(f"--baseline {spec!r}: cannot read a suite JSON: {exc}") from None
-        if data.get("suite_version") != SUITE_VERSION:
+        except OSError as exc:
+            raise ParameterError(f"--baseline {spec!r}: cannot be read: {exc.strerror}"
+                                 ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ParameterError(f"--baseline {spec!r}: not a suite JSON file (binary, not "
+                                 f"UTF-8, or not JSON)") from None
+        if not isinstance(data, dict) or data.get("suite_version") != SUITE_VERSION:
+            data = data if isinstance(data, dict) else {}
             raise ParameterError(f"--baseline {spec!r}: suite_version "
                                  f"{data.get('suite_version')!r}, expected {SUITE_VERSION}")
         return data, spec
@@ -293,7 +316,11 @@ def load_baseline(spec: str, estimators: list[str] | None, rounds: int
         archive = subprocess.run(["git", "archive", commit, "metarl_bench"], cwd=top,
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        return measure_tree(tree, estimators, rounds), f"{spec} ({commit[:10]})"
+        return measure_tree(tree, estimators, rounds, progress), f"{spec} ({commit[:10]})"
+
+
+#: How the suite's child process reports progress on its stderr: "<prefix><done> <total>".
+_PROGRESS = "metarl-bench-check-progress "
 
 
 def _suite_script() -> int:
@@ -301,9 +328,14 @@ def _suite_script() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--estimators", default=None)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     names = args.estimators.split(",") if args.estimators else None
-    measured = run_suite(names, rounds=args.rounds)
+
+    def report(done: int, total: int) -> None:
+        print(f"{_PROGRESS}{done} {total}", file=sys.stderr, flush=True)
+
+    measured = run_suite(names, rounds=args.rounds, progress=report if args.progress else None)
     with open(args.out, "w") as handle:
         json.dump(measured, handle)
     return 0
@@ -318,12 +350,17 @@ def current_tree() -> str:
 
 def run_check(baseline: str | None, *, estimators: list[str] | None = None, rounds: int = 5,
               z: float = 3.0, factor: float = 2.0, save: str | None = None,
-              show_all: bool = False, out: Any = None) -> int:
-    """The ``check`` command: 0 when nothing regressed, 1 otherwise."""
+              show_all: bool = False, out: Any = None, progress: bool = False) -> int:
+    """The ``check`` command: 0 when nothing regressed, 1 otherwise. ``progress``: a bar on
+    stderr per measured tree."""
+    from metarl_bench._src.progress import Progress
+
     out = out or sys.stdout
     if baseline is not None:
-        base, label = load_baseline(baseline, estimators, rounds)
-    now = measure_tree(current_tree(), estimators, rounds)
+        with Progress(None, f"check {baseline}", enabled=progress, unit="estimator") as bar:
+            base, label = load_baseline(baseline, estimators, rounds, bar)
+    with Progress(None, "check this tree", enabled=progress, unit="estimator") as bar:
+        now = measure_tree(current_tree(), estimators, rounds, bar)
     if save:
         with open(save, "w") as handle:
             json.dump(now, handle, indent=1)

@@ -28,19 +28,25 @@ def format_result(result: Any) -> str:
              f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
              f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
     rows = []
+    problems = []
     for r in result.records:
+        if r.get("problem"):
+            problems.append(f"  {r['estimator']} at N={r['n_inner']}: {r['problem']}")
         lo, hi = r["bias_ci"]
         rows.append([r["estimator"], r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
                      _num(r.get("bias_raw")), _num(r["bias_noise"]),
                      _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
                      _num(r.get("correlation")),
-                     _num(r["mse_x_trajectories"]), r["moments"], f"{r['seconds'] * 1e3:.1f}"])
+                     _num(r["mse_x_trajectories"]), r["moments"] or "-",
+                     f"{r['seconds'] * 1e3:.1f}"])
     header = ["estimator", "N", "bias", "bias 95% CI", "|mean-truth|", "noise", "variance", "mse",
               "cosine", "corr", "mse x traj", "moments", "ms"]
     parts = [title, _table(header, rows),
              "bias = |mean - truth| less what sampling noise adds to it (noise), with a 95% "
              "interval for the true bias; mse = bias^2 + variance; cosine, corr (Pearson over "
              "coordinates): of the mean estimate with the truth"]
+    if problems:
+        parts.append("no statistics (shown as -) for these cells:\n" + "\n".join(problems))
     if result.slopes:
         by_estimator: dict[str, dict[str, Any]] = {}
         for s in result.slopes:

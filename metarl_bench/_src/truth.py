@@ -9,12 +9,13 @@ without a model), reported with its standard error and the method that made it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.progress import as_advance
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.trajectories import discounted_return
 
@@ -90,60 +91,71 @@ class EstimatedGradient:
 PILOT_TRAJECTORIES = 64
 
 
-def chunk_trials(task: Any, budget: int, per_trial: int) -> int:
-    """Trials per chunk so that a chunk holds about ``budget`` tabular-sized trajectories.
-
-    ``task.trajectory_cost`` (1 unless a task sets it) is how many tabular trajectories one of
-    the task's weighs in memory; the chunk depends on the task and N alone, never on the
-    machine, so results are the same everywhere.
-    """
-    cost = max(1, int(getattr(task, "trajectory_cost", 1)))
-    return max(1, budget // (per_trial * cost))
-
-
 def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                            n_samples: int = 20_000, n_outer: int | None = None,
                            chunk: int | None = None,
-                           generator: torch.Generator | None = None) -> EstimatedGradient:
+                           generator: torch.Generator | None = None,
+                           progress: bool | Callable[[int], None] | None = None
+                           ) -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` exactly unbiased estimates.
 
-    Tasks with a model: leave-one-out estimates (``loo``: exact outer, O(1/N) variance),
-    in chunks of about 2**15 trajectories. Tasks without one:
-    ``unbiased`` score-function estimates with ``n_outer`` sampled outer trajectories and a
-    constant baseline b, the mean return of a separate pilot batch of 64 trajectories per task
-    at theta (independent of every estimate, so each stays exactly unbiased while the score
-    term (V(theta') - b) sum_i s_i loses most of its variance). Each chunk draws on from
-    ``generator``; the chunk size depends on N and the task alone, so the result is the same
-    on every machine.
+    Tasks with a model: leave-one-out estimates (``loo``: exact outer, O(1/N) variance), in
+    chunks of about 2**15 trajectories. Tasks without one: ``unbiased`` score-function
+    estimates with ``n_outer`` sampled outer trajectories and a constant baseline b, the mean
+    return of a separate pilot batch of 64 trajectories per task at theta (independent of
+    every estimate, so each stays exactly unbiased while the score term
+    (V(theta') - b) sum_i s_i loses most of its variance), in the chunks of an estimator
+    cell. Chunk sizes depend on the configuration alone, never on the machine, so the result
+    is the same everywhere. ``progress``: True for a bar on stderr, or a function called
+    with the number of samples of each chunk. The result's ``method`` says which estimator,
+    N, M and how many samples made it.
     """
     validation.params_tensor(theta, task.param_shape, task.name)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
     n_inner = validation.positive_int("n_inner", n_inner)
     n_outer = validation.optional_positive_int("n_outer", n_outer)
+    itemsize = theta.element_size()
     if task.has_model:
-        name, options, per_trial = "loo", {}, n_inner
-        default_chunk = chunk_trials(task, 2 ** 15, n_inner)
+        name, options, n_outer = "loo", {}, None
+        default_chunk = max(1, 2 ** 15 // n_inner)
+        per_chunk_bytes = task.n_tasks * n_inner * (
+            resources.bytes_per_trajectory(task, itemsize)
+            + resources.bytes_per_row(task, True, itemsize))
         method = f"mean of {n_samples} loo estimates (exact outer), N={n_inner}"
-        n_outer = None
     else:
         if n_outer is None:
             raise UnsupportedError(
                 f"task {task.name!r} has no model: an estimated truth samples the outer step, "
                 f"so it needs n_outer=M")
+        name = "unbiased"
+        default_chunk = resources.chunk_trials(task, n_inner, n_outer, theta.dtype)
+        per_chunk_bytes = task.n_tasks * (
+            (n_inner + n_outer) * resources.bytes_per_trajectory(task, itemsize)
+            + resources.bytes_per_row(task, False, itemsize))
+    chunk = default_chunk if chunk is None else validation.positive_int("chunk", chunk)
+    resources.check_memory(
+        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * per_chunk_bytes,
+        f"estimate_meta_gradient(n_samples={n_samples}, n_inner={n_inner}) on {task.name}",
+        "lower n_samples or n_inner, or raise the limit (max_memory= / --max-memory)")
+    if not task.has_model:
         baseline = pilot_return(task, theta, generator)
-        name, options, per_trial = "unbiased", {"baseline": baseline}, n_inner + n_outer
-        default_chunk = chunk_trials(task, 2 ** 15, per_trial * task.n_tasks)
+        options = {"baseline": baseline}
         method = (f"mean of {n_samples} unbiased estimates, N={n_inner}, M={n_outer}, "
                   f"baseline {baseline:.6g} from {PILOT_TRAJECTORIES} pilot trajectories per "
                   f"task")
-    chunk = default_chunk if chunk is None else validation.positive_int("chunk", chunk)
     fn = estimator_spec(name).fn
+    advance, bar = as_advance(progress, n_samples, f"truth N={n_inner}", "sample")
     parts = []
-    for start in range(0, n_samples, chunk):
-        parts.append(fn(task, theta, n_inner=n_inner, inner_lr=inner_lr,
-                        n_trials=min(chunk, n_samples - start), n_outer=n_outer,
-                        generator=generator, **options))
+    try:
+        for start in range(0, n_samples, chunk):
+            size = min(chunk, n_samples - start)
+            parts.append(fn(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=size,
+                            n_outer=n_outer, generator=generator, **options))
+            advance(size)
+    finally:
+        if bar is not None:
+            bar.close()
     return EstimatedGradient(torch.cat(parts), method)
 
 

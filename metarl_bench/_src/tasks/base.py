@@ -24,8 +24,7 @@ class Task:
     Attributes: ``name``, ``policy``, ``param_shape`` (shape of theta, the policy's),
     ``n_tasks`` (size of the task distribution; the meta-objective averages over it),
     ``horizon`` T, ``gamma``, ``has_model`` (exact V available), ``params`` (the constructor
-    arguments, for reports), ``trajectory_cost`` (how many tabular trajectories one of this
-    task's weighs in memory inside an estimator; evaluations size their chunks by it).
+    arguments, for reports).
     """
 
     name: str = "task"
@@ -36,7 +35,6 @@ class Task:
     gamma: float = 1.0
     has_model: bool = False
     params: dict[str, Any] = {}
-    trajectory_cost: int = 1
 
     def initial_params(self, dtype: torch.dtype = torch.float64,
                        device: torch.device | str | None = None) -> torch.Tensor:

@@ -11,7 +11,6 @@ import torch
 
 from metarl_bench._src import validation
 from metarl_bench._src.draws import normal
-from metarl_bench._src.errors import ParameterError
 from metarl_bench._src.policies import LinearGaussian
 from metarl_bench._src.tasks.base import Task, as_tensor
 from metarl_bench._src.trajectories import Trajectories, reward_to_go
@@ -57,7 +56,6 @@ class LQNavigationTask(Task):
         self.policy = policy
         self.param_shape = policy.param_shape
         self.params = params
-        self.trajectory_cost = max(1, horizon * self.dim // 4)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -123,10 +121,7 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
     gamma = validation.finite_float("gamma", gamma, low=0.0, high=1.0)
     n_tasks = validation.positive_int("n_tasks", n_tasks)
     seed = validation.positive_int("seed", seed, minimum=0)
-    goal_low = validation.finite_float("goal_low", goal_low)
-    goal_high = validation.finite_float("goal_high", goal_high)
-    if not goal_low < goal_high:
-        raise ParameterError(f"goal_low must be below goal_high, got {goal_low} and {goal_high}")
+    goal_low, goal_high = validation.interval("goal_low", goal_low, "goal_high", goal_high)
     control_cost = validation.finite_float("control_cost", control_cost, low=0.0)
     init_std = validation.finite_float("init_std", init_std, positive=True)
     start_std = validation.finite_float("start_std", start_std, low=0.0)

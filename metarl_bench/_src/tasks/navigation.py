@@ -41,9 +41,6 @@ class Navigation2DTask(Task):
         self.param_shape = policy.param_shape
         self.advantages = advantages
         self.params = params
-        # per step: float positions and actions, and the policy's widest layer of activations
-        width = max([2, *policy.spec.get("hidden", [])])
-        self.trajectory_cost = max(1, horizon * width // 16)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -88,10 +85,7 @@ def make_navigation2d(*, n_tasks: int = 20, seed: int = 0, horizon: int = 100,
     horizon = validation.positive_int("horizon", horizon)
     gamma = validation.finite_float("gamma", gamma, low=0.0, high=1.0)
     max_action = validation.finite_float("max_action", max_action, positive=True)
-    goal_low = validation.finite_float("goal_low", goal_low)
-    goal_high = validation.finite_float("goal_high", goal_high)
-    if not goal_low < goal_high:
-        raise ParameterError(f"goal_low must be below goal_high, got {goal_low} and {goal_high}")
+    goal_low, goal_high = validation.interval("goal_low", goal_low, "goal_high", goal_high)
     if policy not in CONTINUOUS_POLICIES + DISCRETE_POLICIES:
         raise unknown_name("policy kind", policy, CONTINUOUS_POLICIES + DISCRETE_POLICIES)
     if policy not in CONTINUOUS_POLICIES:
