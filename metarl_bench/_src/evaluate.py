@@ -294,7 +294,8 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
         sizes = dict(n_inner=config["n_inner"], n_outer=config["n_outer"],
                      n_trials=config["n_trials"], truth_samples=n_truth)
         exact_stats = config["exact"] and supports_exact_moments(
-            task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"])
+            task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"],
+            config.get("options"))
         needed, driver = resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
                                                dtype=getattr(torch, config["dtype"]),
                                                bootstrap=not exact_stats)
@@ -312,10 +313,13 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
 
 
 def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) -> float:
-    per_trial = task.n_tasks * (config["n_inner"] + (config["n_outer"] or 0))
+    per_task = estimator_spec(config["estimator"]).trajectories_per_task(
+        config["n_inner"], config["n_outer"], config.get("options"))
+    own = config["n_trials"] * task.n_tasks * per_task
     # a model-free truth samples the outer step too
-    per_truth_sample = per_trial if not task.has_model else task.n_tasks * config["n_inner"]
-    return config["n_trials"] * per_trial + (n_truth or 0) * per_truth_sample
+    per_truth_sample = task.n_tasks * (config["n_inner"] + (
+        0 if task.has_model else (config["n_outer"] or 0)))
+    return own + (n_truth or 0) * per_truth_sample
 
 
 def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml", "fomaml"), *,
@@ -481,7 +485,7 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
     # bounded; the chunk depends on the configuration alone and the generator runs on, so
     # results do not depend on the machine
     per_chunk = resources.chunk_trials(task, n, n_outer, theta.dtype)
-    trajectories = task.n_tasks * (n + (n_outer or 0))
+    trajectories = task.n_tasks * spec.trajectories_per_task(n, n_outer, options)
     parts = []
     start = time.perf_counter()
     for lo in range(0, n_trials, per_chunk):
@@ -518,7 +522,8 @@ def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, An
         problem = "the truth is not finite"
     if problem is None:
         n = config["n_inner"]
-        if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"]):
+        if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"],
+                                                      options):
             moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=config["inner_lr"],
                                     truth=truth.reference, **options)
             stats = summarize_exact(moments.mean, moments.covariance, truth.reference,

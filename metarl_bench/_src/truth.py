@@ -177,9 +177,9 @@ class ExactMoments:
 
 
 def supports_exact_moments(task: Any, spec: EstimatorSpec, n_inner: int,
-                           n_outer: int | None) -> bool:
-    return (n_outer is None and spec.from_samples is not None and spec.count_determined
-            and enumerable(task, n_inner))
+                           n_outer: int | None, options: dict[str, Any] | None = None) -> bool:
+    return (n_outer is None and spec.from_samples is not None
+            and spec.is_count_determined(options) and enumerable(task, n_inner))
 
 
 def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inner: int,
@@ -190,7 +190,12 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     averages independent per-task estimates, so mean = mean_k mean_k and
     cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error.
     """
-    if not supports_exact_moments(task, spec, n_inner, None):
+    if spec.from_samples is not None and not spec.is_count_determined(options):
+        raise UnsupportedError(
+            f"estimator {spec.name!r} with options {options} is random beyond its inner "
+            f"samples (e.g. a noisy critic or perturbations), so its moments are not a sum "
+            f"over the enumerated samples: use Monte Carlo moments (evaluate(exact=False))")
+    if not supports_exact_moments(task, spec, n_inner, None, options):
         raise UnsupportedError(f"exact moments need an enumerable task (bandit-v0) and a "
                                f"count-determined estimator with exact outer; got "
                                f"{task.name!r} and {spec.name!r}")

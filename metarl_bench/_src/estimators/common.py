@@ -21,6 +21,7 @@ stack of the per-row gradients, all from one backward pass.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -153,6 +154,8 @@ def chunk_counts(n_trials: int, most: int) -> list[int]:
 def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = False):
     """The registered estimator built from a from-samples form (docstring carried over)."""
     allowed = keyword_options(from_samples)
+    # estimators random beyond their samples (a noisy critic) draw from the call's generator
+    takes_generator = "generator" in inspect.signature(from_samples).parameters
 
     @functools.wraps(from_samples)
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
@@ -168,6 +171,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                     f"option {key!r}; options: {', '.join(allowed) or '(none)'}")
         outer = None if n_outer is None else (
             lambda adapted, index: task.sample(adapted, n_outer, index, generator))
+        if takes_generator:
+            options["generator"] = generator
 
         def trials(count: int) -> torch.Tensor:
             n_rows = count * task.n_tasks
