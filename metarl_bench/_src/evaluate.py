@@ -240,9 +240,12 @@ def plan(task: Task, estimators: Sequence[str] | str, *, n_inner: int | Iterable
         raise ParameterError(f"exact must be True or False, got {exact!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ParameterError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if not task.has_model:
-        raise UnsupportedError(f"task {task.name!r} has no model, so no ground truth to compare "
-                               f"against")
+    if not task.has_model and n_outer is None:
+        raise UnsupportedError(f"task {task.name!r} has no model: the estimators and the "
+                               f"estimated truth sample the outer step, so pass n_outer=M")
+    if not task.has_model and truth == "limit":
+        raise UnsupportedError(f"task {task.name!r} has no model, so grad F_inf is unknown; "
+                               f"use truth='finite' (estimated from samples)")
     if truth == "finite" and "exact" in estimators and not all(
             enumerable(task, n) for n in grid):
         raise UnsupportedError(f"estimator 'exact' with truth='finite' needs an exact "
@@ -313,7 +316,10 @@ def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) 
     per_task = estimator_spec(config["estimator"]).trajectories_per_task(
         config["n_inner"], config["n_outer"], config.get("options"))
     own = config["n_trials"] * task.n_tasks * per_task
-    return own + (n_truth or 0) * task.n_tasks * config["n_inner"]
+    # a model-free truth samples the outer step too
+    per_truth_sample = task.n_tasks * (config["n_inner"] + (
+        0 if task.has_model else (config["n_outer"] or 0)))
+    return own + (n_truth or 0) * per_truth_sample
 
 
 def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml", "fomaml"), *,
@@ -330,10 +336,12 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     """Bias, variance, MSE and cosine of each estimator against the truth, for each N.
 
     ``truth``: ``"finite"`` (grad F_N: exact on bandits, else the mean of ``truth_samples``
-    leave-one-out estimates, reported as estimated with its error in the intervals) or
-    ``"limit"`` (grad F_inf, exact). ``exact``: use the exact enumerated moments where the task
-    and estimator allow it (bandit, exact outer), Monte Carlo over ``n_trials`` otherwise;
-    each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
+    exactly unbiased estimates, reported as estimated with its error in the intervals:
+    leave-one-out ones on tasks with a model, ``unbiased`` ones with ``n_outer`` sampled outer
+    trajectories on tasks without one; each record's ``truth_method`` says which) or
+    ``"limit"`` (grad F_inf, exact; tasks with a model). ``exact``: use the exact enumerated
+    moments where the task and estimator allow it (bandit, exact outer), Monte Carlo over
+    ``n_trials`` otherwise; each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
     ``{"unbiased": {"baseline": 0.5}}``.
 
     ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it
@@ -406,6 +414,7 @@ class Truth:
     reference: torch.Tensor
     samples: torch.Tensor | None
     kind: str
+    method: str = ""
 
 
 def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
@@ -414,15 +423,20 @@ def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
     truth_samples and seed only, so every estimator at one N shares it."""
     n, inner_lr = config["n_inner"], config["inner_lr"]
     if config["truth"] == "limit":
-        return Truth(meta_gradient(task, theta, inner_lr=inner_lr), None, "exact")
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr), None, "exact",
+                     "grad F_inf by nested autodiff through the model")
     if enumerable(task, n):
-        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact")
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact",
+                     "grad F_N by exact enumeration of the inner samples")
     generator = torch.Generator(device=theta.device).manual_seed(
         cell_seed(config["seed"], "truth", n))
+    n_outer = None if task.has_model else config["n_outer"]
+    per_sample = task.n_tasks * (n + (n_outer or 0))
     estimate = estimate_meta_gradient(
         task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config["truth_samples"],
-        generator=generator, progress=lambda done: advance(done * task.n_tasks * n))
-    return Truth(estimate.mean, estimate.samples, "estimated")
+        n_outer=n_outer, generator=generator,
+        progress=lambda done: advance(done * per_sample))
+    return Truth(estimate.mean, estimate.samples, "estimated", estimate.method)
 
 
 def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
@@ -487,7 +501,8 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
                                  truth)
     mse = stats["mse"]
     return plain(dict(
-        truth_kind=truth.kind, moments=stats.pop("moments"), **stats,
+        truth_kind=truth.kind, truth_method=truth.method, moments=stats.pop("moments"),
+        **stats,
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
         n_nonfinite=n_nonfinite, problem=problem, seconds=seconds,
