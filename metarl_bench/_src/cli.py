@@ -118,7 +118,8 @@ def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
                     required: bool = False) -> None:
     parser.add_argument("--task", required=required, help=help)
     parser.add_argument("--task-param", action="append", type=_task_param, default=[],
-                        metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+                        metavar="KEY=VALUE",
+                        help="task parameter, repeatable (JSON or a,b,c lists)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """Random finite-horizon tabular MDPs with a tabular softmax policy pi_theta(a|x) =
-softmax(theta[x])_a (``policies.TabularSoftmax``): the model (start distribution, transitions, rewards), batched sampling,
-log-probabilities and the exact value by propagating the state distribution."""
+softmax(theta[x])_a (``policies.TabularSoftmax``): the model (start distribution,
+transitions, rewards), batched sampling, log-probabilities and the exact value by
+propagating the state distribution."""
 
 from __future__ import annotations
 
