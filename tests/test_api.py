@@ -33,10 +33,12 @@ def test_every_task_meets_the_contract(task_id):
     assert theta.shape == task.param_shape and theta.dtype == torch.float64
     inner = task.sample(theta.unsqueeze(0).expand(2, *theta.shape), 3,
                         torch.zeros(2, dtype=torch.long), generator())
-    assert inner.rewards.shape == (2, 3, task.horizon)
-    assert inner.actions.shape[:3] == inner.states.shape[:3] == (2, 3, task.horizon)
+    # a task with no fixed horizon (None) pads its batches to their longest episode
+    horizon = inner.horizon if task.horizon is None else task.horizon
+    assert inner.rewards.shape == (2, 3, horizon)
+    assert inner.actions.shape[:3] == inner.states.shape[:3] == (2, 3, horizon)
     log_prob = task.log_prob(theta.unsqueeze(0).expand(2, *theta.shape), inner)
-    assert log_prob.shape == (2, 3, task.horizon) and torch.isfinite(log_prob).all()
+    assert log_prob.shape == (2, 3, horizon) and torch.isfinite(log_prob).all()
     if task.policy.discrete:  # probabilities; a density may exceed 1
         assert torch.all(log_prob <= 0)
 
