@@ -115,8 +115,8 @@ def test_cli_run_prints_a_table_against_an_estimated_truth(tmp_path, capsys):
                  "--json", str(path)])
     out = capsys.readouterr().out
     assert code == 0 and "truth=finite (estimated)" in out and "lsf" in out
-    records = [json.loads(line) for line in path.read_text().splitlines()
-               if json.loads(line)["type"] == "record"]
+    (result,) = mb.load_results(path)
+    records = result.records
     assert {r["truth_kind"] for r in records} == {"estimated"}
     assert all(r["truth_method"].startswith("mean of 40 unbiased estimates") for r in records)
 
