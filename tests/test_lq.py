@@ -50,7 +50,8 @@ def test_value_matches_monte_carlo_returns():
     traj = task.sample(rows, 200_000, index, generator(2))
     discounted = (traj.rewards * 0.9 ** torch.arange(4, dtype=torch.float64)).sum(-1)
     stderr = discounted.std(-1) / 200_000 ** 0.5
-    assert torch.all((discounted.mean(-1) - exact).abs() < 4.5 * stderr), (exact, discounted.mean(-1))
+    assert torch.all((discounted.mean(-1) - exact).abs() < 4.5 * stderr), \
+        (exact, discounted.mean(-1))
 
 
 def test_value_gradient_and_limit_meta_gradient_match_finite_differences():

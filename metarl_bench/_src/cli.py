@@ -121,7 +121,8 @@ def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
                     required: bool = False) -> None:
     parser.add_argument("--task", required=required, help=help)
     parser.add_argument("--task-param", action="append", type=_task_param, default=[],
-                        metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+                        metavar="KEY=VALUE",
+                        help="task parameter, repeatable (JSON or a,b,c lists)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluate import check_resources, pending, plan, results_of, run_plan
     from metarl_bench._src.progress import Progress, wanted
     from metarl_bench._src.registry import make_task
-    from metarl_bench._src.store import Store
+    from metarl_bench._src.store import Store, cell_key
 
     estimators = _estimator_names(args.estimators)
     if args.task is None:
@@ -338,6 +339,8 @@ def _run(args: argparse.Namespace) -> int:
         totals = [check_resources(p.task, pending(p, store, args.force), max_work)
                   for p in plans]
     finished = 0
+    keys = [cell_key(config) for checked in plans for config in checked.configs]
+    stored_before = sum(key in store for key in keys) if store is not None else 0
 
     def count(record: dict[str, Any]) -> None:
         nonlocal finished
@@ -356,6 +359,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(result.table())
                 print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
     except KeyboardInterrupt:
+        if args.json:
+            # read back what reached the file: an interrupt between a cell's write and its
+            # count would make the counter one short
+            on_disk = Store(args.json, option="--json")
+            finished = sum(key in on_disk for key in keys) - stored_before
         kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
         print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
         return 130

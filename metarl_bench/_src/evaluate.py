@@ -341,7 +341,8 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     trajectories on tasks without one; each record's ``truth_method`` says which) or
     ``"limit"`` (grad F_inf, exact; tasks with a model). ``exact``: use the exact enumerated
     moments where the task and estimator allow it (bandit, exact outer), Monte Carlo over
-    ``n_trials`` otherwise; each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
+    ``n_trials`` otherwise; each record says which (``moments``). ``options``:
+    per-estimator keyword options, e.g.
     ``{"unbiased": {"baseline": 0.5}}``.
 
     ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it

@@ -52,11 +52,11 @@ CHECK_TASKS = {
                2.0, "finite", 200),
     "tabular": ("tabular-v0", {"n_states": 4, "n_actions": 3, "horizon": 4, "gamma": 0.9,
                                "seed": 1}, 1.0, "limit", 2000),
-    "lq": ("lq-navigation-v0", {"n_tasks": 2, "horizon": 3, "init_std": 0.3}, 0.02, "limit",
-           500),
-    # no model: sampled outer step, truth estimated from 200 unbiased estimates
-    "navigation": ("navigation2d-v0", {"n_tasks": 2, "horizon": 10, "hidden": [8]}, 0.001,
-                   "finite", 100, {"n_outer": 4, "truth_samples": 200}),
+    "lq": ("lq-navigation-v0", {"n_tasks": 1, "horizon": 3, "init_std": 0.3}, 0.02, "limit",
+           100),
+    # no model: sampled outer step, truth estimated from 50 unbiased estimates
+    "navigation": ("navigation2d-v0", {"n_tasks": 1, "horizon": 5, "hidden": [4]}, 0.001,
+                   "finite", 50, {"n_outer": 2, "truth_samples": 50}),
 }
 CHECK_N = (4, 32)
 TIMING = ("tabular", 32, 2000)  # (task, N, trials) of the timed and memory-measured call

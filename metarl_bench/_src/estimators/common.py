@@ -41,8 +41,9 @@ class InnerStep:
     """The inner adaptation of every row.
 
     ``params``: leaf (R, *P), one copy of theta per row; ``log_prob``: (R, N, T);
-    ``returns``: the inner advantages A_t (R, N, T), reward-to-go G_t by default; ``adapted``: theta' = theta + eta g_N (R, *P),
-    differentiable with respect to ``params`` (trajectories held fixed) when requested.
+    ``returns``: the inner advantages A_t (R, N, T), reward-to-go G_t by default;
+    ``adapted``: theta' = theta + eta g_N (R, *P), differentiable with respect to ``params``
+    (trajectories held fixed) when requested.
     """
 
     params: torch.Tensor
