@@ -117,12 +117,8 @@ class LQNavigationEnv(MetaTaskEnv, gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        options = options or {}
-        if "task" in options:
-            self.set_task(options["task"])
-        if self._goal is None:
-            self.set_task(self.sample_tasks(1)[0])
-        if "start" in options:
+        self.reset_task(options)
+        if options and "start" in options:
             self._position = _vector("options['start']", options["start"], self.dim)
         elif self.start_std > 0:
             self._position = (self.start_mean
