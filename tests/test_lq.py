@@ -1,14 +1,19 @@
-"""lq-navigation-v0: the exact value against Monte Carlo returns and finite differences,
+"""lq-navigation-v0: its Gymnasium environment (protocol, and the sampler against the env
+stepped with the same actions, bit for bit), the exact value against Monte Carlo returns and finite differences,
 grad F_inf against finite differences, and the estimators against an independent
 (reparameterised) estimate of grad F_N, as the bandit tests do against exact enumeration.
 
 Randomized tests use fixed seeds and state their tolerance; a z-score bound of 4.5 on 8
 coordinates fails by chance with probability below 1e-4 per test."""
 
+import gymnasium
+import numpy as np
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env
 
 import metarl_bench as mb
+from metarl_bench._src.envs.lq import LQNavigationEnv
 from metarl_bench._src.tasks.lq import pathwise_meta_gradients
 
 from conftest import generator
@@ -144,3 +149,103 @@ def test_bad_lq_arguments_raise_typed_errors():
         mb.make_task("lq-navigation-v0", init_std=0.0)
     with pytest.raises(mb.ParameterError, match="goal_low must be below goal_high"):
         mb.make_task("lq-navigation-v0", goal_low=1.0, goal_high=0.0)
+
+
+# The Gymnasium environment metarl_bench/LQNavigation-v0
+
+# the task's spaces are unbounded on purpose (no clipping): the checker's advice to bound and
+# normalise them does not apply
+@pytest.mark.filterwarnings("ignore:.*For Box action spaces, we recommend:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*A Box (observation|action) space m:UserWarning")
+def test_gymnasium_make_after_import_and_the_env_checker():
+    env = gymnasium.make("metarl_bench/LQNavigation-v0")
+    assert env.spec.max_episode_steps == 5  # the task's default horizon
+    check_env(env.unwrapped, skip_render_check=True)
+    observation, info = env.reset(seed=3)
+    assert np.array_equal(observation, np.zeros(2)) and set(info["task"]) == {"goal"}
+    goal = info["task"]["goal"]
+    for t in range(5):
+        observation, reward, terminated, truncated, _ = env.step(np.array([1.0, -2.0]))
+        # the reward is the squared distance before the move; moves are never clipped
+        assert reward == -float(((np.array([t, -2.0 * t]) - goal) ** 2).sum())
+        assert not terminated and truncated == (t == 4)
+    assert np.array_equal(observation, [5.0, -10.0])
+
+
+def test_meta_task_protocol_and_one_task_per_sub_environment():
+    env = LQNavigationEnv(dim=3, goal_low=-1.0, goal_high=2.0)
+    tasks = env.sample_tasks(4, np.random.default_rng(0))
+    assert all(t["goal"].shape == (3,) and np.all((t["goal"] >= -1) & (t["goal"] <= 2))
+               for t in tasks)
+    assert all(np.array_equal(a["goal"], b["goal"]) for a, b in zip(tasks, env.sample_tasks(4, 0)))
+    env.set_task(tasks[2])
+    assert np.array_equal(env.get_task()["goal"], tasks[2]["goal"])
+    with pytest.raises(mb.ParameterError, match="goal must be 3 finite numbers"):
+        env.set_task({"goal": [1.0, 2.0]})
+    with pytest.raises(mb.ParameterError, match="dim must be a positive integer"):
+        LQNavigationEnv(dim=0)
+    vector = gymnasium.make_vec("metarl_bench/LQNavigation-v0", num_envs=3,
+                                vectorization_mode="sync", dim=3, control_cost=0.5)
+    mb.set_tasks(vector, tasks[:3])
+    held = vector.get_attr("task")
+    assert all(np.array_equal(h["goal"], t["goal"]) for h, t in zip(held, tasks[:3]))
+    vector.reset(seed=0)
+    _, rewards, *_ = vector.step(np.ones((3, 3)))
+    np.testing.assert_allclose(rewards, [-(t["goal"] ** 2).sum() - 1.5 for t in tasks[:3]],
+                               rtol=1e-15)
+    with pytest.raises(mb.ParameterError, match="one task per sub-environment"):
+        mb.set_tasks(vector, tasks)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(dim=2, control_cost=0.1, start_mean=[0.3, -0.2]),
+    dict(dim=3, horizon=7, gamma=0.9, goal_low=-2.0, goal_high=1.0, start_std=0.4),
+    dict(dim=8, control_cost=0.3),
+], ids=["fixed-start", "random-start", "dim-8"])
+def test_sampler_equals_the_gymnasium_env_stepped_with_its_actions(kwargs):
+    # Observations bit for bit in every dimension: x + a is one correctly rounded float64
+    # operation per coordinate in numpy as in torch. Rewards bit for bit for d <= 4 (measured:
+    # the d squares are then added in the same order); for larger d numpy's pairwise
+    # summation and torch's vectorised reduction add them in different orders, which moves a
+    # sum of d non-negative terms by at most about 2 d ulp (measured: 1-2 ulp at d = 5..40).
+    # A random start is drawn by torch in the sampler and by numpy in the env, so there the
+    # env replays the sampled x_0 through reset(options={"start": x0}).
+    task = mb.make_task("lq-navigation-v0", n_tasks=4, seed=5, **kwargs)
+    env_kwargs = {k: v for k, v in kwargs.items() if k not in ("horizon", "gamma")}
+    env = gymnasium.make("metarl_bench/LQNavigation-v0", max_episode_steps=task.horizon,
+                         **env_kwargs)
+    # the task's goals are the environment's task distribution drawn from the same seed
+    goals = [t["goal"] for t in env.unwrapped.sample_tasks(4, 5)]
+    assert np.array_equal(task.goals.numpy(), np.stack(goals))
+    theta = perturbed(task, scale=0.3)
+    index = torch.tensor([3, 0, 2])
+    traj = task.sample(theta.expand(3, -1), 2, index, generator(1))
+    random_start = kwargs.get("start_std", 0) > 0
+    for row in range(3):
+        for n in range(2):
+            options = {"task": {"goal": goals[int(index[row])]}}
+            if random_start:
+                options["start"] = traj.states[row, n, 0].numpy()
+            observation, _ = env.reset(options=options)
+            for t in range(task.horizon):
+                assert np.array_equal(observation, traj.states[row, n, t].numpy())
+                observation, reward, _, truncated, _ = env.step(traj.actions[row, n, t].numpy())
+                if task.dim <= 4:
+                    assert reward == float(traj.rewards[row, n, t])
+                else:
+                    np.testing.assert_allclose(reward, float(traj.rewards[row, n, t]),
+                                               rtol=2 * task.dim * np.finfo(float).eps, atol=0)
+            assert truncated
+
+
+def test_env_start_distribution_is_the_tasks():
+    # x_0 ~ N(start_mean, start_std^2 I), as in the task. Tolerance: 4.5 standard errors per
+    # coordinate of the mean, and the sample std within 5% (1000 draws: its relative standard
+    # error is about 2.2%); with the fixed seed this is deterministic.
+    env = LQNavigationEnv(dim=2, start_mean=[1.0, -0.5], start_std=0.3, task={"goal": [0, 0]})
+    env.reset(seed=7)
+    starts = np.stack([env.reset()[0] for _ in range(1000)])
+    assert np.all(np.abs(starts.mean(0) - [1.0, -0.5]) < 4.5 * 0.3 / 1000 ** 0.5)
+    np.testing.assert_allclose(starts.std(0, ddof=1), 0.3, rtol=0.05)
+    assert np.array_equal(LQNavigationEnv(start_mean=[1.0, -0.5], task={"goal": [0, 0]})
+                          .reset(seed=0)[0], [1.0, -0.5])

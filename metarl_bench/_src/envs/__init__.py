@@ -16,6 +16,8 @@ from metarl_bench._src.envs.meta import MetaTaskEnv, set_tasks
 #: Gymnasium id -> (entry point, max_episode_steps). Append here to register more.
 GYMNASIUM_ENVS: dict[str, tuple[str, int]] = {
     "metarl_bench/Navigation2D-v0": ("metarl_bench._src.envs.navigation:Navigation2DEnv", 100),
+    # the lq-navigation-v0 task's default horizon
+    "metarl_bench/LQNavigation-v0": ("metarl_bench._src.envs.lq:LQNavigationEnv", 5),
     # MuJoCo, MAML's horizon of 200 steps; their module imports mujoco only when one is made
     "metarl_bench/HalfCheetahVel-v0": (
         "metarl_bench._src.envs.locomotion:HalfCheetahVelEnv", 200),

@@ -46,6 +46,15 @@ class MetaTaskEnv:
     def task(self, task: dict[str, Any]) -> None:
         self.set_task(task)
 
+    def reset_task(self, options: dict[str, Any] | None) -> None:
+        """The task of an episode starting now: ``options["task"]`` when given, else the
+        current task, else one drawn from the environment's seeded ``np_random``. Call it from
+        ``reset`` after ``super().reset(seed=seed)``."""
+        if options and "task" in options:
+            self.set_task(options["task"])
+        elif self.task is None:
+            self.set_task(self.sample_tasks(1)[0])
+
 
 def rng_of(env: Any, rng: np.random.Generator | int | None) -> np.random.Generator:
     if rng is None:

@@ -94,10 +94,7 @@ class Navigation2DEnv(MetaTaskEnv, gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and "task" in options:
-            self.set_task(options["task"])
-        if self._goal is None:
-            self.set_task(self.sample_tasks(1)[0])
+        self.reset_task(options)
         self._position = np.zeros(2)
         return self._position.copy(), {"task": self.get_task()}
 

@@ -11,6 +11,7 @@ import torch
 
 from metarl_bench._src import validation
 from metarl_bench._src.draws import normal
+from metarl_bench._src.envs.lq import sample_goals
 from metarl_bench._src.policies import LinearGaussian
 from metarl_bench._src.tasks.base import Task, as_tensor
 from metarl_bench._src.trajectories import Trajectories, reward_to_go
@@ -37,7 +38,11 @@ class LQNavigationTask(Task):
     differentiable to any order, batched over rows (one (K, k, sigma) per row).
 
     ## Task distribution
-    ``n_tasks`` goals U[goal_low, goal_high]^d drawn from ``seed`` (or explicit ``goals``).
+    ``n_tasks`` goals U[goal_low, goal_high]^d drawn from ``seed`` (or explicit ``goals``),
+    with the same code as the Gymnasium environment ``metarl_bench/LQNavigation-v0``'s
+    ``sample_tasks(n_tasks, seed)``; that environment stepped with this sampler's actions
+    gives its observations bit for bit, and its rewards bit for bit for d <= 4 (within 2d ulp
+    beyond: numpy and torch sum the d squares in different orders).
 
     ## Version history
     * v0: initial version.
@@ -130,8 +135,8 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
                                   control_cost=control_cost, init_std=init_std,
                                   start_std=start_std)
     if goals is None:
-        goals_t = torch.as_tensor(np.random.default_rng(seed).uniform(
-            goal_low, goal_high, size=(n_tasks, dim)))
+        goals_t = torch.as_tensor(sample_goals(n_tasks, np.random.default_rng(seed), dim,
+                                               goal_low, goal_high))
     else:
         goals_t = as_tensor("goals", goals, [(dim,), (-1, dim)]).reshape(-1, dim)
         params.update(goals=goals_t.tolist(), n_tasks=goals_t.shape[0])
