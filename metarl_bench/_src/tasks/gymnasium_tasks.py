@@ -43,7 +43,8 @@ def _require_gymnasium_env(env_id: str, kwargs: dict[str, Any]) -> Any:
 
     try:
         return gymnasium.make(env_id, disable_env_checker=True, **kwargs)
-    except gymnasium.error.DependencyNotInstalled as exc:
+    except (gymnasium.error.DependencyNotInstalled, ImportError) as exc:
+        # Gymnasium's own MuJoCo envs say DependencyNotInstalled; ours fail to import mujoco
         raise UnsupportedError(
             f"{env_id} needs MuJoCo: pip install 'metarl-bench[mujoco]' ({exc})") from None
     except gymnasium.error.Error as exc:
