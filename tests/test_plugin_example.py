@@ -57,7 +57,7 @@ def test_evaluate_gives_it_exact_moments_unbiased_with_bounded_variance():
 
 def test_both_benchmark_suites_and_the_check_suite_include_it():
     from benchmarks import common
-    from metarl_bench._src.regression_gate import run_suite
+    from metarl_bench._src.regression_gate import CHECK_N, TIMING, _Suite, measure_statistics
 
     assert NAME in common.ESTIMATORS
     assert common.Case(NAME, "bandit", 4).run(n_trials=3).shape == (3, 3)
@@ -65,11 +65,13 @@ def test_both_benchmark_suites_and_the_check_suite_include_it():
         [sys.executable, "-m", "pytest", "benchmarks/pytest", "--collect-only", "-q",
          "-p", "no:cacheprovider", "-k", NAME], cwd=ROOT, capture_output=True, text=True)
     ids = [line for line in collected.stdout.splitlines() if f"[{NAME}-" in line]
-    assert len(ids) == 4, collected.stdout + collected.stderr    # 2 tasks x 2 N
-    suite = run_suite([NAME], rounds=1, memory=False)
-    assert {(s["task"], s["n_inner"]) for s in suite["statistics"]} == {
-        ("bandit", 4), ("bandit", 32), ("tabular", 4), ("tabular", 32)}
-    assert [c["estimator"] for c in suite["costs"]] == [NAME]
+    # one cell per benchmarked task and N (it skips at run time where a task has no model)
+    assert len(ids) == len(common.TASKS) * len(common.N_GRID), collected.stdout
+    # the check suite: statistics on every check task with a model, and the timed call
+    cells = {(s["task"], s["n_inner"]) for s in measure_statistics([NAME])}
+    assert {("bandit", n) for n in CHECK_N} | {("tabular", n) for n in CHECK_N} <= cells
+    assert not {task for task, _ in cells} & {"navigation"}    # no model: needs_model
+    assert _Suite([NAME]).prepare() == [f"{NAME}|{TIMING[0]}"]
 
 
 def test_its_fast_form_equals_its_twin_with_a_sampled_outer_step():
