@@ -7,14 +7,17 @@ leave-one-out unbiased estimates, reported with its standard error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import inspect
+from dataclasses import dataclass, fields
+from typing import Any, Iterator
 
 import torch
 
 from metarl_bench._src import validation
 from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.estimators.common import multi_step
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.trajectories import Trajectories
 
 
 #: The most outcomes an exact enumeration may list (a bandit with K arms and N samples has
@@ -22,9 +25,16 @@ from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 MAX_ENUMERATION = 1_000_000
 
 
-def enumerable(task: Any, n_inner: int) -> bool:
-    """Whether the inner samples of ``task`` at N = ``n_inner`` can be enumerated exactly."""
+def enumeration_size(task: Any, n_inner: int, n_steps: int = 1) -> int | None:
+    """Outcomes of K = ``n_steps`` inner steps of N samples: C**K for C outcomes per step."""
     size = task.enumeration_size(n_inner)
+    return None if size is None else size ** n_steps
+
+
+def enumerable(task: Any, n_inner: int, n_steps: int = 1) -> bool:
+    """Whether the inner samples of ``task`` at N = ``n_inner`` (over ``n_steps`` inner steps)
+    can be enumerated exactly."""
+    size = enumeration_size(task, n_inner, n_steps)
     return size is not None and size <= MAX_ENUMERATION
 
 
@@ -37,32 +47,46 @@ def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
 
 
 def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
-                  n_inner: int | None = None) -> torch.Tensor:
+                  n_inner: int | None = None, n_steps: int = 1) -> torch.Tensor:
     """Exact meta-gradient: grad F_inf (``n_inner=None``) or grad F_N (``n_inner=N``).
 
     grad F_inf = E_task (I + eta grad^2 V(theta)) grad V(theta + eta grad V(theta)), by nested
     autodiff through the exact value. grad F_N needs an exact enumeration of the inner
     samples (bandit-v0); other tasks raise :class:`UnsupportedError`.
+    K = ``n_steps`` inner steps: F_inf = E_task V(theta_K), theta_{k+1} = theta_k + eta grad
+    V(theta_k), differentiated through all K exact steps; F_N by nested enumeration of every
+    step's samples (C**K outcomes, at most ``MAX_ENUMERATION``).
     Result: shape theta.shape, theta's dtype and device.
     """
     inner_lr = _check(task, theta, inner_lr)
+    n_steps = validation.positive_int("n_steps", n_steps)
     point = theta.detach().requires_grad_()
     if n_inner is None:
         task_index = torch.arange(task.n_tasks, device=theta.device)
         rows = point.unsqueeze(0).expand(task.n_tasks, *theta.shape)
-        (grad,) = torch.autograd.grad(task.value(rows, task_index).sum(), rows, create_graph=True)
-        objective = task.value(rows + inner_lr * grad, task_index).mean()
+        for _ in range(n_steps):
+            (grad,) = torch.autograd.grad(task.value(rows, task_index).sum(), rows,
+                                          create_graph=True)
+            rows = rows + inner_lr * grad
+        objective = task.value(rows, task_index).mean()
     else:
         n_inner = validation.positive_int("n_inner", n_inner)
-        if not enumerable(task, n_inner):
-            size = task.enumeration_size(n_inner)
+        if not enumerable(task, n_inner, n_steps) or (
+                n_steps > 1 and "n_steps" not in inspect.signature(
+                    task.finite_meta_objective).parameters):
+            size = enumeration_size(task, n_inner, n_steps)
             why = (f"which {task.name!r} does not have (bandit-v0 does)" if size is None else
-                   f"here of {size:,} outcomes, more than the {MAX_ENUMERATION:,} allowed")
+                   f"here of {size:,} outcomes, more than the {MAX_ENUMERATION:,} allowed"
+                   if size > MAX_ENUMERATION else
+                   f"which {task.name!r} does not have for {n_steps} inner steps")
             raise UnsupportedError(
                 f"the exact finite-N meta-gradient needs an enumeration of the inner samples, "
                 f"{why}; use n_inner=None for grad F_inf, or estimate_meta_gradient(...) for "
                 f"an estimated grad F_N")
-        objective = task.finite_meta_objective(point, n_inner, inner_lr)
+        if n_steps == 1:
+            objective = task.finite_meta_objective(point, n_inner, inner_lr)
+        else:
+            objective = task.finite_meta_objective(point, n_inner, inner_lr, n_steps=n_steps)
     (grad,) = torch.autograd.grad(objective, point)
     return grad
 
@@ -84,23 +108,30 @@ class EstimatedGradient:
 
 def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                            n_samples: int = 20_000, chunk: int | None = None,
-                           generator: torch.Generator | None = None) -> EstimatedGradient:
+                           generator: torch.Generator | None = None,
+                           n_steps: int = 1) -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
 
     The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
-    section 2); it needs the exact V, so the task must have a model. Samples are drawn in
-    chunks of ``chunk`` trials, by default about 2**15 trajectories per chunk (set by N
-    alone, never by the machine, so the result is the same everywhere).
+    section 2); it needs the exact V, so the task must have a model. K = ``n_steps`` inner
+    steps: its K-step form (exact lookahead baselines, see ``loo``) is still exactly
+    unbiased, with a variance O(1) in N instead of O(1/N): the reference gets noisier, and
+    its standard error says by how much. Samples are drawn in chunks of ``chunk`` trials, by
+    default about 2**15 trajectories per chunk (set by N and K alone, never by the machine,
+    so the result is the same everywhere).
     """
     inner_lr = _check(task, theta, inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
     n_inner = validation.positive_int("n_inner", n_inner)
-    chunk = max(1, 2 ** 15 // n_inner) if chunk is None else validation.positive_int("chunk", chunk)
+    n_steps = validation.positive_int("n_steps", n_steps)
+    chunk = (max(1, 2 ** 15 // (n_inner * n_steps)) if chunk is None
+             else validation.positive_int("chunk", chunk))
     loo = estimator_spec("loo").fn
+    steps = {} if n_steps == 1 else {"n_steps": n_steps}
     parts = []
     for start in range(0, n_samples, chunk):
         parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr,
-                         n_trials=min(chunk, n_samples - start), generator=generator))
+                         n_trials=min(chunk, n_samples - start), generator=generator, **steps))
     return EstimatedGradient(torch.cat(parts))
 
 
@@ -114,32 +145,39 @@ class ExactMoments:
 
 
 def supports_exact_moments(task: Any, spec: EstimatorSpec, n_inner: int,
-                           n_outer: int | None) -> bool:
+                           n_outer: int | None, n_steps: int = 1) -> bool:
     return (n_outer is None and spec.from_samples is not None and spec.count_determined
-            and enumerable(task, n_inner))
+            and enumerable(task, n_inner, n_steps))
 
 
 def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inner: int,
-                  inner_lr: float, truth: torch.Tensor, **options: Any) -> ExactMoments:
+                  inner_lr: float, truth: torch.Tensor, n_steps: int = 1,
+                  **options: Any) -> ExactMoments:
     """Exact moments of a count-determined estimator over the enumerated inner samples.
 
     For each task k of the distribution: mean_k = sum_n p(n) e_k(n), cov_k likewise; a trial
     averages independent per-task estimates, so mean = mean_k mean_k and
-    cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error.
+    cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error. K = ``n_steps`` inner steps: the
+    sum runs over every sequence of K outcomes (C**K of them), each weighted by
+    prod_k p_{theta_k}(n_k) at the estimator's own adapted parameters theta_k.
     """
-    if not supports_exact_moments(task, spec, n_inner, None):
+    n_steps = validation.positive_int("n_steps", n_steps)
+    if not supports_exact_moments(task, spec, n_inner, None, n_steps):
         raise UnsupportedError(f"exact moments need an enumerable task (bandit-v0) and a "
                                f"count-determined estimator with exact outer; got "
-                               f"{task.name!r} and {spec.name!r}")
+                               f"{task.name!r} and {spec.name!r}"
+                               + (f" with {enumeration_size(task, n_inner, n_steps):,} "
+                                  f"outcomes over {n_steps} steps (at most "
+                                  f"{MAX_ENUMERATION:,})" if n_steps > 1 else ""))
     dim = theta.numel()
     per_task: dict[int, list[torch.Tensor]] = {}
     cosine_sum = 0.0
     truth_flat = truth.reshape(-1)
-    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+    outcomes = (_one_step_outcomes if n_steps == 1 else _multi_step_outcomes)(
+        task, theta, spec, n_inner, inner_lr, n_steps, options)
+    for log_weight, estimates, k in outcomes:
         weight = torch.exp(log_weight)
-        estimates = spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
-                                      **options).detach().reshape(-1, dim)
-        k = int(inner.task_index[0])
+        estimates = estimates.detach().reshape(-1, dim)
         sums = per_task.setdefault(k, [theta.new_zeros(()), theta.new_zeros(dim),
                                        theta.new_zeros(dim, dim)])
         sums[0] += weight.sum()
@@ -160,3 +198,48 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     # report it only where one task makes it a single sum
     mean_cosine = cosine_sum if n_tasks == 1 else float("nan")
     return ExactMoments(mean.reshape(theta.shape), covariance, mean_cosine)
+
+
+def _one_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_inner: int,
+                       inner_lr: float, n_steps: int, options: dict[str, Any]
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+        yield log_weight, spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
+                                            **options), int(inner.task_index[0])
+
+
+def _multi_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_inner: int,
+                         inner_lr: float, n_steps: int, options: dict[str, Any]
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(log-probability, estimate, task) of every sequence of K enumerated outcomes.
+
+    One step's outcomes are enumerated once, at theta. An outcome's log-probability at
+    another point theta_k is its log-probability at theta plus the change of its policy
+    log-probability, sum (log pi_{theta_k} - log pi_theta) over its steps: the environment's
+    part and the multiplicity of a multiset of trajectories do not depend on the policy.
+    """
+    by_task: dict[int, list[tuple[torch.Tensor, Trajectories]]] = {}
+    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+        by_task.setdefault(int(inner.task_index[0]), []).append((log_weight, inner))
+    chunk = getattr(task, "enumeration_chunk", 4096)
+    for k, parts in by_task.items():
+        base_log_weight = torch.cat([w for w, _ in parts])
+        outcomes = _concatenate([t for _, t in parts])
+        n_outcomes = base_log_weight.shape[0]
+        base_log_prob = task.log_prob(theta.detach().expand(n_outcomes, *theta.shape),
+                                      outcomes).sum((1, 2))
+        total = n_outcomes ** n_steps
+        for lo in range(0, total, chunk):
+            flat = torch.arange(lo, min(lo + chunk, total), device=theta.device)
+            picks = [flat // n_outcomes ** (n_steps - 1 - j) % n_outcomes for j in range(n_steps)]
+            steps = [outcomes.rows(pick) for pick in picks]
+            run = multi_step(spec.from_samples, task, theta, steps, inner_lr=inner_lr, **options)
+            log_weight = sum(base_log_weight[pick] - base_log_prob[pick]
+                             + task.log_prob(point, traj).sum((1, 2)).detach()
+                             for pick, point, traj in zip(picks, run.points, steps))
+            yield log_weight, run.estimate, k
+
+
+def _concatenate(parts: list[Trajectories]) -> Trajectories:
+    return Trajectories(**{f.name: torch.cat([getattr(t, f.name) for t in parts])
+                           for f in fields(Trajectories)})
