@@ -11,6 +11,7 @@ Public API (everything else lives in ``metarl_bench._src`` and may change)::
 from metarl_bench._src import estimators as _estimators
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
                                       ShapeError, UnknownNameError, UnsupportedError)
+from metarl_bench._src.estimators.decomposition import decomposed
 from metarl_bench._src.evaluate import Result, evaluate, load_results
 from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
                                         list_estimators, list_tasks, make_task,
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "RegistrationError",
     "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
-    "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
+    "decomposed", "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_task", "meta_gradient",
     "register_estimator", "register_task",
 ]

@@ -11,6 +11,7 @@ Schema (``SCHEMA_VERSION``): a ``{"type": "header", ...}`` line with the configu
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -23,10 +24,11 @@ import torch
 
 from metarl_bench._src import validation
 from metarl_bench._src.errors import ParameterError, UnsupportedError
-from metarl_bench._src.registry import estimator_spec
+from metarl_bench._src.estimator_entries import Entry, resolve_all
+from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.truth import (enumerable, estimate_meta_gradient, exact_moments,
+from metarl_bench._src.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
                                      meta_gradient, supports_exact_moments)
 
 SCHEMA_VERSION = 1
@@ -129,13 +131,14 @@ def _n_inner_grid(n_inner: int | Iterable[int]) -> list[int]:
     return [validation.positive_int("n_inner", n) for n in values]
 
 
-def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml", "fomaml"), *,
+def evaluate(task: Task,
+             estimators: Sequence[str | EstimatorSpec] = ("unbiased", "lsf", "maml", "fomaml"), *,
              n_inner: int | Iterable[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
              n_trials: int = 1000, inner_lr: float = 1.0, n_outer: int | None = None,
              seed: int = 0, truth: str = "finite", theta: torch.Tensor | None = None,
              exact: bool = True, truth_samples: int = 20_000, n_boot: int = 200,
              dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
-             options: dict[str, dict[str, Any]] | None = None,
+             options: dict[str, dict[str, Any]] | None = None, n_steps: int = 1,
              jsonl: str | os.PathLike | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None) -> Result:
     """Bias, variance, MSE and cosine of each estimator against the truth, for each N.
@@ -145,16 +148,26 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     ``"limit"`` (grad F_inf, exact). ``exact``: use the exact enumerated moments where the task
     and estimator allow it (bandit, exact outer), Monte Carlo over ``n_trials`` otherwise;
     each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
-    ``{"unbiased": {"baseline": 0.5}}``. ``jsonl``: append the header and then each record to
+    ``{"unbiased": {"baseline": 0.5}}``; an entry of ``estimators`` may also carry its own
+    (``"unbiased:baseline=0.5"``, see ``estimator_entries``) or be an :class:`EstimatorSpec`
+    such as ``decomposed(...)``. ``n_steps``: K inner steps for every estimator and the
+    truth (an estimator that cannot take them raises :class:`UnsupportedError`). ``jsonl``: append the header and then each record to
     this file as soon as it is finished (flushed to disk), so an interruption loses nothing
     that was done.
     """
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
                              f"{type(task).__name__}")
-    if isinstance(estimators, str):
+    if isinstance(estimators, (str, EstimatorSpec)):
         estimators = [estimators]
-    specs = [estimator_spec(name) for name in estimators]
+    for name in options or {}:
+        estimator_spec(name.partition(":")[0])
+    entries = resolve_all(estimators, options)
+    n_steps = validation.positive_int("n_steps", n_steps)
+    for entry in entries:
+        if n_steps > 1 and "n_steps" not in _keywords(entry.spec.fn):
+            raise UnsupportedError(f"estimator {entry.label!r} takes one inner step only "
+                                   f"(it has no n_steps keyword); use n_steps=1")
     grid = _n_inner_grid(n_inner)
     n_trials = validation.positive_int("n_trials", n_trials, minimum=2)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
@@ -167,24 +180,17 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     if not task.has_model:
         raise UnsupportedError(f"task {task.name!r} has no model, so no ground truth to compare "
                                f"against")
-    if truth == "finite" and "exact" in estimators and not all(
-            enumerable(task, n) for n in grid):
+    if truth == "finite" and any(e.spec.name == "exact" for e in entries) and not all(
+            exact_finite_truth(task, n, n_steps) for n in grid):
         raise UnsupportedError(f"estimator 'exact' with truth='finite' needs an exact "
                                f"enumeration of the inner samples at every N, which "
                                f"{task.name!r} does not have here; use truth='limit'")
-    options = dict(options or {})
-    for name, given in options.items():
-        spec = estimator_spec(name)
-        for key in given:
-            if key not in spec.options:
-                raise ParameterError(f"estimator {name!r} has no option {key!r}; options: "
-                                     f"{', '.join(spec.options) or '(none)'}")
     if theta is None:
         theta = task.initial_params(dtype=dtype, device=device)
     else:
         validation.params_tensor(theta, task.param_shape, task.name)
-    config = dict(task=task.name, task_params=task.params, estimators=list(estimators),
-                  n_inner=grid, n_trials=n_trials, inner_lr=inner_lr, n_outer=n_outer, seed=seed,
+    config = dict(task=task.name, task_params=task.params,
+                  estimators=[e.label for e in entries], n_inner=grid, n_steps=n_steps, n_trials=n_trials, inner_lr=inner_lr, n_outer=n_outer, seed=seed,
                   truth=truth, exact=exact, truth_samples=truth_samples,
                   theta=theta.detach().cpu().tolist(), dtype=str(theta.dtype).replace("torch.", ""),
                   device=str(theta.device), torch_version=torch.__version__)
@@ -193,14 +199,14 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     try:
         if stream is not None:
             _emit(stream, result.lines()[0])
-        truth_limit = meta_gradient(task, theta, inner_lr=inner_lr) if truth == "limit" else None
+        truth_limit = (meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps)
+                       if truth == "limit" else None)
         for n in grid:
             reference, reference_samples, truth_kind = _truth(
-                task, theta, n, inner_lr, truth, truth_limit, truth_samples, seed)
-            for spec in specs:
-                record = _cell(task, theta, spec, n, n_trials, inner_lr, n_outer, seed, truth,
-                               truth_kind, reference, reference_samples, exact, n_boot,
-                               options.get(spec.name, {}))
+                task, theta, n, inner_lr, truth, truth_limit, truth_samples, seed, n_steps)
+            for entry in entries:
+                record = _cell(task, theta, entry, n, n_trials, inner_lr, n_outer, seed, truth,
+                               truth_kind, reference, reference_samples, exact, n_boot, n_steps)
                 result.records.append(record)
                 if stream is not None:
                     _emit(stream, {"type": "record", **record})
@@ -222,57 +228,72 @@ def _emit(stream: Any, line: dict[str, Any]) -> None:
     os.fsync(stream.fileno())
 
 
+def _keywords(fn: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(fn, follow_wrapped=False).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _truth(task: Task, theta: torch.Tensor, n: int, inner_lr: float, truth: str,
-           truth_limit: torch.Tensor | None, truth_samples: int, seed: int
+           truth_limit: torch.Tensor | None, truth_samples: int, seed: int, n_steps: int
            ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     if truth == "limit":
         return truth_limit, None, "exact"
-    if enumerable(task, n):
-        return meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact"
-    generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, "truth", n))
+    if exact_finite_truth(task, n, n_steps):
+        return (meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps), None,
+                "exact")
+    # the one-step seed is kept as it was, so one-step results do not change
+    generator = torch.Generator(device=theta.device).manual_seed(
+        cell_seed(seed, "truth", n) if n_steps == 1 else cell_seed(seed, "truth", n, n_steps))
     estimate = estimate_meta_gradient(task, theta, n_inner=n, inner_lr=inner_lr,
-                                      n_samples=truth_samples, generator=generator)
+                                      n_samples=truth_samples, generator=generator,
+                                      n_steps=n_steps)
     return estimate.mean, estimate.samples, "estimated"
 
 
-def _cell(task: Task, theta: torch.Tensor, spec: Any, n: int, n_trials: int, inner_lr: float,
+def _cell(task: Task, theta: torch.Tensor, entry: Entry, n: int, n_trials: int, inner_lr: float,
           n_outer: int | None, seed: int, truth: str, truth_kind: str, reference: torch.Tensor,
           reference_samples: torch.Tensor | None, exact: bool, n_boot: int,
-          options: dict[str, Any]) -> dict[str, Any]:
+          n_steps: int) -> dict[str, Any]:
+    spec, options, label = entry.spec, entry.options, entry.label
     if spec.name == "exact":
         options = {"truth": truth, **options}
+    call_options = dict(options, n_steps=n_steps) if n_steps > 1 else options
     # a tiny warm-up call first, so that one-time costs (lazy imports, first-use kernels)
     # do not land in the timing of whichever cell happens to run first
     spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=1, n_outer=n_outer,
-            generator=torch.Generator(device=theta.device).manual_seed(0), **options)
-    generator = torch.Generator(device=theta.device).manual_seed(cell_seed(seed, spec.name, n))
+            generator=torch.Generator(device=theta.device).manual_seed(0), **call_options)
+    generator = torch.Generator(device=theta.device).manual_seed(
+        cell_seed(seed, label, n) if n_steps == 1 else cell_seed(seed, label, n, n_steps))
+    extra = getattr(spec.fn, "extra_trajectories", lambda n_inner: 0)(n)
+    trajectories = task.n_tasks * (n * n_steps + extra + (n_outer or 0))
     # large cells in chunks of about 2**20 trajectories, so memory stays bounded; the chunk
     # depends on N alone and the generator runs on, so results do not depend on the machine
-    per_chunk = max(1, 2 ** 20 // ((n + (n_outer or 0)) * task.n_tasks))
+    per_chunk = max(1, 2 ** 20 // trajectories)
     start = time.perf_counter()
     estimates = torch.cat([
         spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=min(per_chunk, n_trials - lo),
-                n_outer=n_outer, generator=generator, **options)
+                n_outer=n_outer, generator=generator, **call_options)
         for lo in range(0, n_trials, per_chunk)])
     if theta.device.type == "cuda":
         torch.cuda.synchronize(theta.device)
     seconds = time.perf_counter() - start
     if not torch.isfinite(estimates).all():
-        raise UnsupportedError(f"estimator {spec.name!r} returned non-finite estimates at "
+        raise UnsupportedError(f"estimator {label!r} returned non-finite estimates at "
                                f"N={n}; lower inner_lr or check the estimator")
-    if exact and supports_exact_moments(task, spec, n, n_outer):
+    if exact and supports_exact_moments(task, spec, n, n_outer, n_steps):
         moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=inner_lr,
-                                truth=reference, **options)
+                                truth=reference, n_steps=n_steps, **options)
         stats = summarize_exact(moments.mean, moments.covariance, reference, moments.mean_cosine)
         kind = "exact"
     else:
         stats = summarize(estimates, reference, reference_samples, n_boot=n_boot,
-                          seed=cell_seed(seed, "bootstrap", spec.name, n))
+                          seed=cell_seed(seed, "bootstrap", label, n))
         kind = "monte-carlo"
-    trajectories = task.n_tasks * (n + (n_outer or 0))
-    return plain(dict(task=task.name, estimator=spec.name, n_inner=n, n_outer=n_outer,
-                inner_lr=inner_lr, n_trials=n_trials, truth=truth, truth_kind=truth_kind,
-                moments=kind, **stats, truth_norm=float(reference.norm()),
+    return plain(dict(task=task.name, estimator=label, n_inner=n, n_outer=n_outer,
+                n_steps=n_steps, inner_lr=inner_lr, n_trials=n_trials, truth=truth,
+                truth_kind=truth_kind, moments=kind, **stats, truth_norm=float(reference.norm()),
                 trajectories=trajectories,
                 mse_x_trajectories=stats["mse"] * trajectories, seconds=seconds,
                 options=options))

@@ -58,6 +58,10 @@ class EstimatorSpec:
         doc = inspect.getdoc(self.fn) or ""
         return doc.splitlines()[0] if doc else ""
 
+    def __call__(self, task: Any, theta: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Call the estimator itself: a spec is usable wherever an estimator is."""
+        return self.fn(task, theta, **kwargs)
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -89,7 +93,7 @@ _plugins_loaded = False
 def keyword_options(fn: Callable[..., Any]) -> tuple[str, ...]:
     """The estimator-specific keyword options of ``fn`` (those beyond the common ones)."""
     base = {"task", "theta", "inner", "n_inner", "inner_lr", "n_trials", "n_outer", "generator",
-            "outer"}
+            "outer", "n_steps"}
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):

@@ -38,6 +38,12 @@ def enumerable(task: Any, n_inner: int, n_steps: int = 1) -> bool:
     return size is not None and size <= MAX_ENUMERATION
 
 
+def exact_finite_truth(task: Any, n_inner: int, n_steps: int = 1) -> bool:
+    """Whether ``meta_gradient(..., n_inner=N, n_steps=K)`` is available (else estimated)."""
+    return enumerable(task, n_inner, n_steps) and (n_steps == 1 or "n_steps" in inspect.signature(
+        task.finite_meta_objective).parameters)
+
+
 def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
     validation.params_tensor(theta, task.param_shape, task.name)
     if not task.has_model:
@@ -71,9 +77,7 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
         objective = task.value(rows, task_index).mean()
     else:
         n_inner = validation.positive_int("n_inner", n_inner)
-        if not enumerable(task, n_inner, n_steps) or (
-                n_steps > 1 and "n_steps" not in inspect.signature(
-                    task.finite_meta_objective).parameters):
+        if not exact_finite_truth(task, n_inner, n_steps):
             size = enumeration_size(task, n_inner, n_steps)
             why = (f"which {task.name!r} does not have (bandit-v0 does)" if size is None else
                    f"here of {size:,} outcomes, more than the {MAX_ENUMERATION:,} allowed"

@@ -3,6 +3,8 @@
 * ``common``: the shared inner/outer machinery and the batched wrapper;
 * ``score_function``: ``unbiased`` and ``loo``; ``lsf``; ``dice``: the DiCE family;
 * ``maml``: ``maml`` and ``fomaml``; ``exact``: the exact gradient as an estimator;
+* ``decomposition``: ``decomposed``, the inner step, Hessian and outer gradient of an
+  estimate taken from three estimators (``decomposed(...)`` builds any combination);
 * ``reference``: the slow, obviously-correct twin of each (used by tests and benchmarks).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 from metarl_bench._src.registry import register_estimator
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.common import batched
+from metarl_bench._src.estimators.decomposition import decomposed
 from metarl_bench._src.estimators.dice import dice_from_samples
 from metarl_bench._src.estimators.exact import exact
 from metarl_bench._src.estimators.lsf import lsf_from_samples
@@ -30,3 +33,7 @@ def _register_builtin() -> None:
                            from_samples=from_samples, reference=twin, needs_model=needs_model,
                            count_determined=True, overwrite=True)
     register_estimator("exact", exact, needs_model=True, overwrite=True)
+    default = decomposed()
+    register_estimator("decomposed", default.fn, from_samples=default.from_samples,
+                       needs_model=default.needs_model,
+                       count_determined=default.count_determined, overwrite=True)

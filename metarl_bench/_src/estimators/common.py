@@ -119,11 +119,19 @@ class Outer:
     exact: bool = True
 
 
+class OuterStep:
+    """An outer step computed by the caller instead of the task: ``after(adapted, task_index)``
+    returns the Outer that an estimator's form uses at its adapted parameters."""
+
+    def after(self, adapted: torch.Tensor, task_index: torch.Tensor) -> Outer:
+        raise NotImplementedError
+
+
 def outer_at(task: Any, adapted: torch.Tensor, task_index: torch.Tensor,
-             outer: OuterSampler | Continuation | None) -> Outer:
-    """Exact V and grad V at theta' (``outer`` None), or their M-sample estimates; within K
-    inner steps, what the later steps return (``Continuation``)."""
-    if isinstance(outer, Continuation):
+             outer: OuterSampler | OuterStep | None) -> Outer:
+    """Exact V and grad V at theta' (``outer`` None), or their M-sample estimates; or what
+    the caller supplies (``OuterStep``: the later inner steps, a given outer gradient)."""
+    if isinstance(outer, OuterStep):
         return outer.after(adapted, task_index)
     point = adapted.detach().requires_grad_()
     if outer is None:
@@ -196,7 +204,7 @@ class _Chain:
         return estimate
 
 
-class Continuation:
+class Continuation(OuterStep):
     """Stands in for the outer step of inner step k of a ``multi_step`` chain.
 
     Asked for "the outer value and gradient at theta_{k+1}", it samples step k+1's
@@ -229,9 +237,9 @@ class Continuation:
                      steps_after=chain.n_steps - self.step - 1, exact=self.exact)
 
 
-def is_exact_outer(outer: OuterSampler | Continuation | None) -> bool:
+def is_exact_outer(outer: OuterSampler | OuterStep | None) -> bool:
     """Whether the outer value at the end of the inner steps is the exact V."""
-    return outer is None or isinstance(outer, Continuation) and outer.exact
+    return outer is None or isinstance(outer, OuterStep) and getattr(outer, "exact", False)
 
 
 def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torch.Tensor,
