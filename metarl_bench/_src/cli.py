@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task-param", action="append", type=_task_param, default=[],
                      metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
     run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
-                     help=f"comma-separated names (default: {HEADLINE_ESTIMATORS})")
+                     help=f"comma-separated NAME or NAME:KEY=VALUE,... entries, e.g. "
+                          f"lsf,unbiased:baseline=0.5,decomposed:inner=maml,hessian=lsf "
+                          f"(default: {HEADLINE_ESTIMATORS})")
+    run.add_argument("--n-steps", type=_positive_int, default=1,
+                     help="inner adaptation steps K, fresh trajectories at each (default: 1)")
     run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
                      help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
     run.add_argument("--trials", type=_positive_int, default=2000,
@@ -124,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--baseline", metavar="REV|FILE",
                        help="git revision (e.g. HEAD~1, main) or suite JSON file")
     check.add_argument("--save", metavar="PATH", help="also save this tree's suite as JSON")
-    check.add_argument("--estimators", help="comma-separated subset (default: all registered)")
+    check.add_argument("--estimators",
+                       help="subset, as for run: NAME or NAME:KEY=VALUE,... entries "
+                            "(default: all registered)")
     check.add_argument("--rounds", type=_positive_int, default=5,
                        help="timed rounds per estimator; the median is compared (default: 5)")
     check.add_argument("--factor", type=_float, default=2.0,
@@ -146,21 +152,18 @@ def _check(args: argparse.Namespace) -> int:
         raise ParameterError(f"--z must be > 0, got {args.z}")
     if args.save:
         _writable(args.save, "--save")
-    estimators = _estimator_names(args.estimators) if args.estimators else None
+    estimators = ([entry.label for entry in _estimator_entries(args.estimators)]
+                  if args.estimators else None)
     return run_check(args.baseline, estimators=estimators, rounds=args.rounds, z=args.z,
                      factor=args.factor, save=args.save, show_all=args.all)
 
 
-def _estimator_names(text: str) -> list[str]:
-    """A comma-separated --estimators value, every name checked against the registry."""
-    from metarl_bench._src.registry import estimator_spec
+def _estimator_entries(text: str) -> list[Any]:
+    """A --estimators value (grammar: metarl_bench._src.estimator_entries), every entry
+    checked against the registry and its estimator's options."""
+    from metarl_bench._src.estimator_entries import resolve_all, split_entries
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ParameterError("--estimators must name at least one estimator")
-    for name in names:
-        estimator_spec(name)
-    return names
+    return resolve_all(split_entries(text))
 
 
 def _writable(path: str, option: str) -> None:
@@ -186,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluate import evaluate
     from metarl_bench._src.registry import make_task
 
-    estimators = _estimator_names(args.estimators)
+    entries = _estimator_entries(args.estimators)
+    estimators = [entry.label for entry in entries]
     if args.task is None:
         if args.task_param:
             raise ParameterError("--task-param needs --task")
@@ -220,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
                               inner_lr=inner_lr, n_outer=args.n_outer, seed=args.seed,
                               truth=args.truth, exact=not args.monte_carlo,
                               truth_samples=args.truth_samples, dtype=dtype, device=device,
-                              jsonl=args.json, progress=report)
+                              n_steps=args.n_steps, jsonl=args.json, progress=report)
             print(result.table())
             print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
     except KeyboardInterrupt:

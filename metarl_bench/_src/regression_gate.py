@@ -60,6 +60,7 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
         for key, (task, inner_lr, truth, trials) in tasks.items():
             options = {name: {"truth": truth}} if name == "exact" else None
             try:
+                # an entry with options (NAME:KEY=VALUE,...) needs a tree that reads them
                 result = mb.evaluate(task, [name], n_inner=list(CHECK_N), n_trials=trials,
                                      inner_lr=inner_lr, truth=truth, seed=0, options=options)
             except unsupported:
@@ -72,9 +73,15 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
         task_key, n_inner, trials = TIMING
         task, inner_lr, _, _ = tasks[task_key]
         theta = task.initial_params()
-        fn = mb.get_estimator(name)
+        if ":" in name:
+            from metarl_bench._src.estimator_entries import resolve
+            entry = resolve(name)
+            fn, call_options = entry.spec.fn, entry.options
+        else:
+            fn, call_options = mb.get_estimator(name), {}
         call = lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr,  # noqa: E731
-                          n_trials=trials, generator=torch.Generator().manual_seed(0))
+                          n_trials=trials, generator=torch.Generator().manual_seed(0),
+                          **call_options)
         try:
             call()  # warm-up, and skips what the timing task does not support
         except unsupported:
@@ -207,8 +214,8 @@ def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[s
         script = shutil.copy(os.path.abspath(__file__), os.path.join(scratch, "check_suite.py"))
         out = os.path.join(scratch, "suite.json")
         command = [sys.executable, script, "--out", out, "--rounds", str(rounds)]
-        if estimators:
-            command += ["--estimators", ",".join(estimators)]
+        if estimators:  # JSON: an entry's options hold commas
+            command += ["--estimators-json", json.dumps(list(estimators))]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
@@ -256,9 +263,9 @@ def _suite_script() -> int:
     parser = argparse.ArgumentParser(description="measure the check suite (internal)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--estimators", default=None)
+    parser.add_argument("--estimators-json", default=None)
     args = parser.parse_args()
-    names = args.estimators.split(",") if args.estimators else None
+    names = json.loads(args.estimators_json) if args.estimators_json else None
     measured = run_suite(names, rounds=args.rounds)
     with open(args.out, "w") as handle:
         json.dump(measured, handle)

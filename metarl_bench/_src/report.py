@@ -24,7 +24,9 @@ def format_result(result: Any) -> str:
     config = result.config
     params = ", ".join(f"{k}={v}" for k, v in config.get("task_params", {}).items())
     first = result.records[0] if result.records else {}
+    steps = config.get("n_steps", 1)
     title = (f"{config['task']}({params})  inner_lr={config['inner_lr']}  "
+             + (f"n_steps={steps}  " if steps != 1 else "") +
              f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
              f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
     rows = []
