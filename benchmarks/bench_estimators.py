@@ -58,9 +58,10 @@ class Statistics:
 
     Bandit: exact enumerated moments against the exact grad F_N. Tabular: 500 seeded trials
     against the exact grad F_inf (an estimated finite truth would cost more than the cell).
+    Version 2: ``bias`` is the noise-corrected bias, ``mse`` = bias^2 + variance.
     """
 
-    version = 1
+    version = 2
     params = PARAMS
     param_names = PARAM_NAMES
     timeout = 300

@@ -13,6 +13,7 @@ from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, Registra
                                       ShapeError, UnknownNameError, UnsupportedError)
 from metarl_bench._src.estimators.decomposition import decomposed
 from metarl_bench._src.evaluate import Result, evaluate, load_results
+from metarl_bench._src.policies import Policy, make_policy
 from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
                                         list_estimators, list_tasks, make_task,
                                         register_estimator, register_task)
@@ -27,9 +28,9 @@ _estimators._register_builtin()
 __version__ = "0.1.0"
 
 __all__ = [
-    "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "RegistrationError",
-    "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
+    "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "Policy",
+    "RegistrationError", "Result", "ShapeError", "Task", "Trajectories", "UnknownNameError", "UnsupportedError",
     "decomposed", "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
-    "list_estimators", "list_tasks", "load_results", "make_task", "meta_gradient",
+    "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
     "register_estimator", "register_task",
 ]

@@ -13,16 +13,54 @@ def test_metrics_by_hand():
     estimates = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0], [2.0, -3.0]], dtype=torch.float64)
     truth = torch.tensor([1.0, 0.0], dtype=torch.float64)
     out = summarize(estimates, truth)
-    # mean (2, 0): bias 1; sample covariance trace (2/3) + (18/3) = 20/3
-    assert out["bias"] == pytest.approx(1.0)
+    # mean (2, 0): |mean - truth| = 1; sample covariance trace (2/3) + (18/3) = 20/3, so the
+    # noise in |mean - truth|^2 is (20/3)/4 = 5/3 > 1: no bias can be told from the noise
+    assert out["bias_raw"] == pytest.approx(1.0)
     assert out["variance"] == pytest.approx(20 / 3)
-    # MSE = mean |g - g*|^2 = (0 + 4 + 10 + 10) / 4; equals bias^2 + variance (S-1)/S
-    assert out["mse"] == pytest.approx(6.0)
-    assert out["mse"] == pytest.approx(out["bias"] ** 2 + out["variance"] * 3 / 4)
-    assert out["cosine"] == pytest.approx(1.0)
+    assert out["bias_noise"] == pytest.approx(math.sqrt(20 / 3 / 4))
+    assert out["bias"] == 0.0
+    assert out["mse"] == pytest.approx(out["bias"] ** 2 + out["variance"])
+    assert out["cosine_raw"] == pytest.approx(1.0)
     cosines = [1.0, 1.0, 2 / math.sqrt(13), 2 / math.sqrt(13)]
     assert out["cosine_per_estimate"] == pytest.approx(np.mean(cosines))
-    assert out["bias_noise"] == pytest.approx(math.sqrt(20 / 3 / 4))
+
+
+def test_noise_corrected_bias_and_pearson_correlation_by_hand():
+    # two estimates, mean (3, 1): |mean - truth| = sqrt(10); each coordinate deviates by 1,
+    # so the sample variance (denominator 1) is 2 per coordinate, trace 4; noise^2 = 4/2
+    estimates = torch.tensor([[4.0, 2.0], [2.0, 0.0]], dtype=torch.float64)
+    truth = torch.tensor([0.0, 0.0], dtype=torch.float64)
+    out = summarize(estimates, truth, n_boot=50)
+    assert out["variance"] == pytest.approx(4.0)
+    assert out["bias_raw"] == pytest.approx(math.sqrt(10))
+    assert out["bias"] == pytest.approx(math.sqrt(10 - 4.0 / 2))
+    assert out["mse"] == pytest.approx(8.0 + 4.0)
+    # Pearson over coordinates: mean (3, 1, -1) against truth (1, 0, -1) -> centred (2, 0, -2)
+    # and (1, 0, -1): correlation 1 (cosine below 1: the offsets differ)
+    x = torch.tensor([[3.0, 1.0, -1.0]] * 3, dtype=torch.float64)
+    exact = summarize(x, torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), n_boot=20)
+    assert exact["correlation"] == pytest.approx(1.0) and exact["bias_noise"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_point_lies_in_its_interval_and_mse_is_never_below_variance(seed):
+    # the README example's complaint: bias and cosine outside their own intervals, mse printed
+    # below variance. Noisy, biased and unbiased draws, with and without an estimated truth.
+    gen = torch.Generator().manual_seed(seed)
+    dim = 2 + seed
+    scale = [0.01, 0.1, 1.0, 3.0, 10.0, 0.5][seed]
+    draws = 0.2 * seed + torch.linspace(-1.0, 1.0, dim, dtype=torch.float64) + scale * torch.randn(300, dim, generator=gen, dtype=torch.float64)
+    target = torch.linspace(-1.0, 1.0, dim, dtype=torch.float64)
+    truth_draws = target + torch.randn(2000, dim, generator=gen, dtype=torch.float64)
+    for truth_samples in (None, truth_draws):
+        truth = target if truth_samples is None else truth_samples.mean(0)
+        out = summarize(draws, truth, truth_samples, seed=seed)
+        for metric in ("bias", "variance", "mse", "cosine", "correlation",
+                       "cosine_per_estimate"):
+            lo, hi = out[f"{metric}_ci"]
+            assert lo <= out[metric] <= hi, (metric, out[metric], lo, hi)
+        assert out["mse"] >= out["variance"]
+        assert out["bias"] <= out["bias_raw"]
 
 
 def test_intervals_cover_the_truth_at_about_the_stated_rate():
@@ -61,5 +99,24 @@ def test_log_log_slope_of_an_exact_power_law_and_a_noisy_one():
     assert fit.slope == pytest.approx(-0.5) and fit.stderr == pytest.approx(0.0, abs=1e-12)
     noisy = fit_log_log(n, 3.0 * n ** -0.5 * np.array([1.1, 0.9, 1.05, 0.95, 1.1, 0.9]))
     assert noisy.stderr > 0 and abs(noisy.slope + 0.5) < 3 * noisy.stderr
-    assert math.isnan(fit_log_log([1, 2], [1.0, 2.0]).stderr)
+    # two points always lie on a line: no slope is reported, nor one from a single point
+    assert math.isnan(fit_log_log([1, 2], [1.0, 2.0]).slope)
     assert math.isnan(fit_log_log([1], [1.0]).slope)
+
+
+def test_slopes_skip_values_at_floating_point_noise_and_biases_within_noise():
+    from metarl_bench._src.evaluate import fit_slopes
+
+    def record(n, bias, variance, ci_low):
+        return dict(task="t", estimator="e", n_inner=n, bias=bias, bias_ci=[ci_low, bias],
+                    variance=variance, mse=bias ** 2 + variance, truth_norm=1.0)
+
+    # an exactly unbiased estimator: bias at 1e-15 (float noise) at every N
+    rows = [record(n, 1e-15 * n, 1.0 / n, 1e-15) for n in (1, 2, 4, 8)]
+    slopes = {s["metric"]: s for s in fit_slopes(rows)}
+    assert slopes["bias"]["slope"] is None and "0 of 4" in slopes["bias"]["reason"]
+    assert slopes["variance"]["slope"] == pytest.approx(-1.0)
+    # a bias whose interval reaches zero at two of four N leaves two points: no slope
+    rows = [record(n, 0.1 / n, 1.0, 0.0 if n > 2 else 0.05 / n) for n in (1, 2, 4, 8)]
+    slopes = {s["metric"]: s for s in fit_slopes(rows)}
+    assert slopes["bias"]["slope"] is None and "2 of 4" in slopes["bias"]["reason"]

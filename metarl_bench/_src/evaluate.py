@@ -26,7 +26,7 @@ from metarl_bench._src import validation
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.estimator_entries import Entry, resolve_all
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
-from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
+from metarl_bench._src.stats import MIN_SLOPE_POINTS, fit_log_log, summarize, summarize_exact
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
                                      meta_gradient, supports_exact_moments)
@@ -108,8 +108,16 @@ def load_results(path: str | os.PathLike) -> list[Result]:
     return results
 
 
-def fit_slopes(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Log-log slopes of bias, variance and MSE against N, per (task, estimator)."""
+def fit_slopes(records: Sequence[dict[str, Any]], *, eps: float = torch.finfo(torch.float64).eps
+               ) -> list[dict[str, Any]]:
+    """Log-log slopes of bias, variance and MSE against N, per (task, estimator).
+
+    Only values that mean something enter a fit: finite, above the floating-point floor
+    (1e4 machine epsilons of the truth's norm, squared for variance and MSE: an exactly
+    unbiased estimator's enumerated bias sits there), and for the bias, distinguishable from
+    zero (its interval excludes 0). With fewer than 3 such values no slope is given, and
+    ``reason`` says why.
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["task"], record["estimator"]), []).append(record)
@@ -117,10 +125,23 @@ def fit_slopes(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (task, name), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["n_inner"])
         for metric in SLOPE_METRICS:
-            fit = fit_log_log([r["n_inner"] for r in rows],
-                              [math.nan if r[metric] is None else r[metric] for r in rows])
+            xs, ys = [], []
+            for r in rows:
+                floor = 1e4 * eps * (r.get("truth_norm") or 0.0)
+                floor = floor ** 2 if metric != "bias" else floor
+                value = r.get(metric)
+                if value is None or not math.isfinite(value) or value <= floor:
+                    continue
+                if metric == "bias" and not (r.get("bias_ci") or [0.0])[0] > 0:
+                    continue
+                xs.append(r["n_inner"])
+                ys.append(value)
+            fit = fit_log_log(xs, ys)
+            reason = None if math.isfinite(fit.slope) else (
+                f"{len(ys)} of {len(rows)} values above noise; a slope needs "
+                f"{MIN_SLOPE_POINTS} at distinct N")
             slopes.append(plain(dict(task=task, estimator=name, metric=metric, slope=fit.slope,
-                                     stderr=fit.stderr, n_points=fit.n_points)))
+                                     stderr=fit.stderr, n_points=fit.n_points, reason=reason)))
     return slopes
 
 
@@ -151,9 +172,9 @@ def evaluate(task: Task,
     ``{"unbiased": {"baseline": 0.5}}``; an entry of ``estimators`` may also carry its own
     (``"unbiased:baseline=0.5"``, see ``estimator_entries``) or be an :class:`EstimatorSpec`
     such as ``decomposed(...)``. ``n_steps``: K inner steps for every estimator and the
-    truth (an estimator that cannot take them raises :class:`UnsupportedError`). ``jsonl``: append the header and then each record to
-    this file as soon as it is finished (flushed to disk), so an interruption loses nothing
-    that was done.
+    truth (an estimator that cannot take them raises :class:`UnsupportedError`). ``jsonl``:
+    append the header and then each record to this file as soon as it is finished (flushed
+    to disk), so an interruption loses nothing that was done.
     """
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
@@ -212,7 +233,7 @@ def evaluate(task: Task,
                     _emit(stream, {"type": "record", **record})
                 if progress is not None:
                     progress(record)
-        result.slopes = fit_slopes(result.records)
+        result.slopes = fit_slopes(result.records, eps=torch.finfo(theta.dtype).eps)
         if stream is not None:
             for slope in result.slopes:
                 _emit(stream, {"type": "slope", **slope})

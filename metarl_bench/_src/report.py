@@ -33,14 +33,16 @@ def format_result(result: Any) -> str:
     for r in result.records:
         lo, hi = r["bias_ci"]
         rows.append([r["estimator"], r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
-                     _num(r["bias_noise"]),
+                     _num(r.get("bias_raw")), _num(r["bias_noise"]),
                      _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
+                     _num(r.get("correlation")),
                      _num(r["mse_x_trajectories"]), r["moments"], f"{r['seconds'] * 1e3:.1f}"])
-    header = ["estimator", "N", "bias", "bias 95% CI", "noise", "variance", "mse", "cosine",
-              "mse x traj", "moments", "ms"]
+    header = ["estimator", "N", "bias", "bias 95% CI", "|mean-truth|", "noise", "variance", "mse",
+              "cosine", "corr", "mse x traj", "moments", "ms"]
     parts = [title, _table(header, rows),
-             "bias = |mean - truth|; its interval is for the true bias; noise = what bias reads "
-             "when the true bias is 0"]
+             "bias = |mean - truth| less what sampling noise adds to it (noise), with a 95% "
+             "interval for the true bias; mse = bias^2 + variance; cosine, corr (Pearson over "
+             "coordinates): of the mean estimate with the truth"]
     if result.slopes:
         by_estimator: dict[str, dict[str, Any]] = {}
         for s in result.slopes:
@@ -50,9 +52,10 @@ def format_result(result: Any) -> str:
             cells = [name]
             for metric in ("bias", "variance", "mse"):
                 s = metrics.get(metric)
-                cells.append("-" if s is None or s["slope"] is None else
+                cells.append("n/a" if s is None or s["slope"] is None else
                              f"{s['slope']:+.2f} ± {_num(s['stderr'])}")
             slope_rows.append(cells)
-        parts += ["log-log slopes against N (± standard error):",
+        parts += ["log-log slopes against N (± standard error; n/a: fewer than 3 values above "
+                  "noise):",
                   _table(["estimator", "bias", "variance", "mse"], slope_rows)]
     return "\n\n".join(parts)

@@ -14,8 +14,11 @@ class Trajectories:
     A row is one (trial, task) pair: every trajectory of a row was sampled with the
     same parameters, in the task ``task_index[row]`` of the task distribution.
 
-    Shapes: ``states``, ``actions`` long (R, N, T); ``rewards`` (R, N, T) in the dtype of
-    the parameters; ``task_index`` long (R,).
+    Shapes: ``rewards`` (R, N, T) in the dtype of the parameters; ``task_index`` long (R,);
+    ``states`` (the observation x_t each action was chosen from) and ``actions`` are
+    (R, N, T) long for finite state and action sets (tabular tasks), or
+    (R, N, T, *shape) float for vectors (e.g. (R, N, T, 2) positions and moves). Every
+    field has the three leading axes (R, N, T); the counts are read from ``rewards``.
     """
 
     states: torch.Tensor
@@ -24,30 +27,35 @@ class Trajectories:
     task_index: torch.Tensor
 
     @property
+    def observations(self) -> torch.Tensor:
+        """The same tensor as ``states`` (the name continuous-control code expects)."""
+        return self.states
+
+    @property
     def n_rows(self) -> int:
-        return self.actions.shape[0]
+        return self.rewards.shape[0]
 
     @property
     def n_traj(self) -> int:
-        return self.actions.shape[1]
+        return self.rewards.shape[1]
 
     @property
     def horizon(self) -> int:
-        return self.actions.shape[2]
+        return self.rewards.shape[2]
 
     def rows(self, index: torch.Tensor | slice) -> "Trajectories":
         return Trajectories(self.states[index], self.actions[index], self.rewards[index],
                             self.task_index[index])
 
     def one_per_row(self) -> "Trajectories":
-        """Every trajectory as a row of its own: (R, N, T) -> (R*N, 1, T)."""
-        n_rows, n_traj, horizon = self.actions.shape
-        return Trajectories(
-            self.states.reshape(n_rows * n_traj, 1, horizon),
-            self.actions.reshape(n_rows * n_traj, 1, horizon),
-            self.rewards.reshape(n_rows * n_traj, 1, horizon),
-            self.task_index.repeat_interleave(n_traj),
-        )
+        """Every trajectory as a row of its own: (R, N, T, ...) -> (R*N, 1, T, ...)."""
+        n_rows, n_traj, horizon = self.rewards.shape
+
+        def split(field: torch.Tensor) -> torch.Tensor:
+            return field.reshape(n_rows * n_traj, 1, horizon, *field.shape[3:])
+
+        return Trajectories(split(self.states), split(self.actions), split(self.rewards),
+                            self.task_index.repeat_interleave(n_traj))
 
 
 def discounts(gamma: float, horizon: int, like: torch.Tensor) -> torch.Tensor:

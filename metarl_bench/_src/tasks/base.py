@@ -1,5 +1,5 @@
-"""The task interface, and the helpers tasks share: seeded uniform draws, inverse-CDF
-sampling, and checked conversion of user arrays."""
+"""The task interface, and the helpers tasks share: seeded draws and inverse-CDF sampling
+(re-exported from ``draws``), and checked conversion of user arrays."""
 
 from __future__ import annotations
 
@@ -8,37 +8,27 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from metarl_bench._src.draws import inverse_cdf, normal, uniform  # noqa: F401 (re-exported)
 from metarl_bench._src.errors import ParameterError, ShapeError
+from metarl_bench._src.policies import Policy
 from metarl_bench._src.trajectories import Trajectories
-
-
-def uniform(shape: tuple[int, ...], generator: torch.Generator | None,
-             like: torch.Tensor) -> torch.Tensor:
-    """U[0, 1) draws made on the generator's own device, then moved to ``like``'s device.
-
-    Drawing on the generator's device lets a CPU generator drive a CUDA computation, and
-    keeps the draws identical whichever device computes with them.
-    """
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    draws = torch.rand(shape, generator=generator, device=gen_device, dtype=like.dtype)
-    return draws.to(like.device)
-
-
-def inverse_cdf(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index of the first cdf entry above u; cdf (..., K), u (...,) -> long (...)."""
-    index = (cdf < u.unsqueeze(-1)).sum(-1)
-    return index.clamp_(max=cdf.shape[-1] - 1)  # cdf[-1] may round to just below 1
 
 
 class Task:
     """Interface every task satisfies (subclass it for a new task).
 
-    Attributes: ``name``, ``param_shape`` (shape of theta), ``n_tasks`` (size of the task
-    distribution; the meta-objective averages over it), ``horizon`` T, ``gamma``,
-    ``has_model`` (exact V available), ``params`` (the constructor arguments, for reports).
+    A task is an environment family (dynamics, rewards, a distribution of ``n_tasks``
+    tasks) plus a ``policy`` (see ``policies``): the task samples trajectories and knows
+    its model, the policy turns parameters into log-probabilities and actions.
+
+    Attributes: ``name``, ``policy``, ``param_shape`` (shape of theta, the policy's),
+    ``n_tasks`` (size of the task distribution; the meta-objective averages over it),
+    ``horizon`` T, ``gamma``, ``has_model`` (exact V available), ``params`` (the constructor
+    arguments, for reports).
     """
 
     name: str = "task"
+    policy: Policy | None = None
     param_shape: tuple[int, ...] = ()
     n_tasks: int = 1
     horizon: int = 1
@@ -48,7 +38,10 @@ class Task:
 
     def initial_params(self, dtype: torch.dtype = torch.float64,
                        device: torch.device | str | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        """The policy's initial parameters, shape ``param_shape``."""
+        if self.policy is None:
+            raise NotImplementedError
+        return self.policy.initial_params(dtype=dtype, device=device).reshape(self.param_shape)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -57,7 +50,11 @@ class Task:
 
     def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
         """log pi_theta(a_t|x_t) for each row's own parameters: (R, *P) -> (R, N, T)."""
-        raise NotImplementedError
+        if self.policy is None:
+            raise NotImplementedError
+        if params.shape[0] != traj.n_rows:
+            raise ShapeError(f"params has {params.shape[0]} rows, trajectories have {traj.n_rows}")
+        return self.policy.log_prob(params, traj.states, traj.actions)
 
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         """Exact, differentiable V(theta) of each row in its task: (R, *P) -> (R,)."""

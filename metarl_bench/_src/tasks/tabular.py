@@ -1,5 +1,5 @@
 """Random finite-horizon tabular MDPs with a tabular softmax policy pi_theta(a|x) =
-softmax(theta[x])_a: the model (start distribution, transitions, rewards), batched sampling,
+softmax(theta[x])_a (``policies.TabularSoftmax``): the model (start distribution, transitions, rewards), batched sampling,
 log-probabilities and the exact value by propagating the state distribution."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metarl_bench._src import validation
-from metarl_bench._src.errors import ShapeError
+from metarl_bench._src.policies import TabularSoftmax
 from metarl_bench._src.tasks.base import Task, as_tensor, distribution, inverse_cdf, uniform
 from metarl_bench._src.trajectories import Trajectories
 
@@ -31,11 +31,11 @@ class TabularTask(Task):
         self.horizon = horizon
         self.gamma = gamma
         self.params = params
-        self.param_shape = (self.n_states, self.n_actions)
+        self.policy = TabularSoftmax(self.n_states, self.n_actions, init_logits)
+        self.param_shape = self.policy.param_shape
         self._start = start
         self._transitions = transitions
         self._rewards = rewards
-        self._init_logits = init_logits
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
 
     def _model(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -49,11 +49,7 @@ class TabularTask(Task):
         return self._cache[key]
 
     def _logits(self, params: torch.Tensor) -> torch.Tensor:
-        return params.reshape(params.shape[0], self.n_states, self.n_actions)
-
-    def initial_params(self, dtype: torch.dtype = torch.float64,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        return self._init_logits.to(dtype=dtype, device=device).reshape(self.param_shape).clone()
+        return self.policy.logits(params)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -77,15 +73,6 @@ class TabularTask(Task):
         return Trajectories(torch.stack(states, -1), torch.stack(actions, -1),
                             torch.stack(rewards_t, -1), task_index)
 
-    def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
-        if params.shape[0] != traj.n_rows:
-            raise ShapeError(f"params has {params.shape[0]} rows, trajectories have {traj.n_rows}")
-        log_pi = torch.log_softmax(self._logits(params), dim=-1)        # (R, S, A)
-        n_rows, n_traj, horizon = traj.actions.shape
-        flat_state_action = traj.states * self.n_actions + traj.actions
-        return log_pi.reshape(n_rows, -1).gather(
-            1, flat_state_action.reshape(n_rows, -1)).reshape(n_rows, n_traj, horizon)
-
     def _policy_transitions(self, pi: torch.Tensor, transitions: torch.Tensor,
                             task_index: torch.Tensor) -> torch.Tensor:
         """P_pi(s'|s) of each row, (R, S, S), one einsum per task of the distribution.
@@ -103,7 +90,7 @@ class TabularTask(Task):
 
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         start, transitions, rewards, _, _ = self._model(params)
-        pi = torch.softmax(self._logits(params), dim=-1)                 # (R, S, A)
+        pi = self.policy.probs(params)                                    # (R, S, A)
         reward_pi = (pi * rewards[task_index]).sum(-1)                    # (R, S)
         state_dist = start[task_index]                                    # (R, S)
         value = (state_dist * reward_pi).sum(-1)
