@@ -46,7 +46,7 @@ def split_entries(text: str) -> list[str]:
         else:
             entries.append(piece)
     if not entries:
-        raise ParameterError("the estimator list names no estimator")
+        raise ParameterError("--estimators must name at least one estimator")
     return entries
 
 
