@@ -13,16 +13,12 @@ from typing import Any, Sequence
 
 import torch
 
+from metarl_bench._src import reproductions
 from metarl_bench._src.errors import MetaRLBenchError, ParameterError
 
-#: The headline comparison of ``metarl-bench run`` with no --task: SCIENCE.md section 4's
-#: bandit check, and a small random MDP, each with its own inner step size.
-HEADLINE = (
-    ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]}, 2.0),
-    ("tabular-v0", {"n_states": 5, "n_actions": 3, "horizon": 5, "gamma": 0.9, "seed": 0}, 1.0),
-)
-HEADLINE_ESTIMATORS = "unbiased,lsf,maml,fomaml"
-HEADLINE_N = "1,2,4,8,16,32,64,128,256"
+#: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
+HEADLINE_ESTIMATORS = ",".join(reproductions.HEADLINE_ESTIMATORS)
+HEADLINE_N = ",".join(map(str, reproductions.HEADLINE_N))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--z", type=_float, default=3.0,
                        help="joint standard errors a statistic may worsen by (default: 3)")
     check.add_argument("--all", action="store_true", help="show unchanged rows too")
+    report = commands.add_parser(
+        "report", help="PNG figures and a self-contained HTML page of a results file",
+        description="Plot bias, variance and MSE against N (log-log, with 95%% bands and "
+                    "fitted slopes), efficiency per unit of work and cost, and write them with "
+                    "the tables into one HTML page that needs no network.")
+    report.add_argument("results", metavar="RESULTS", help="results file (JSON lines)")
+    report.add_argument("-o", "--out", metavar="DIR",
+                        help="output folder (default: RESULTS without its suffix + '-report')")
+    reproduce = commands.add_parser(
+        "reproduce", help="regenerate a published comparison's figures into a folder",
+        description="Run a published comparison with its seeds into DIR/results.jsonl "
+                    "(resuming what is there) and write its report into DIR. Available: "
+                    + ", ".join(reproductions.REPRODUCTIONS) + ".")
+    reproduce.add_argument("name", metavar="NAME",
+                           help=f"one of: {', '.join(reproductions.REPRODUCTIONS)}")
+    reproduce.add_argument("-o", "--out", metavar="DIR",
+                           help="output folder (default: reproduce-NAME)")
     return parser
 
 
@@ -194,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.task is None:
         if args.task_param:
             raise ParameterError("--task-param needs --task")
-        plan = [(name, dict(params), lr) for name, params, lr in HEADLINE]
+        plan = [(name, dict(params), lr) for name, params, lr in reproductions.HEADLINE]
     else:
         plan = [(args.task, dict(args.task_param), 1.0)]
     try:
@@ -236,6 +249,34 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import os
+
+    from metarl_bench._src.evaluate import load_results
+    from metarl_bench._src.html_report import write_report
+
+    if not os.path.isfile(args.results):
+        raise ParameterError(f"no results file {args.results!r}")
+    results = load_results(args.results)
+    if not any(result.records for result in results):
+        raise ParameterError(f"{args.results!r} holds no results to report")
+    folder = args.out or os.path.splitext(args.results)[0] + "-report"
+    page = write_report(results, folder, source=args.results)
+    print(f"report: {page} (figures in {folder})")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from metarl_bench._src.errors import unknown_name
+
+    if args.name not in reproductions.REPRODUCTIONS:
+        raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
+    folder = args.out or f"reproduce-{args.name}"
+    page = reproductions.reproduce(args.name, folder)
+    print(f"report: {page}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -243,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list()
         if args.command == "check":
             return _check(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "reproduce":
+            return _reproduce(args)
         return _run(args)
     except MetaRLBenchError as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)

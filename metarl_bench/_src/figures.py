@@ -1,0 +1,217 @@
+"""PNG figures of results (matplotlib, Agg backend: no display needed).
+
+For each task of a result set: bias, variance and MSE against N on log-log axes, one line per
+estimator with its 95% band and fitted slope; the statistical efficiency per unit of work
+(MSE x trajectories and MSE x seconds against N); and the cost of one batch of estimates
+(seconds, and peak memory where the records carry it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+#: (record key, axis label) of the three statistics panels
+STATISTICS = (("bias", "bias (noise-corrected)"), ("variance", "variance (trace)"),
+              ("mse", "MSE"))
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A written PNG: its path, a title and the caption that goes under it in a report,
+    with the position of its result in the list given to ``write_figures`` and its task."""
+
+    path: str
+    title: str
+    caption: str
+    result_index: int = 0
+    task: str = ""
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series_label(record: dict[str, Any]) -> str:
+    """The estimator's name, with its options when it has any (they are different series)."""
+    options = record.get("options") or {}
+    if not options:
+        return record["estimator"]
+    shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{record['estimator']}:{shown}"
+
+
+def _series(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        out.setdefault(series_label(record), []).append(record)
+    return {k: sorted(v, key=lambda r: r["n_inner"]) for k, v in out.items()}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "task"
+
+
+def _positive(values: Sequence[Any]) -> list[float]:
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else math.nan
+            for v in values]
+
+
+def _slope_text(slopes: dict[tuple[str, str], dict[str, Any]], label: str, metric: str) -> str:
+    slope = slopes.get((label, metric))
+    if not slope or slope.get("slope") is None:
+        return ""
+    return f" ({slope['slope']:+.2f})"
+
+
+#: Values below this many machine epsilons of the truth's norm are floating-point noise (an
+#: exactly unbiased estimator's enumerated bias): they are not drawn on log axes.
+NOISE_EPSILONS = 1e4
+
+
+def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Figure]:
+    """Write the PNG figures of ``results`` (``Result`` objects) into ``folder``.
+
+    One set per result and task (file names are prefixed by the result's position when there
+    are several results), so that cells of different configurations never share a line.
+    """
+    plt = _pyplot()
+    os.makedirs(folder, exist_ok=True)
+    figures: list[Figure] = []
+    for index, result in enumerate(results):
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for record in result.records:
+            by_task.setdefault(record["task"], []).append(record)
+        slopes: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        for slope in result.slopes:
+            label = series_label({"estimator": slope["estimator"],
+                                  "options": slope.get("options")})
+            slopes.setdefault(slope["task"], {})[(label, slope["metric"])] = slope
+        dtype = str(result.config.get("dtype", "float64"))
+        eps = {"float32": 2.0 ** -23, "float16": 2.0 ** -10}.get(dtype, 2.0 ** -52)
+        prefix = f"{index + 1}-" if len(results) > 1 else ""
+        for task, records in by_task.items():
+            series = _series(records)
+            stem = os.path.join(folder, prefix + _slug(task))
+            truth_note = "truth: " + ", ".join(sorted(
+                {f"{r.get('truth')} ({r.get('truth_kind')})" for r in records}))
+            for figure in (_statistics_figure(plt, stem, task, series, slopes.get(task, {}),
+                                              truth_note, eps),
+                           _efficiency_figure(plt, stem, task, series),
+                           _cost_figure(plt, stem, task, series)):
+                figures.append(dataclasses.replace(figure, result_index=index, task=task))
+    return figures
+
+
+def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figure:
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), constrained_layout=True)
+    hidden = False
+    for axis, (metric, label) in zip(axes, STATISTICS):
+        drawn: list[tuple[Any, list[int], list[float], list[float], list[float]]] = []
+        for name, rows in series.items():
+            n = [r["n_inner"] for r in rows]
+            floors = [NOISE_EPSILONS * eps * (r.get("truth_norm") or 0.0) for r in rows]
+            if metric != "bias":
+                floors = [f * f for f in floors]
+            values = _positive([r.get(metric) for r in rows])
+            shown = [v if v > f else math.nan for v, f in zip(values, floors)]
+            hidden |= any(math.isfinite(v) and not math.isfinite(w)
+                          for v, w in zip(values, shown))
+            line, = axis.plot(n, shown, marker="o", ms=3.5,
+                              label=f"{name}{_slope_text(slopes, name, metric)}")
+            bands = [r.get(f"{metric}_ci") or [None, None] for r in rows]
+            low = [lo if lo > f else math.nan
+                   for lo, f in zip(_positive([b[0] for b in bands]), floors)]
+            high = [h if h > f else math.nan
+                    for h, f in zip(_positive([b[1] for b in bands]), floors)]
+            drawn.append((line, n, shown, low, high))
+        finite = [v for _, _, shown, _, high in drawn for v in shown + high if math.isfinite(v)]
+        # an interval reaching 0 (a bias that cannot be told from zero) runs off the log
+        # axis: its band is drawn down to the bottom of the plot instead
+        bottom = min(finite, default=1.0) / 10
+        for line, n, _, low, high in drawn:
+            if any(math.isfinite(h) for h in high):
+                low = [bottom if not math.isfinite(lo) and math.isfinite(h) else lo
+                       for lo, h in zip(low, high)]
+                axis.fill_between(n, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("N (inner trajectories)")
+        axis.set_title(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7, title="estimator (slope)", title_fontsize=7)
+    fig.suptitle(f"{task}: statistics against N; {truth_note}; bands: 95% intervals")
+    path = f"{stem}-statistics.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    caption = ("Log-log axes; slopes fitted over the values above noise are in the legends "
+               "(none where fewer than 3 such values exist). A band reaching the bottom of "
+               "a panel means the value cannot be told from zero there.")
+    if hidden:
+        caption += (" Values at floating-point noise (an exactly unbiased estimator's bias "
+                    "with exact moments) are zero for all purposes and are not drawn.")
+    return Figure(path, f"{task}: bias, variance and MSE against N", caption)
+
+
+def _efficiency_figure(plt, stem, task, series) -> Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for name, rows in series.items():
+        n = [r["n_inner"] for r in rows]
+        axes[0].plot(n, _positive([r.get("mse_x_trajectories") for r in rows]), marker="o",
+                     ms=3.5, label=name)
+        axes[1].plot(n, _positive([(r.get("mse") or math.nan) * (r.get("seconds") or math.nan)
+                                   / max(r.get("n_trials") or 1, 1) for r in rows]),
+                     marker="o", ms=3.5, label=name)
+    for axis, title in zip(axes, ("MSE x trajectories per estimate",
+                                  "MSE x seconds per estimate")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("N (inner trajectories)")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle(f"{task}: statistical efficiency per unit of work (lower is better)")
+    path = f"{stem}-efficiency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure(path, f"{task}: efficiency per unit of work",
+                  "MSE times the trajectories (or the seconds) one estimate costs: to reach a "
+                  "given MSE, the estimator with the lower curve needs less of that resource.")
+
+
+def _cost_figure(plt, stem, task, series) -> Figure:
+    has_memory = any(r.get("peak_memory_bytes") for rows in series.values() for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 6, 4.2),
+                             constrained_layout=True, squeeze=False)
+    for name, rows in series.items():
+        n = [r["n_inner"] for r in rows]
+        axes[0][0].plot(n, _positive([(r.get("seconds") or math.nan) * 1e3 for r in rows]),
+                        marker="o", ms=3.5, label=name)
+        if has_memory:
+            axes[0][1].plot(n, _positive([(r.get("peak_memory_bytes") or math.nan) / 2 ** 20
+                                          for r in rows]), marker="o", ms=3.5, label=name)
+    titles = ["milliseconds per batch of estimates"] + (["peak memory (MiB)"] * has_memory)
+    for axis, title in zip(axes[0], titles):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("N (inner trajectories)")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    trials = sorted({r.get("n_trials") for rows in series.values() for r in rows} - {None})
+    fig.suptitle(f"{task}: cost (n_trials = {', '.join(map(str, trials))} per batch)")
+    path = f"{stem}-cost.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Figure(path, f"{task}: time{' and memory' if has_memory else ''} per estimator",
+                  "Wall time of one batch of estimates (sampling included), measured in the "
+                  "run that produced the results; time depends on the machine and its load.")

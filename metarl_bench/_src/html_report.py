@@ -1,0 +1,139 @@
+"""A self-contained HTML report of results: tables and figures in one file, no network.
+
+The figures are embedded as base64 PNGs and the style is inline, so the page renders the
+same from a laptop, a CI artifact or an e-mail attachment, with no request leaving it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from metarl_bench._src.figures import Figure, series_label, write_figures
+from metarl_bench._src.report import _num
+
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
+       color: #1b1b1b; max-width: 1200px; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f2f2f2; } td.name, th.name { text-align: left; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #444; } .note { color: #555; font-size: 0.9em; }
+code { background: #f5f5f5; padding: 0 3px; }
+"""
+
+_READING = """
+<h2>How to read this report</h2>
+<ul>
+<li><b>bias</b>: the distance from the mean estimate to the truth, less what sampling noise
+adds to that distance (<b>|mean-truth|</b> is the uncorrected value; <b>noise</b> what it reads
+when the true bias is zero). Its interval is for the true bias; an interval from 0 means the
+bias cannot be told from zero with these trials.</li>
+<li><b>variance</b>: the trace of the covariance of single estimates; <b>mse</b> = bias&sup2; +
+variance. <b>moments</b> says whether these are exact (enumerated: no Monte Carlo error) or
+Monte Carlo estimates over the trials.</li>
+<li><b>cosine</b> and <b>corr</b> (Pearson over coordinates) compare the mean estimate's
+direction with the truth's; <b>mse x traj</b> is MSE times the trajectories one estimate costs:
+the number to compare when choosing an estimator for a fixed sampling budget.</li>
+<li>Slopes are fitted on log-log axes against N over the values above noise, with their
+standard errors; none is given from fewer than 3 such values.</li>
+<li><b>truth</b>: <code>finite</code> is the gradient of the N-sample objective, <code>limit</code>
+its N&rarr;&infin; limit; <code>exact</code> or <code>estimated</code> says how it was obtained
+(an estimated truth's own error is included in every interval).</li>
+</ul>
+"""
+
+
+def _embed(figure: Figure) -> str:
+    with open(figure.path, "rb") as handle:
+        data = base64.b64encode(handle.read()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(figure.title)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{html.escape(figure.title)}.</b> "
+            f"{html.escape(figure.caption)}</figcaption></figure>")
+
+
+def _interval(value: Any, ci: Any) -> str:
+    if not ci or ci[0] is None or ci[1] is None or ci[0] == ci[1] == value:
+        return _num(value)  # exact moments: the interval is the point
+    return f"{_num(value)} [{_num(ci[0])}, {_num(ci[1])}]"
+
+
+def _records_table(records: Sequence[dict[str, Any]]) -> str:
+    header = ["estimator", "N", "bias [95% CI]", "|mean-truth|", "noise", "variance [95% CI]",
+              "mse [95% CI]", "cosine", "corr", "mse x traj", "moments", "truth", "ms"]
+    rows = []
+    for r in sorted(records, key=lambda r: (series_label(r), r["n_inner"])):
+        cells = [series_label(r), r["n_inner"], _interval(r.get("bias"), r.get("bias_ci")),
+                 _num(r.get("bias_raw")), _num(r.get("bias_noise")),
+                 _interval(r.get("variance"), r.get("variance_ci")),
+                 _interval(r.get("mse"), r.get("mse_ci")), _num(r.get("cosine")),
+                 _num(r.get("correlation")), _num(r.get("mse_x_trajectories")),
+                 r.get("moments", "-"), f"{r.get('truth')} ({r.get('truth_kind')})",
+                 "-" if r.get("seconds") is None else f"{r['seconds'] * 1e3:.1f}"]
+        rows.append("<tr>" + "".join(
+            f'<td{" class=name" if i == 0 else ""}>{html.escape(str(c))}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
+    head = "".join(f'<th{" class=name" if i == 0 else ""}>{html.escape(h)}</th>'
+                   for i, h in enumerate(header))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _slopes_table(slopes: Sequence[dict[str, Any]]) -> str:
+    by_series: dict[str, dict[str, dict[str, Any]]] = {}
+    for s in slopes:
+        label = series_label({"estimator": s["estimator"], "options": s.get("options")})
+        by_series.setdefault(label, {})[s["metric"]] = s
+    rows = []
+    for label, metrics in sorted(by_series.items()):
+        cells = [label]
+        for metric in ("bias", "variance", "mse"):
+            s = metrics.get(metric)
+            if s is None or s.get("slope") is None or not math.isfinite(s["slope"]):
+                cells.append("n/a")
+            else:
+                cells.append(f"{s['slope']:+.2f} ± {_num(s.get('stderr'))}")
+        rows.append("<tr>" + "".join(
+            f'<td{" class=name" if i == 0 else ""}>{html.escape(c)}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
+    return ("<table><tr><th class=name>estimator</th><th>bias</th><th>variance</th>"
+            f"<th>mse</th></tr>{''.join(rows)}</table>")
+
+
+def _config_line(config: dict[str, Any]) -> str:
+    shown = {k: v for k, v in config.items() if k not in ("theta", "estimators")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
+                 title: str = "metarl_bench report", source: str | None = None) -> str:
+    """Write the figures and ``index.html`` of ``results`` into ``folder``; returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    figures = write_figures(results, folder)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>"
+             f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p class=note>Written {stamp}"
+             + (f" from <code>{html.escape(source)}</code>" if source else "") + ".</p>"]
+    for index, result in enumerate(results):
+        tasks = list(dict.fromkeys(r["task"] for r in result.records)) or [
+            result.config.get("task", "?")]
+        parts.append(f"<h2>{html.escape(', '.join(map(str, tasks)))}</h2>")
+        parts.append(f"<p class=note>{html.escape(_config_line(result.config))}</p>")
+        parts.extend(_embed(f) for f in figures if f.result_index == index)
+        if result.slopes:
+            parts.append("<p>Log-log slopes against N (± standard error):</p>")
+            parts.append(_slopes_table(result.slopes))
+        parts.append(_records_table(result.records))
+    parts.append(_READING)
+    parts.append("</body></html>")
+    path = os.path.join(folder, "index.html")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(parts))
+    return path

@@ -1,0 +1,79 @@
+"""Figures and the HTML report: what they contain, that the page needs no network, and that
+headless Chromium renders its figures with every outside request refused."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import metarl_bench as mb
+from metarl_bench._src.cli import main
+from metarl_bench._src.html_report import write_report
+
+from conftest import SCIENCE_BANDIT, SCIENCE_LR
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: matplotlib's first default colour (the first estimator's line), as 8-bit RGB
+FIRST_LINE_RGB = np.array([31, 119, 180])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    task = mb.make_task("bandit-v0", **SCIENCE_BANDIT)
+    store = str(tmp_path_factory.mktemp("results") / "results.jsonl")
+    result = mb.evaluate(task, ["unbiased", "lsf", "maml"], n_inner=[1, 4, 16, 64],
+                         n_trials=200, inner_lr=SCIENCE_LR, seed=0, jsonl=store)
+    return store, result
+
+
+def test_report_writes_three_figures_per_task_and_a_page_with_no_outside_reference(
+        results, tmp_path):
+    _, result = results
+    page = write_report([result], tmp_path, title="bandit report")
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["bandit-v0-cost.png", "bandit-v0-efficiency.png",
+                     "bandit-v0-statistics.png", "index.html"]
+    for name in names[:3]:
+        with open(tmp_path / name, "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    text = open(page, encoding="utf-8").read()
+    assert text.count('src="data:image/png;base64,') == 3
+    assert not re.search(r"(src|href)=\"?(https?:)?//", text), "the page must load nothing"
+    for estimator in ("unbiased", "lsf", "maml"):
+        assert f"<td class=name>{estimator}</td>" in text
+    assert "How to read this report" in text and "bandit report" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_headless_chromium_renders_the_figures_offline(results, tmp_path):
+    import matplotlib.image
+
+    _, result = results
+    page = write_report([result], tmp_path / "report")
+    shot = tmp_path / "page.png"
+    # every request goes to a proxy on a closed port, so anything not inside the file fails
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--proxy-server=http://127.0.0.1:9",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                    "--window-size=1300,2600", "--hide-scrollbars", f"file://{page}"],
+                   check=True, capture_output=True, timeout=120)
+    pixels = (matplotlib.image.imread(shot)[..., :3] * 255).round()
+    first_line = np.abs(pixels - FIRST_LINE_RGB).max(-1) <= 8
+    # the page's own style has no such blue: these pixels are the figures' lines, so the
+    # embedded PNGs were decoded and drawn
+    assert first_line.sum() > 500, first_line.sum()
+
+
+def test_cli_report_and_its_errors(results, tmp_path, capsys):
+    store, _ = results
+    assert main(["report", store, "-o", str(tmp_path / "out")]) == 0
+    assert "index.html" in capsys.readouterr().out
+    assert (tmp_path / "out" / "bandit-v0-statistics.png").exists()
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["reproduce", "tang2023"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'tang2022'?" in err and err.count("\n") == 2
