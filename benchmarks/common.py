@@ -60,10 +60,11 @@ class Case:
         except mb.UnsupportedError as exc:
             raise NotImplementedError(str(exc)) from None
 
-    def run(self, n_trials: int = N_TRIALS) -> torch.Tensor:
+    def run(self, n_trials: int = N_TRIALS, n_steps: int = 1) -> torch.Tensor:
+        steps = {} if n_steps == 1 else {"n_steps": n_steps}  # old commits have no n_steps
         return self.estimator(self.task, self.theta, n_inner=self.n_inner,
                               inner_lr=self.inner_lr, n_trials=n_trials,
-                              generator=torch.Generator().manual_seed(SEED))
+                              generator=torch.Generator().manual_seed(SEED), **steps)
 
 
 def allocated_peak_bytes(call: Callable[[], object]) -> int | None:
