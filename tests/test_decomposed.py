@@ -115,6 +115,8 @@ def test_bad_parts_raise_typed_errors(science_bandit):
         call(mb.decomposed(outer="sampled"), science_bandit, theta)
     with pytest.raises(mb.UnsupportedError, match="one inner step only"):
         mb.evaluate(science_bandit, ["decomposed"], n_inner=[2], n_trials=5, n_steps=2)
+    with pytest.raises(mb.UnsupportedError, match="one inner step only"):
+        call(mb.decomposed(), science_bandit, theta, n_steps=3)
 
 
 def test_registered_decomposed_has_its_own_hessian_samples(science_bandit):

@@ -180,7 +180,9 @@ def decomposed(inner: str = "maml", hessian: str = "lsf", outer: str | None = No
 
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, n_steps: int = 1) -> torch.Tensor:
+        if validation.positive_int("n_steps", n_steps) > 1:
+            raise UnsupportedError(f"{label} is defined for one inner step only; use n_steps=1")
         n_outer = _outer_count(n_outer)
         n_inner, inner_lr, n_trials, n_outer = validate_call(
             task, theta, n_inner, inner_lr, n_trials, n_outer, generator,
