@@ -302,7 +302,7 @@ def test_ctrl_c_during_a_cli_run_keeps_every_finished_cell(tmp_path):
 
 
 def test_large_cells_are_evaluated_in_chunks_deterministically(monkeypatch):
-    from metarl_bench._src import evaluate as evaluate_module
+    from metarl_bench._src import estimator_entries
 
     task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
     spec = mb.estimator_spec("lsf")
@@ -312,7 +312,7 @@ def test_large_cells_are_evaluated_in_chunks_deterministically(monkeypatch):
         calls.append(kwargs["n_trials"])
         return spec.fn(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "estimator_spec",
+    monkeypatch.setattr(estimator_entries, "estimator_spec",
                         lambda name: spec.__class__(**{**spec.__dict__, "fn": counting}))
     run = lambda: mb.evaluate(task, ["lsf"], n_inner=[2 ** 15], n_trials=100,  # noqa: E731
                               truth="limit", seed=3).records[0]

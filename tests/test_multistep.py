@@ -80,8 +80,13 @@ def test_multi_step_with_sampled_outer_equals_twin(name):
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", TWINNED)
-def test_one_step_chain_is_the_one_step_form_bit_for_bit(name):
+FROM_SAMPLES = [n for n in mb.list_estimators() if mb.estimator_spec(n).from_samples]
+
+
+@pytest.mark.parametrize("name", FROM_SAMPLES)
+def test_every_from_samples_form_chains_and_its_one_step_chain_is_itself(name):
+    # every estimator built on the shared machinery gets K steps: one step through the chain
+    # is the one-step form bit for bit, and the registered call with n_steps=2 is seeded
     task = make("tabular-2tasks")
     theta = task.initial_params()
     (inner,) = step_samples(task, theta, n_rows=4, n_inner=3, n_steps=1)
@@ -92,6 +97,10 @@ def test_one_step_chain_is_the_one_step_form_bit_for_bit(name):
     again = spec.fn(task, theta, n_inner=3, inner_lr=1.0, n_trials=5, generator=generator(3),
                     n_steps=1)
     assert torch.equal(one, again)
+    two = [spec.fn(task, theta, n_inner=3, inner_lr=1.0, n_trials=5, generator=generator(3),
+                   n_steps=2) for _ in range(2)]
+    assert two[0].shape == one.shape and torch.equal(two[0], two[1])
+    assert torch.isfinite(two[0]).all() and not torch.equal(two[0], one)
 
 
 def test_a_form_that_bypasses_row_params_cannot_take_several_steps():
