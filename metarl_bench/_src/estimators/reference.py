@@ -179,7 +179,7 @@ def _step_map_dice(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr:
     return point + inner_lr * grad
 
 
-def _outer_row(task: Any, final: torch.Tensor, traj: Trajectories, outer: Callable | None,
+def _final_outer(task: Any, final: torch.Tensor, traj: Trajectories, outer: Callable | None,
                shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pathwise objective, V(theta_K) detached, grad V(theta_K)) of one row."""
     if outer is None:
@@ -206,7 +206,7 @@ def _multi_step_twin(step_map: Callable, score: str | None = None) -> Callable:
             points = [start]
             for traj in trajs:
                 points.append(step_map(task, points[-1], traj, inner_lr, shape))
-            pathwise, value, _ = _outer_row(task, points[-1], trajs[0], outer, shape)
+            pathwise, value, _ = _final_outer(task, points[-1], trajs[0], outer, shape)
             objective = pathwise
             log_probs = [_log_prob_fn(task, traj, shape)(point).sum(-1)       # (N,) each
                          for traj, point in zip(trajs, points)]
