@@ -2,7 +2,6 @@
 estimators named with options (NAME:KEY=VALUE,...) in evaluate and the CLI."""
 
 import itertools
-import json
 import math
 import sys
 
@@ -119,16 +118,22 @@ def test_bad_parts_raise_typed_errors(science_bandit):
         call(mb.decomposed(), science_bandit, theta, n_steps=3)
 
 
-def test_registered_decomposed_has_its_own_hessian_samples(science_bandit):
+def test_registered_decomposed_takes_its_parts_as_options(science_bandit):
+    # the registry's decomposed is decomposed(...) with its parts as options; evaluate runs
+    # it through the registry (Monte Carlo moments), and a spec from decomposed(...) there too
     theta = science_bandit.initial_params()
     spec = mb.estimator_spec("decomposed")
-    assert not spec.count_determined and "decomposed" in mb.list_estimators()
-    result = mb.evaluate(science_bandit, ["decomposed", "decomposed:hessian=exact"],
+    assert spec.options == ("inner", "hessian", "outer", "n_hessian")
+    shared = dict(hessian="exact", outer="exact")
+    torch.testing.assert_close(call(spec, science_bandit, theta, **shared),
+                               call(mb.decomposed(**shared), science_bandit, theta))
+    result = mb.evaluate(science_bandit, ["decomposed", mb.decomposed("maml", "exact")],
                          n_inner=[4], n_trials=100, inner_lr=SCIENCE_LR)
     first, second = result.records
-    assert first["trajectories"] == 8 and first["moments"] == "monte-carlo"
-    assert second["trajectories"] == 4 and second["moments"] == "exact"
-    assert call(spec, science_bandit, theta).shape == (6, 3)
+    assert (first["estimator"], first["options"]) == ("decomposed", {})
+    assert second["options"] == {"inner": "maml", "hessian": "exact"}
+    assert first["trajectories"] == 8 and second["trajectories"] == 4
+    assert first["moments"] == second["moments"] == "monte-carlo"
 
 
 # ---- the estimator-entry grammar ------------------------------------------------------------
@@ -161,9 +166,8 @@ def test_evaluate_compares_variants_of_one_estimator_side_by_side(science_bandit
     result = mb.evaluate(science_bandit, ["unbiased", "unbiased:baseline=0.5"], n_inner=[4],
                          n_trials=50, inner_lr=SCIENCE_LR)
     plain, with_baseline = result.records
-    assert (plain["estimator"], with_baseline["estimator"]) == ("unbiased",
-                                                               "unbiased:baseline=0.5")
-    assert with_baseline["options"] == {"baseline": 0.5}
+    assert plain["estimator"] == with_baseline["estimator"] == "unbiased"
+    assert (plain["options"], with_baseline["options"]) == ({}, {"baseline": 0.5})
     assert with_baseline["variance"] != plain["variance"] and with_baseline["bias"] < 1e-13
     with pytest.raises(mb.ParameterError, match="listed twice"):
         mb.evaluate(science_bandit, ["lsf", "lsf"], n_inner=[4], n_trials=5)
@@ -177,13 +181,17 @@ def test_cli_runs_entries_with_options(tmp_path, capsys):
                  "--estimators", "lsf,unbiased:baseline=0.5,"
                                  "decomposed:inner=maml,hessian=lsf,outer=exact",
                  "--n-steps", "1", "--json", str(out)]) == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()
-               if json.loads(line)["type"] == "record"]
-    assert [r["estimator"] for r in records] == [
-        "lsf", "unbiased:baseline=0.5", "decomposed:inner=maml,hessian=lsf,outer=exact"]
+    (result,) = mb.load_results(out)
+    assert [(r["estimator"], r["options"]) for r in result.records] == [
+        ("lsf", {}), ("unbiased", {"baseline": 0.5}),
+        ("decomposed", {"inner": "maml", "hessian": "lsf", "outer": "exact"})]
+    table = capsys.readouterr().out
+    assert "unbiased:baseline=0.5" in table and "decomposed:inner=maml,hessian=lsf" in table
     assert main(["run", "--task", "bandit-v0", "--n-inner", "2", "--trials", "20",
                  "--estimators", "lsf,maml", "--n-steps", "2", "--json", str(out)]) == 0
-    assert all(json.loads(line).get("n_steps", 2) == 2 for line in out.read_text().splitlines())
+    steps = {r["estimator"]: r["n_steps"] for result in mb.load_results(out)
+             for r in result.records}
+    assert steps == {"lsf": 2, "maml": 2, "unbiased": 1, "decomposed": 1}
     capsys.readouterr()
 
 

@@ -1,12 +1,14 @@
-"""The ``metarl-bench`` command line: ``list``, ``run`` and ``check``.
+"""The ``metarl-bench`` command line: ``list``, ``run``, ``sweep`` and ``check``.
 
-Bad input exits with code 2 and one line on stderr, never a traceback.
+Bad input exits with code 2 and one line on stderr, never a traceback. Every argument is
+checked before any file is opened, so a rejected command leaves every file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any, Sequence
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from metarl_bench._src import reproductions
-from metarl_bench._src.errors import MetaRLBenchError, ParameterError
+from metarl_bench._src.errors import MetaRLBenchError, ParameterError, UnsupportedError
 
 #: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
 HEADLINE_ESTIMATORS = ",".join(reproductions.HEADLINE_ESTIMATORS)
@@ -59,21 +61,57 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= ``minimum``, described as ``what`` in errors."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_seed = _int_at_least(0, "an integer >= 0")
 
 
 def _float(text: str) -> float:
+    """A finite number: NaN or infinity would silently disable comparisons."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    from metarl_bench._src.resources import parse_bytes
+
+    try:
+        return parse_bytes("--max-memory", text)
+    except MetaRLBenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_guards(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by the commands that run cells: the results store, guards, progress."""
+    parser.add_argument("--force", action="store_true",
+                        help="recompute cells already in the results file (appended again; "
+                             "the latest line wins when read)")
+    parser.add_argument("--max-memory", type=_size, metavar="SIZE",
+                        help="refuse a cell estimated to need more memory, e.g. 8GiB "
+                             "(default: half of the available memory)")
+    parser.add_argument("--no-work-limit", action="store_true",
+                        help="run even when the planned trajectory steps exceed the guard "
+                             "(1e10 by default)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (shown on a terminal by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="inner step size (default: 2.0 on the headline bandit, else 1.0)")
     run.add_argument("--n-outer", type=_positive_int, default=None,
                      help="outer trajectories M (default: exact outer value and gradient)")
-    run.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    run.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     run.add_argument("--truth", choices=("finite", "limit"), default="finite",
                      help="compare against grad F_N (finite) or grad F_inf (limit)")
     run.add_argument("--truth-samples", type=_positive_int, default=20_000,
@@ -114,7 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     run.add_argument("--json", metavar="PATH",
-                     help="write results as JSON lines; each cell is saved as it finishes")
+                     help="results store (JSON lines): each cell is appended as it finishes, "
+                          "and a re-run skips the cells already there")
+    _add_guards(run)
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of cells from a TOML or YAML spec, on Dask",
+        description="Run every cell of a sweep spec (tasks x estimators x N x inner_lr x "
+                    "seeds ...) as independent seeded jobs: on a local Dask cluster by default, "
+                    "on an existing one with --scheduler, or in this process with --serial. "
+                    "Results stream into the store as cells finish; a re-run resumes.")
+    sweep.add_argument("spec", metavar="SPEC", help="sweep spec, .toml or .yaml")
+    sweep.add_argument("--json", metavar="PATH",
+                       help="results store (default: the spec's 'output')")
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--serial", action="store_true", help="run the cells in this process")
+    sweep.add_argument("--workers", type=_positive_int, default=None,
+                       help="worker processes of the local cluster (default: one per core)")
+    _add_guards(sweep)
     check = commands.add_parser(
         "check", help="compare the working tree with a baseline: statistics, time, memory",
         description="Measure every estimator on a fixed seeded grid, here and in a baseline "
@@ -134,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--z", type=_float, default=3.0,
                        help="joint standard errors a statistic may worsen by (default: 3)")
     check.add_argument("--all", action="store_true", help="show unchanged rows too")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
     report = commands.add_parser(
         "report", help="PNG figures and a self-contained HTML page of a results file",
         description="Plot bias, variance and MSE against N (log-log, with 95%% bands and "
@@ -151,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"one of: {', '.join(reproductions.REPRODUCTIONS)}")
     reproduce.add_argument("-o", "--out", metavar="DIR",
                            help="output folder (default: reproduce-NAME)")
+    reproduce.add_argument("--quiet", action="store_true",
+                           help="no progress bar (shown on a terminal by default)")
     return parser
 
 
@@ -159,16 +218,19 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.baseline is None and args.save is None:
         raise ParameterError("check needs --baseline REV|FILE, --save PATH, or both")
-    if args.factor <= 1:
+    if not args.factor > 1:  # written so that NaN fails too
         raise ParameterError(f"--factor must be > 1, got {args.factor}")
-    if args.z <= 0:
+    if not args.z > 0:
         raise ParameterError(f"--z must be > 0, got {args.z}")
     if args.save:
         _writable(args.save, "--save")
     estimators = ([entry.label for entry in _estimator_entries(args.estimators)]
                   if args.estimators else None)
+    from metarl_bench._src.progress import wanted
+
     return run_check(args.baseline, estimators=estimators, rounds=args.rounds, z=args.z,
-                     factor=args.factor, save=args.save, show_all=args.all)
+                     factor=args.factor, save=args.save, show_all=args.all,
+                     progress=wanted(args.quiet))
 
 
 def _estimator_entries(text: str) -> list[Any]:
@@ -179,11 +241,11 @@ def _estimator_entries(text: str) -> list[Any]:
     return resolve_all(split_entries(text))
 
 
-def _writable(path: str, option: str) -> None:
-    try:
-        open(path, "w").close()
-    except OSError as exc:
-        raise ParameterError(f"{option} {path!r} cannot be written: {exc.strerror}") from None
+def _writable(path: str, option: str) -> str:
+    """A path the command may write at its end, checked now without creating or changing it."""
+    from metarl_bench._src.store import check_path
+
+    return check_path(path, option)
 
 
 def _list() -> int:
@@ -199,53 +261,60 @@ def _list() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from metarl_bench._src.evaluate import evaluate
+    from metarl_bench._src import resources
+    from metarl_bench._src.evaluate import check_resources, pending, plan, results_of, run_plan
+    from metarl_bench._src.progress import Progress, wanted
     from metarl_bench._src.registry import make_task
+    from metarl_bench._src.store import Store
 
-    entries = _estimator_entries(args.estimators)
-    estimators = [entry.label for entry in entries]
+    estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
         if args.task_param:
             raise ParameterError("--task-param needs --task")
-        plan = [(name, dict(params), lr) for name, params, lr in reproductions.HEADLINE]
+        grid = [(name, dict(params), lr) for name, params, lr in reproductions.HEADLINE]
     else:
-        plan = [(args.task, dict(args.task_param), 1.0)]
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        raise ParameterError(f"--device {args.device!r} is not available: {exc}") from None
-    dtype = getattr(torch, args.dtype)
-    tasks = [(make_task(name, **params), lr if args.inner_lr is None else args.inner_lr)
-             for name, params, lr in plan]
-    if args.json:
-        _writable(args.json, "--json")
+        grid = [(args.task, dict(args.task_param), 1.0)]
+    max_work = None if args.no_work_limit else resources.DEFAULT_MAX_WORK
+    with resources.limit_memory(args.max_memory):
+        # every task, cell and guard is checked before the results file is opened
+        plans = [plan(make_task(name, **params), estimators, n_inner=args.n_inner,
+                      n_trials=args.trials, inner_lr=lr if args.inner_lr is None else args.inner_lr,
+                      n_outer=args.n_outer, seed=args.seed, truth=args.truth, theta=None,
+                      exact=not args.monte_carlo, truth_samples=args.truth_samples, n_boot=200,
+                      dtype=getattr(torch, args.dtype), device=args.device, options=None,
+                      n_steps=args.n_steps)
+                 for name, params, lr in grid]
+        store = Store(args.json, option="--json") if args.json is not None else None
+        totals = [check_resources(p.task, pending(p, store, args.force), max_work)
+                  for p in plans]
     finished = 0
-    per_grid_point = len(estimators)
 
-    def report(record: dict[str, Any]) -> None:
+    def count(record: dict[str, Any]) -> None:
         nonlocal finished
         finished += 1
-        if finished % per_grid_point == 0:  # one line per N on stderr; the table is stdout
-            print(f"  N={record['n_inner']} done", file=sys.stderr, flush=True)
 
+    problems = []
     try:
-        for task, inner_lr in tasks:
-            started = time.perf_counter()
-            print(f"running {task!r} ...", file=sys.stderr, flush=True)
-            result = evaluate(task, estimators, n_inner=args.n_inner, n_trials=args.trials,
-                              inner_lr=inner_lr, n_outer=args.n_outer, seed=args.seed,
-                              truth=args.truth, exact=not args.monte_carlo,
-                              truth_samples=args.truth_samples, dtype=dtype, device=device,
-                              n_steps=args.n_steps, jsonl=args.json, progress=report)
-            print(result.table())
-            print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
+        with Progress(sum(totals), "run", enabled=wanted(args.quiet), unit="traj") as bar:
+            for checked in plans:
+                started = time.perf_counter()
+                if not args.quiet:
+                    print(f"running {checked.task!r} ...", file=sys.stderr, flush=True)
+                (result,) = results_of(run_plan(checked, store, args.force, bar.advance, count))
+                problems += [r for r in result.records if r.get("problem")]
+                print(result.table())
+                print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
     except KeyboardInterrupt:
         kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
         print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
         return 130
     if args.json:
         print(f"results: {args.json}")
+    if problems:
+        first = problems[0]
+        raise UnsupportedError(
+            f"{len(problems)} cells have no statistics (e.g. {first['estimator']} at "
+            f"N={first['n_inner']}: {first['problem']}); see the table")
     return 0
 
 
@@ -272,7 +341,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
     folder = args.out or f"reproduce-{args.name}"
-    page = reproductions.reproduce(args.name, folder)
+    from metarl_bench._src.progress import wanted
+
+    page = reproductions.reproduce(args.name, folder, progress=wanted(args.quiet))
     print(f"report: {page}")
     return 0
 
@@ -284,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list()
         if args.command == "check":
             return _check(args)
+        if args.command == "sweep":
+            from metarl_bench._src.sweep import main_sweep
+
+            return main_sweep(args)
         if args.command == "report":
             return _report(args)
         if args.command == "reproduce":
@@ -292,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetaRLBenchError as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # run and sweep say what they kept; no traceback for the rest
+        print("metarl-bench: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into e.g. head, which stopped reading
         sys.stderr.close()
         return 0

@@ -30,6 +30,14 @@ class RegistrationError(MetaRLBenchError, ValueError):
     """A name registered twice without ``overwrite=True``, or a malformed entry."""
 
 
+class ResultsFileError(MetaRLBenchError, ValueError):
+    """A results file that is not a metarl-bench results store, or cannot be written."""
+
+
+class ResourceError(MetaRLBenchError, ValueError):
+    """A computation whose estimated memory or work exceeds the allowed limit."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' when a close match exists, else ''."""
     matches = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)

@@ -10,8 +10,7 @@ its ``=``; then it is one more option of the entry before it (estimator names ne
 ``=``, option keys never hold ``:``). Values are JSON where they parse (``0.5``, ``16``,
 ``true``, ``"text"``), else the text itself (``maml``). An entry's label, used in records
 and tables, is the entry as written without spaces, so ``unbiased`` and
-``unbiased:baseline=0.5`` sit side by side. A name registered as a factory
-(``decomposed``) builds a new estimator from its options.
+``unbiased:baseline=0.5`` sit side by side (records keep the name and the options apart).
 """
 
 from __future__ import annotations
@@ -84,10 +83,6 @@ def check_options(name: str, options: dict[str, Any], allowed: Iterable[str]) ->
                 f"Options: {', '.join(allowed) or '(none)'}.")
 
 
-def factory_options(name: str) -> list[str]:
-    return list(inspect.signature(_factories()[name]).parameters)
-
-
 @dataclass(frozen=True)
 class Entry:
     """One estimator of a comparison: its ``label``, its ``spec``, the ``options`` of each call."""
@@ -98,25 +93,22 @@ class Entry:
 
 
 def resolve(entry: str | EstimatorSpec, options: dict[str, Any] | None = None) -> Entry:
-    """An entry (text in the grammar above, or a spec such as ``decomposed(...)``) checked
-    against the registry; ``options`` are extra call options (``evaluate(options=...)``)."""
+    """An entry (text in the grammar above, or a spec such as ``decomposed(...)``, whose name
+    is such a text) checked against the registry: the registered estimator and the options of
+    each call. ``options`` are extra call options (``evaluate(options=...)``)."""
     if isinstance(entry, EstimatorSpec):
-        check_options(entry.name, options or {}, entry.options)
-        return Entry(entry.name, entry, dict(options or {}))
+        entry = entry.name
     if not isinstance(entry, str):
         raise ParameterError(f"an estimator is a name or an EstimatorSpec, got {entry!r}")
     name, given = parse_entry(entry)
-    label = entry.replace(" ", "")
-    factories = _factories()
-    if name in factories and given:
-        check_options(name, given, factory_options(name))
-        spec = factories[name](**given)
-        check_options(label, options or {}, spec.options)
-        return Entry(label, spec, dict(options or {}))
     spec = estimator_spec(name)
     merged = {**(options or {}), **given}
     check_options(name, merged, spec.options)
-    return Entry(label, spec, merged)
+    factories = _factories()
+    if name in factories:  # builds it once, so that a bad part is reported before any run
+        factories[name](**{k: v for k, v in merged.items()
+                           if k in inspect.signature(factories[name]).parameters})
+    return Entry(entry.replace(" ", ""), spec, merged)
 
 
 def resolve_all(entries: Iterable[str | EstimatorSpec],
@@ -125,7 +117,7 @@ def resolve_all(entries: Iterable[str | EstimatorSpec],
     options = dict(options or {})
     resolved = []
     for entry in entries:
-        key = entry.name if isinstance(entry, EstimatorSpec) else entry.replace(" ", "")
+        key = (entry.name if isinstance(entry, EstimatorSpec) else str(entry)).replace(" ", "")
         base = key.partition(":")[0]
         resolved.append(resolve(entry, options.get(key, options.get(base))))
     labels = [e.label for e in resolved]

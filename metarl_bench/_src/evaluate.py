@@ -1,12 +1,14 @@
 """Statistical comparison of estimators on one task over a grid of N.
 
 ``evaluate`` runs every (estimator, N) cell with its own seed derived from (seed, name, N),
-so adding an estimator or an N never changes the numbers of the others. Results are JSON
-lines (schema below); with ``jsonl=`` each record is written and flushed as soon as its cell
-finishes, so an interrupted run keeps every finished cell.
+so adding an estimator or an N never changes the numbers of the others. Each cell is fully
+described by its configuration (see :func:`cell_config`); results go to the results store
+(``metarl_bench._src.store``), keyed by that configuration, so a re-run resumes where an
+earlier one stopped.
 
-Schema (``SCHEMA_VERSION``): a ``{"type": "header", ...}`` line with the configuration, one
-``{"type": "record", ...}`` line per cell, then ``{"type": "slope", ...}`` lines.
+A cell is computed by two pure functions of its configuration, :func:`compute_truth` and
+:func:`compute_cell`, which is what lets sweeps run cells on other processes and machines
+and still agree bit for bit with a serial run.
 """
 
 from __future__ import annotations
@@ -22,28 +24,25 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError, UnsupportedError
-from metarl_bench._src.estimator_entries import Entry, resolve_all
+from metarl_bench._src import resources, validation
+from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.progress import as_advance
+from metarl_bench._src.estimator_entries import resolve_all
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
-from metarl_bench._src.stats import MIN_SLOPE_POINTS, fit_log_log, summarize, summarize_exact
+from metarl_bench._src.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
+                                     summarize_exact)
+from metarl_bench._src.store import (SCHEMA_VERSION, Store, cell_key, latest, make_line, plain,
+                                     read_lines)
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
                                      meta_gradient, supports_exact_moments)
 
-SCHEMA_VERSION = 1
 SLOPE_METRICS = ("bias", "variance", "mse")
-
-
-def plain(value: Any) -> Any:
-    """JSON-ready copy: NaN and infinities become None (strict JSON has neither)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+#: Fields of a cell's configuration that vary inside one result (a table of estimators x N);
+#: every other field is shared by the whole table.
+PER_CELL_FIELDS = ("estimator", "options", "n_inner")
+__all__ = ["SCHEMA_VERSION", "Result", "cell_config", "cell_seed", "compute_cell",
+           "compute_truth", "evaluate", "fit_slopes", "load_results", "plain"]
 
 
 def cell_seed(seed: int, *parts: Any) -> int:
@@ -53,64 +52,80 @@ def cell_seed(seed: int, *parts: Any) -> int:
 
 @dataclass
 class Result:
-    """What ``evaluate`` returns: ``records`` (one dict per cell), ``slopes``, ``config``."""
+    """What ``evaluate`` returns: ``records`` (one dict per cell), ``slopes``, ``config``.
+
+    A record is the cell's configuration and its statistics in one flat dict, plus its store
+    ``key``. ``slopes`` are fitted from the records, never stored. ``lines``: the records as
+    results-store lines.
+    """
 
     config: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)
     slopes: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    def lines(self) -> list[dict[str, Any]]:
-        return ([{"type": "header", "schema_version": SCHEMA_VERSION, **self.config}]
-                + [{"type": "record", **r} for r in self.records]
-                + [{"type": "slope", **s} for s in self.slopes])
+    def to_json(self, path: str | os.PathLike, *, force: bool = False) -> int:
+        """Append this result's cells to the results store at ``path``; returns how many.
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write the result as JSON lines (see the module docstring for the schema)."""
-        with open(path, "w") as handle:
-            for line in self.lines():
-                handle.write(json.dumps(plain(line), allow_nan=False) + "\n")
+        Cells already in the file are skipped (``force=True`` appends them again: the
+        latest line wins on reading). Nothing in the file is ever overwritten.
+        """
+        store = Store(path, option="path")
+        todo = [line for line in self.lines if force or line["key"] not in store]
+        for line in todo:
+            store.append(line)
+        return len(todo)
 
     def table(self) -> str:
         from metarl_bench._src.report import format_result
         return format_result(self)
 
 
-def load_results(path: str | os.PathLike) -> list[Result]:
-    """Read JSON lines written by ``Result.to_json`` or ``evaluate(jsonl=...)``.
+def record_of(line: dict[str, Any]) -> dict[str, Any]:
+    return {**line["config"], **line["result"], "key": line["key"]}
 
-    A file may hold several results (one header each); a file cut short by a crash keeps
-    every complete line.
+
+def group_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in PER_CELL_FIELDS}
+
+
+def results_of(lines: Iterable[dict[str, Any]]) -> list[Result]:
+    """Lines grouped into results (one per shared configuration), in first-seen order."""
+    groups: dict[str, Result] = {}
+    for line in lines:
+        shared = group_config(line["config"])
+        result = groups.setdefault(cell_key(shared), Result(config={
+            **shared, "estimators": [], "n_inner": []}))
+        record = record_of(line)
+        result.records.append(record)
+        result.lines.append(line)
+        if record["estimator"] not in result.config["estimators"]:
+            result.config["estimators"].append(record["estimator"])
+        if record["n_inner"] not in result.config["n_inner"]:
+            result.config["n_inner"].append(record["n_inner"])
+    for result in groups.values():
+        result.config["n_inner"].sort()
+        result.slopes = fit_slopes(result.records,
+                                   eps=torch.finfo(getattr(torch, result.config["dtype"])).eps)
+    return list(groups.values())
+
+
+def load_results(path: str | os.PathLike) -> list[Result]:
+    """Read a results store: one :class:`Result` per shared configuration.
+
+    A key written more than once counts once, with its latest line; a torn last line (a
+    crash in the middle of a write) is ignored; anything else that is not a results line
+    raises :class:`ResultsFileError` naming the line.
     """
-    results: list[Result] = []
-    with open(path) as handle:
-        for number, text in enumerate(handle, 1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError:
-                if not text.endswith("\n"):  # the last line, cut short by a crash
-                    break
-                raise ParameterError(f"{path}:{number}: not a JSON line") from None
-            kind = line.pop("type", None)
-            if kind == "header":
-                version = line.pop("schema_version", None)
-                if version != SCHEMA_VERSION:
-                    raise ParameterError(f"{path}: schema_version {version!r}, this version of "
-                                         f"metarl_bench reads {SCHEMA_VERSION}")
-                results.append(Result(config=line))
-            elif not results:
-                raise ParameterError(f"{path}:{number}: a {kind!r} line before any header")
-            elif kind == "record":
-                results[-1].records.append(line)
-            elif kind == "slope":
-                results[-1].slopes.append(line)
-    return results
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ParameterError(f"no results file {path!r}")
+    return results_of(latest(read_lines(path)).values())
 
 
 def fit_slopes(records: Sequence[dict[str, Any]], *, eps: float = torch.finfo(torch.float64).eps
                ) -> list[dict[str, Any]]:
-    """Log-log slopes of bias, variance and MSE against N, per (task, estimator).
+    """Log-log slopes of bias, variance and MSE against N, per (task, estimator, options).
 
     Only values that mean something enter a fit: finite, above the floating-point floor
     (1e4 machine epsilons of the truth's norm, squared for variance and MSE: an exactly
@@ -118,11 +133,12 @@ def fit_slopes(records: Sequence[dict[str, Any]], *, eps: float = torch.finfo(to
     zero (its interval excludes 0). With fewer than 3 such values no slope is given, and
     ``reason`` says why.
     """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for record in records:
-        groups.setdefault((record["task"], record["estimator"]), []).append(record)
+        options = json.dumps(record.get("options") or {}, sort_keys=True)
+        groups.setdefault((record["task"], record["estimator"], options), []).append(record)
     slopes = []
-    for (task, name), rows in groups.items():
+    for (task, name, options), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["n_inner"])
         for metric in SLOPE_METRICS:
             xs, ys = [], []
@@ -140,8 +156,9 @@ def fit_slopes(records: Sequence[dict[str, Any]], *, eps: float = torch.finfo(to
             reason = None if math.isfinite(fit.slope) else (
                 f"{len(ys)} of {len(rows)} values above noise; a slope needs "
                 f"{MIN_SLOPE_POINTS} at distinct N")
-            slopes.append(plain(dict(task=task, estimator=name, metric=metric, slope=fit.slope,
-                                     stderr=fit.stderr, n_points=fit.n_points, reason=reason)))
+            slopes.append(plain(dict(task=task, estimator=name, options=json.loads(options),
+                                     metric=metric, slope=fit.slope, stderr=fit.stderr,
+                                     n_points=fit.n_points, reason=reason)))
     return slopes
 
 
@@ -152,37 +169,76 @@ def _n_inner_grid(n_inner: int | Iterable[int]) -> list[int]:
     return [validation.positive_int("n_inner", n) for n in values]
 
 
-def evaluate(task: Task,
-             estimators: Sequence[str | EstimatorSpec] = ("unbiased", "lsf", "maml", "fomaml"), *,
-             n_inner: int | Iterable[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
-             n_trials: int = 1000, inner_lr: float = 1.0, n_outer: int | None = None,
-             seed: int = 0, truth: str = "finite", theta: torch.Tensor | None = None,
-             exact: bool = True, truth_samples: int = 20_000, n_boot: int = 200,
-             dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
-             options: dict[str, dict[str, Any]] | None = None, n_steps: int = 1,
-             jsonl: str | os.PathLike | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> Result:
-    """Bias, variance, MSE and cosine of each estimator against the truth, for each N.
+def check_device(device: Any) -> torch.device | None:
+    """A torch device that can hold tensors here, or a ParameterError saying why not."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+        torch.empty(1, device=device) + 1
+    except (RuntimeError, AssertionError, TypeError, NotImplementedError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ParameterError(f"device {str(device)!r} is not available: {reason}") from None
+    if device.type == "meta":
+        raise ParameterError("device 'meta' holds no data, so nothing can be measured on it; "
+                             "use 'cpu' or 'cuda'")
+    return device
 
-    ``truth``: ``"finite"`` (grad F_N: exact on bandits, else the mean of ``truth_samples``
-    leave-one-out estimates, reported as estimated with its error in the intervals) or
-    ``"limit"`` (grad F_inf, exact). ``exact``: use the exact enumerated moments where the task
-    and estimator allow it (bandit, exact outer), Monte Carlo over ``n_trials`` otherwise;
-    each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
-    ``{"unbiased": {"baseline": 0.5}}``; an entry of ``estimators`` may also carry its own
-    (``"unbiased:baseline=0.5"``, see ``estimator_entries``) or be an :class:`EstimatorSpec`
-    such as ``decomposed(...)``. ``n_steps``: K inner steps for every estimator and the
-    truth (an estimator that cannot take them raises :class:`UnsupportedError`). ``jsonl``:
-    append the header and then each record to this file as soon as it is finished (flushed
-    to disk), so an interruption loses nothing that was done.
+
+def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner: int,
+                n_outer: int | None, inner_lr: float, n_trials: int, seed: int, truth: str,
+                truth_samples: int, exact: bool, n_boot: int, theta: list | None, dtype: str,
+                device: str, n_steps: int = 1) -> dict[str, Any]:
+    """Everything that determines a cell's numbers; its digest is the cell's store key.
+
+    ``theta`` is None for the task's own initial parameters. Timing, library versions and
+    the machine are not part of it (they are recorded with the result).
     """
+    return dict(task=task.name, task_params=plain(task.params), theta=theta,
+                estimator=estimator, options=plain(options), n_inner=n_inner, n_outer=n_outer,
+                inner_lr=inner_lr, n_trials=n_trials, seed=seed, truth=truth,
+                truth_samples=truth_samples, exact=bool(exact), n_boot=n_boot, dtype=dtype,
+                device=device,
+                # one inner step is left out of the key, so stores written before K existed
+                # still resume
+                **({"n_steps": n_steps} if n_steps != 1 else {}))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked evaluation: the task, theta and every cell's configuration, by N."""
+
+    task: Task
+    theta: torch.Tensor
+    cells: dict[int, list[dict[str, Any]]]
+
+    @property
+    def configs(self) -> list[dict[str, Any]]:
+        return [config for row in self.cells.values() for config in row]
+
+
+def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | EstimatorSpec, *,
+         n_inner: int | Iterable[int], n_trials: int, inner_lr: float, n_outer: int | None,
+         seed: int, truth: str, theta: torch.Tensor | None, exact: bool, truth_samples: int,
+         n_boot: int, dtype: torch.dtype, device: Any, options: dict[str, dict[str, Any]] | None,
+         n_steps: int = 1) -> Plan:
+    """Check every argument and list the cells; allocates nothing large, writes nothing.
+
+    ``estimators``: names, entries with options (``"unbiased:baseline=0.5"``, see
+    ``estimator_entries``) or specs such as ``decomposed(...)``."""
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
                              f"{type(task).__name__}")
     if isinstance(estimators, (str, EstimatorSpec)):
         estimators = [estimators]
-    for name in options or {}:
-        estimator_spec(name.partition(":")[0])
+    estimators = list(estimators)
+    if not estimators:
+        raise ParameterError("estimators must name at least one estimator")
+    for name, given in (options or {}).items():
+        estimator_spec(name)
+        if not isinstance(given, dict):
+            raise ParameterError(f"options[{name!r}] must be a dict of keyword options, got "
+                                 f"{type(given).__name__}")
     entries = resolve_all(estimators, options)
     n_steps = validation.positive_int("n_steps", n_steps)
     for entry in entries:
@@ -198,6 +254,10 @@ def evaluate(task: Task,
     n_boot = validation.positive_int("n_boot", n_boot, minimum=10)
     if truth not in ("finite", "limit"):
         raise ParameterError(f"truth must be 'finite' or 'limit', got {truth!r}")
+    if not isinstance(exact, bool):
+        raise ParameterError(f"exact must be True or False, got {exact!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ParameterError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if not task.has_model:
         raise UnsupportedError(f"task {task.name!r} has no model, so no ground truth to compare "
                                f"against")
@@ -207,46 +267,21 @@ def evaluate(task: Task,
                                f"enumeration of the inner samples at every N, which "
                                f"{task.name!r} does not have here; use truth='limit'")
     if theta is None:
+        device = check_device(device)
+        theta_config = None
         theta = task.initial_params(dtype=dtype, device=device)
     else:
         validation.params_tensor(theta, task.param_shape, task.name)
-    config = dict(task=task.name, task_params=task.params,
-                  estimators=[e.label for e in entries], n_inner=grid, n_steps=n_steps, n_trials=n_trials, inner_lr=inner_lr, n_outer=n_outer, seed=seed,
-                  truth=truth, exact=exact, truth_samples=truth_samples,
-                  theta=theta.detach().cpu().tolist(), dtype=str(theta.dtype).replace("torch.", ""),
-                  device=str(theta.device), torch_version=torch.__version__)
-    result = Result(config=config)
-    stream = open(jsonl, "a") if jsonl is not None else None
-    try:
-        if stream is not None:
-            _emit(stream, result.lines()[0])
-        truth_limit = (meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps)
-                       if truth == "limit" else None)
-        for n in grid:
-            reference, reference_samples, truth_kind = _truth(
-                task, theta, n, inner_lr, truth, truth_limit, truth_samples, seed, n_steps)
-            for entry in entries:
-                record = _cell(task, theta, entry, n, n_trials, inner_lr, n_outer, seed, truth,
-                               truth_kind, reference, reference_samples, exact, n_boot, n_steps)
-                result.records.append(record)
-                if stream is not None:
-                    _emit(stream, {"type": "record", **record})
-                if progress is not None:
-                    progress(record)
-        result.slopes = fit_slopes(result.records, eps=torch.finfo(theta.dtype).eps)
-        if stream is not None:
-            for slope in result.slopes:
-                _emit(stream, {"type": "slope", **slope})
-    finally:
-        if stream is not None:
-            stream.close()
-    return result
-
-
-def _emit(stream: Any, line: dict[str, Any]) -> None:
-    stream.write(json.dumps(plain(line), allow_nan=False) + "\n")
-    stream.flush()
-    os.fsync(stream.fileno())
+        check_device(theta.device)
+        theta_config = theta.detach().cpu().tolist()
+    cells = {n: [cell_config(task, estimator=entry.spec.name, options=entry.options,
+                             n_inner=n, n_outer=n_outer, inner_lr=inner_lr, n_trials=n_trials,
+                             seed=seed, truth=truth, truth_samples=truth_samples, exact=exact,
+                             n_boot=n_boot, theta=theta_config,
+                             dtype=str(theta.dtype).replace("torch.", ""),
+                             device=str(theta.device), n_steps=n_steps)
+                 for entry in entries] for n in grid}
+    return Plan(task, theta, cells)
 
 
 def _keywords(fn: Callable[..., Any]) -> set[str]:
@@ -256,65 +291,271 @@ def _keywords(fn: Callable[..., Any]) -> set[str]:
         return set()
 
 
-def _truth(task: Task, theta: torch.Tensor, n: int, inner_lr: float, truth: str,
-           truth_limit: torch.Tensor | None, truth_samples: int, seed: int, n_steps: int
-           ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    if truth == "limit":
-        return truth_limit, None, "exact"
+def estimated_truth(task: Task, config: dict[str, Any]) -> bool:
+    return config["truth"] == "finite" and not exact_finite_truth(
+        task, config["n_inner"], config.get("n_steps", 1))
+
+
+def check_resources(task: Task, configs: Sequence[dict[str, Any]],
+                    max_work: float | None) -> float:
+    """Refuse, before anything is allocated, a cell whose memory or a plan whose total work
+    exceeds the limits; returns the planned trajectories (for progress)."""
+    steps = 0.0
+    trajectories = 0.0
+    for config in configs:
+        n_truth = config["truth_samples"] if estimated_truth(task, config) else None
+        # K inner steps hold about K steps' trajectories and graphs at once
+        sizes = dict(n_inner=config["n_inner"] * config.get("n_steps", 1),
+                     n_outer=config["n_outer"],
+                     n_trials=config["n_trials"], truth_samples=n_truth)
+        exact_stats = config["exact"] and supports_exact_moments(
+            task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"],
+            config.get("n_steps", 1))
+        needed, driver = resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
+                                               dtype=getattr(torch, config["dtype"]),
+                                               bootstrap=not exact_stats)
+        resources.check_memory(
+            needed, f"the cell {config['estimator']} at N={config['n_inner']} on {task.name} "
+            f"(n_trials={config['n_trials']}, n_outer={config['n_outer']}, "
+            f"truth_samples={n_truth})",
+            f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
+        steps += resources.cell_work(task, **sizes)
+        trajectories += _cell_trajectories(task, config, n_truth)
+    resources.check_work(steps, max_work, f"this evaluation ({len(configs)} cells)",
+                         "lower n_trials / truth_samples / N, or lift the guard "
+                         "(--no-work-limit, max_work=None)")
+    return trajectories
+
+
+def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) -> float:
+    inner = config["n_inner"] * config.get("n_steps", 1)
+    own = config["n_trials"] * task.n_tasks * (inner + (config["n_outer"] or 0))
+    return own + (n_truth or 0) * task.n_tasks * inner
+
+
+def evaluate(task: Task,
+             estimators: Sequence[str | EstimatorSpec] = ("unbiased", "lsf", "maml", "fomaml"),
+             *,
+             n_inner: int | Iterable[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
+             n_trials: int = 1000, inner_lr: float = 1.0, n_outer: int | None = None,
+             seed: int = 0, truth: str = "finite", theta: torch.Tensor | None = None,
+             exact: bool = True, truth_samples: int = 20_000, n_boot: int = 200,
+             dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
+             options: dict[str, dict[str, Any]] | None = None, n_steps: int = 1,
+             jsonl: str | os.PathLike | None = None, force: bool = False,
+             progress: bool | Callable[[dict[str, Any]], None] | None = None,
+             max_memory: int | str | None = None,
+             max_work: float | None = resources.DEFAULT_MAX_WORK) -> Result:
+    """Bias, variance, MSE and cosine of each estimator against the truth, for each N.
+
+    ``truth``: ``"finite"`` (grad F_N: exact on bandits, else the mean of ``truth_samples``
+    leave-one-out estimates, reported as estimated with its error in the intervals) or
+    ``"limit"`` (grad F_inf, exact). ``exact``: use the exact enumerated moments where the task
+    and estimator allow it (bandit, exact outer), Monte Carlo over ``n_trials`` otherwise;
+    each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
+    ``{"unbiased": {"baseline": 0.5}}``; an entry of ``estimators`` may also carry its own
+    (``"unbiased:baseline=0.5"``, see ``estimator_entries``) or be a spec such as
+    ``decomposed(...)``. ``n_steps``: K inner steps for every estimator and the truth (an
+    estimator that cannot take them raises :class:`UnsupportedError`).
+
+    ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it
+    is finished, and cells already there are read back instead of recomputed (a resumed
+    run); ``force=True`` recomputes and appends them again. ``progress``: True for a bar on
+    stderr, or a function called with each finished record. ``max_memory`` (bytes or
+    ``"8GiB"``; default half the available memory) and ``max_work`` (trajectory steps; None
+    lifts it) refuse, before anything runs, a cell or an evaluation too large for them.
+    Every argument is checked before any file is opened.
+    """
+    if not isinstance(force, bool):
+        raise ParameterError(f"force must be True or False, got {force!r}")
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise ParameterError(f"progress must be True, False, None or a callable, got "
+                             f"{type(progress).__name__}")
+    if max_work is not None:
+        max_work = validation.finite_float("max_work", max_work, positive=True)
+    with resources.limit_memory(max_memory):
+        checked = plan(task, estimators, n_inner=n_inner, n_trials=n_trials, inner_lr=inner_lr,
+                       n_outer=n_outer, seed=seed, truth=truth, theta=theta, exact=exact,
+                       truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
+                       options=options, n_steps=n_steps)
+        store = Store(jsonl) if jsonl is not None else None
+        total = check_resources(checked.task, pending(checked, store, force), max_work)
+        on_record = None if progress is None or isinstance(progress, bool) else progress
+        advance, bar = as_advance(progress is True, total, f"evaluate {task.name}", "traj")
+        try:
+            lines = run_plan(checked, store, force, advance, on_record)
+        finally:
+            if bar is not None:
+                bar.close()
+    (result,) = results_of(lines)
+    return result
+
+
+def pending(checked: Plan, store: Store | None, force: bool) -> list[dict[str, Any]]:
+    """The cells of a plan still to compute: all of them, or those not in the store."""
+    return [c for c in checked.configs if force or store is None or cell_key(c) not in store]
+
+
+def run_plan(checked: Plan, store: Store | None, force: bool,
+             advance: Callable[[float], None] = lambda n: None,
+             on_record: Callable[[dict[str, Any]], None] | None = None
+             ) -> list[dict[str, Any]]:
+    """Compute a plan's pending cells in order, appending each to ``store`` as it finishes;
+    returns the store lines of every cell of the plan (computed or read back)."""
+    lines = []
+    for configs in checked.cells.values():
+        missing = [c for c in configs if force or store is None or cell_key(c) not in store]
+        truth = compute_truth(checked.task, checked.theta, missing[0], advance) if missing \
+            else None
+        for config in configs:
+            if config in missing:
+                line = make_line(config, compute_cell(checked.task, checked.theta, config, truth,
+                                                      advance))
+                if store is not None:
+                    store.append(line)
+                if on_record is not None:
+                    on_record(record_of(line))
+            else:
+                line = store.lines[cell_key(config)]
+            lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The reference of the cells at one N: its value, its samples if estimated, its kind."""
+
+    reference: torch.Tensor
+    samples: torch.Tensor | None
+    kind: str
+
+
+def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
+                  advance: Callable[[float], None] = lambda n: None) -> Truth:
+    """The reference of a cell; a function of the cell's task, theta, N, inner_lr, truth,
+    truth_samples and seed only, so every estimator at one N shares it."""
+    n, inner_lr, n_steps = config["n_inner"], config["inner_lr"], config.get("n_steps", 1)
+    if config["truth"] == "limit":
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps), None,
+                     "exact")
     if exact_finite_truth(task, n, n_steps):
-        return (meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps), None,
-                "exact")
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps),
+                     None, "exact")
     # the one-step seed is kept as it was, so one-step results do not change
     generator = torch.Generator(device=theta.device).manual_seed(
-        cell_seed(seed, "truth", n) if n_steps == 1 else cell_seed(seed, "truth", n, n_steps))
-    estimate = estimate_meta_gradient(task, theta, n_inner=n, inner_lr=inner_lr,
-                                      n_samples=truth_samples, generator=generator,
-                                      n_steps=n_steps)
-    return estimate.mean, estimate.samples, "estimated"
+        cell_seed(config["seed"], "truth", n) if n_steps == 1
+        else cell_seed(config["seed"], "truth", n, n_steps))
+    estimate = estimate_meta_gradient(
+        task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config["truth_samples"],
+        generator=generator, n_steps=n_steps,
+        progress=lambda done: advance(done * task.n_tasks * n * n_steps))
+    return Truth(estimate.mean, estimate.samples, "estimated")
 
 
-def _cell(task: Task, theta: torch.Tensor, entry: Entry, n: int, n_trials: int, inner_lr: float,
-          n_outer: int | None, seed: int, truth: str, truth_kind: str, reference: torch.Tensor,
-          reference_samples: torch.Tensor | None, exact: bool, n_boot: int,
-          n_steps: int) -> dict[str, Any]:
-    spec, options, label = entry.spec, entry.options, entry.label
+def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
+                    **kwargs: Any) -> torch.Tensor:
+    """Call a registered estimator and check what it returns, naming it if it misbehaves."""
+    try:
+        inspect.signature(spec.fn, follow_wrapped=False).bind(task, theta, n_trials=n_trials,
+                                                              **kwargs)
+    except TypeError as exc:
+        raise UnsupportedError(
+            f"estimator {spec.name!r} cannot be called as fn(task, theta, *, n_inner, inner_lr, "
+            f"n_trials, n_outer, generator, **options): {exc}") from None
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        pass
+    out = spec.fn(task, theta, n_trials=n_trials, **kwargs)
+    expected = (n_trials, *theta.shape)
+    if not isinstance(out, torch.Tensor):
+        raise ShapeError(f"estimator {spec.name!r} returned a {type(out).__name__}; expected a "
+                         f"tensor of shape {expected}")
+    if tuple(out.shape) != expected:
+        raise ShapeError(f"estimator {spec.name!r} returned shape {tuple(out.shape)}; expected "
+                         f"{expected} (n_trials, *theta.shape)")
+    if not out.is_floating_point():
+        raise ShapeError(f"estimator {spec.name!r} returned dtype {out.dtype}; expected a "
+                         f"floating tensor")
+    return out.detach()
+
+
+def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth: Truth,
+                 advance: Callable[[float], None] = lambda n: None) -> dict[str, Any]:
+    """Measure one cell: its estimates, their statistics against ``truth``, and the time."""
+    spec = estimator_spec(config["estimator"])
+    n, n_outer, n_trials = config["n_inner"], config["n_outer"], config["n_trials"]
+    inner_lr = config["inner_lr"]
+    options = dict(config["options"])
     if spec.name == "exact":
-        options = {"truth": truth, **options}
-    call_options = dict(options, n_steps=n_steps) if n_steps > 1 else options
+        options = {"truth": config["truth"], **options}
+    n_steps = config.get("n_steps", 1)
+    common = dict(n_inner=n, inner_lr=inner_lr, n_outer=n_outer, **options,
+                  **({"n_steps": n_steps} if n_steps != 1 else {}))
     # a tiny warm-up call first, so that one-time costs (lazy imports, first-use kernels)
     # do not land in the timing of whichever cell happens to run first
-    spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=1, n_outer=n_outer,
-            generator=torch.Generator(device=theta.device).manual_seed(0), **call_options)
+    _call_estimator(spec, task, theta, 1,
+                    generator=torch.Generator(device=theta.device).manual_seed(0), **common)
     generator = torch.Generator(device=theta.device).manual_seed(
-        cell_seed(seed, label, n) if n_steps == 1 else cell_seed(seed, label, n, n_steps))
-    extra = getattr(spec.fn, "extra_trajectories", lambda n_inner: 0)(n)
+        cell_seed(config["seed"], spec.name, n) if n_steps == 1
+        else cell_seed(config["seed"], spec.name, n, n_steps))
+    # large cells in chunks (about 2**20 trajectories, at most 1 GiB), so memory stays
+    # bounded; the chunk depends on the configuration alone and the generator runs on, so
+    # results do not depend on the machine
+    per_chunk = resources.chunk_trials(task, n * n_steps, n_outer, theta.dtype)
+    extra = getattr(spec.fn, "extra_trajectories", lambda n_inner, options: 0)(n, options)
     trajectories = task.n_tasks * (n * n_steps + extra + (n_outer or 0))
-    # large cells in chunks of about 2**20 trajectories, so memory stays bounded; the chunk
-    # depends on N alone and the generator runs on, so results do not depend on the machine
-    per_chunk = max(1, 2 ** 20 // trajectories)
+    parts = []
     start = time.perf_counter()
-    estimates = torch.cat([
-        spec.fn(task, theta, n_inner=n, inner_lr=inner_lr, n_trials=min(per_chunk, n_trials - lo),
-                n_outer=n_outer, generator=generator, **call_options)
-        for lo in range(0, n_trials, per_chunk)])
+    for lo in range(0, n_trials, per_chunk):
+        size = min(per_chunk, n_trials - lo)
+        parts.append(_call_estimator(spec, task, theta, size, generator=generator, **common))
+        advance(size * trajectories)
+    estimates = torch.cat(parts)
     if theta.device.type == "cuda":
         torch.cuda.synchronize(theta.device)
     seconds = time.perf_counter() - start
-    if not torch.isfinite(estimates).all():
-        raise UnsupportedError(f"estimator {label!r} returned non-finite estimates at "
-                               f"N={n}; lower inner_lr or check the estimator")
-    if exact and supports_exact_moments(task, spec, n, n_outer, n_steps):
-        moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=inner_lr,
-                                truth=reference, n_steps=n_steps, **options)
-        stats = summarize_exact(moments.mean, moments.covariance, reference, moments.mean_cosine)
-        kind = "exact"
-    else:
-        stats = summarize(estimates, reference, reference_samples, n_boot=n_boot,
-                          seed=cell_seed(seed, "bootstrap", label, n))
-        kind = "monte-carlo"
-    return plain(dict(task=task.name, estimator=label, n_inner=n, n_outer=n_outer,
-                n_steps=n_steps, inner_lr=inner_lr, n_trials=n_trials, truth=truth,
-                truth_kind=truth_kind, moments=kind, **stats, truth_norm=float(reference.norm()),
-                trajectories=trajectories,
-                mse_x_trajectories=stats["mse"] * trajectories, seconds=seconds,
-                options=options))
+    n_nonfinite = int((~torch.isfinite(estimates.reshape(n_trials, -1))).any(-1).sum())
+    stats, problem = _statistics(task, theta, spec, config, options, estimates, n_nonfinite,
+                                 truth)
+    mse = stats["mse"]
+    return plain(dict(
+        n_steps=n_steps, truth_kind=truth.kind, moments=stats.pop("moments"), **stats,
+        truth_norm=float(truth.reference.norm()), trajectories=trajectories,
+        mse_x_trajectories=None if mse is None else mse * trajectories,
+        n_nonfinite=n_nonfinite, problem=problem, seconds=seconds,
+        torch_version=torch.__version__))
+
+
+def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, Any],
+                options: dict[str, Any], estimates: torch.Tensor, n_nonfinite: int, truth: Truth
+                ) -> tuple[dict[str, Any], str | None]:
+    """The cell's statistics, or all of them None with the reason when any would be
+    non-finite: a NaN or overflowing estimate is counted and reported, never averaged."""
+    flat = estimates.reshape(estimates.shape[0], -1)
+    problem = None
+    if n_nonfinite:
+        problem = f"{n_nonfinite} of {flat.shape[0]} estimates are not finite"
+    elif not torch.isfinite(truth.reference).all():
+        problem = "the truth is not finite"
+    if problem is None:
+        n = config["n_inner"]
+        n_steps = config.get("n_steps", 1)
+        if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"], n_steps):
+            moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=config["inner_lr"],
+                                    truth=truth.reference, n_steps=n_steps, **options)
+            stats = summarize_exact(moments.mean, moments.covariance, truth.reference,
+                                    moments.mean_cosine)
+            kind = "exact"
+        else:
+            stats = summarize(estimates, truth.reference, truth.samples, n_boot=config["n_boot"],
+                              seed=cell_seed(config["seed"], "bootstrap", spec.name, n))
+            kind = "monte-carlo"
+        if all(math.isfinite(stats[k]) for k in ("bias", "variance", "mse")):
+            return {**stats, "moments": kind}, None
+        largest = float(flat.abs().max())
+        problem = (f"the statistics overflow {str(theta.dtype).replace('torch.', '')} "
+                   f"(largest |estimate| {largest:.3g})")
+    empty = {name: None for name in METRICS}
+    empty.update({f"{name}_ci": [None, None] for name in METRICS})
+    empty.update({name: None for name in ("bias_raw", "bias_noise", "cosine_raw",
+                                          "correlation_raw")})
+    return {**empty, "moments": None}, problem

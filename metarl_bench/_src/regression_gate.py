@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SUITE_VERSION = 1
 STAT_METRICS = ("bias", "variance", "mse")
@@ -44,8 +44,11 @@ TIMING = ("tabular", 32, 2000)  # (task, N, trials) of the timed and memory-meas
 
 
 def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
-              memory: bool = True) -> dict[str, Any]:
-    """Measure the suite on the importable metarl_bench; plain data, JSON-ready."""
+              memory: bool = True,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Measure the suite on the importable metarl_bench; plain data, JSON-ready.
+
+    ``progress(done, total)`` is called after each estimator."""
     import torch
 
     import metarl_bench as mb
@@ -56,7 +59,9 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
                            "statistics": [], "costs": []}
     tasks = {key: (mb.make_task(task_id, **params), lr, truth, trials)
              for key, (task_id, params, lr, truth, trials) in CHECK_TASKS.items()}
-    for name in names:
+    for done, name in enumerate(names):
+        if progress is not None:
+            progress(done, len(names))
         for key, (task, inner_lr, truth, trials) in tasks.items():
             options = {name: {"truth": truth}} if name == "exact" else None
             try:
@@ -94,6 +99,8 @@ def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
         out["costs"].append({"estimator": name, "task": task_key, "n_inner": n_inner,
                              "seconds": statistics.median(seconds),
                              "peak_bytes": _peak_bytes(call) if memory else None})
+    if progress is not None:
+        progress(len(names), len(names))
     return out
 
 
@@ -204,8 +211,12 @@ def _toplevel() -> str:
                              "inside the repository, or pass --baseline FILE.json") from None
 
 
-def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[str, Any]:
-    """Run the suite in a fresh interpreter with ``tree``'s metarl_bench first on the path."""
+def measure_tree(tree: str, estimators: list[str] | None, rounds: int,
+                 progress: Any = None) -> dict[str, Any]:
+    """Run the suite in a fresh interpreter with ``tree``'s metarl_bench first on the path.
+
+    ``progress``: a :class:`~metarl_bench._src.progress.Progress` bar that follows the
+    estimators measured (the suite reports them on its stderr)."""
     from metarl_bench._src.errors import MetaRLBenchError
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -213,14 +224,22 @@ def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[s
         # nothing that could shadow a module of the measured tree
         script = shutil.copy(os.path.abspath(__file__), os.path.join(scratch, "check_suite.py"))
         out = os.path.join(scratch, "suite.json")
-        command = [sys.executable, script, "--out", out, "--rounds", str(rounds)]
+        command = [sys.executable, script, "--out", out, "--rounds", str(rounds), "--progress"]
         if estimators:  # JSON: an entry's options hold commas
             command += ["--estimators-json", json.dumps(list(estimators))]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        other = []
+        with subprocess.Popen(command, cwd=scratch, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) as child:
+            for text in child.stderr:
+                if text.startswith(_PROGRESS):
+                    if progress is not None:
+                        progress.set(*map(int, text[len(_PROGRESS):].split()))
+                else:
+                    other.append(text)
+        if child.returncode != 0:
+            last = ("".join(other).strip().splitlines() or ["(no output)"])[-1]
             raise MetaRLBenchError(f"the check suite failed on {tree}: {last}")
         with open(out) as handle:
             measured = json.load(handle)
@@ -230,18 +249,23 @@ def measure_tree(tree: str, estimators: list[str] | None, rounds: int) -> dict[s
     return measured
 
 
-def load_baseline(spec: str, estimators: list[str] | None, rounds: int
+def load_baseline(spec: str, estimators: list[str] | None, rounds: int, progress: Any = None
                   ) -> tuple[dict[str, Any], str]:
     """A baseline from a JSON file written by ``check --save``, or from a git revision."""
     from metarl_bench._src.errors import ParameterError
 
     if spec.endswith(".json") or os.path.isfile(spec):
         try:
-            with open(spec) as handle:
+            with open(spec, encoding="utf-8") as handle:
                 data = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ParameterError(f"--baseline {spec!r}: cannot read a suite JSON: {exc}") from None
-        if data.get("suite_version") != SUITE_VERSION:
+        except OSError as exc:
+            raise ParameterError(f"--baseline {spec!r}: cannot be read: {exc.strerror}"
+                                 ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ParameterError(f"--baseline {spec!r}: not a suite JSON file (binary, not "
+                                 f"UTF-8, or not JSON)") from None
+        if not isinstance(data, dict) or data.get("suite_version") != SUITE_VERSION:
+            data = data if isinstance(data, dict) else {}
             raise ParameterError(f"--baseline {spec!r}: suite_version "
                                  f"{data.get('suite_version')!r}, expected {SUITE_VERSION}")
         return data, spec
@@ -256,7 +280,11 @@ def load_baseline(spec: str, estimators: list[str] | None, rounds: int
         archive = subprocess.run(["git", "archive", commit, "metarl_bench"], cwd=top,
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        return measure_tree(tree, estimators, rounds), f"{spec} ({commit[:10]})"
+        return measure_tree(tree, estimators, rounds, progress), f"{spec} ({commit[:10]})"
+
+
+#: How the suite's child process reports progress on its stderr: "<prefix><done> <total>".
+_PROGRESS = "metarl-bench-check-progress "
 
 
 def _suite_script() -> int:
@@ -264,9 +292,14 @@ def _suite_script() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--estimators-json", default=None)
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     names = json.loads(args.estimators_json) if args.estimators_json else None
-    measured = run_suite(names, rounds=args.rounds)
+
+    def report(done: int, total: int) -> None:
+        print(f"{_PROGRESS}{done} {total}", file=sys.stderr, flush=True)
+
+    measured = run_suite(names, rounds=args.rounds, progress=report if args.progress else None)
     with open(args.out, "w") as handle:
         json.dump(measured, handle)
     return 0
@@ -281,12 +314,17 @@ def current_tree() -> str:
 
 def run_check(baseline: str | None, *, estimators: list[str] | None = None, rounds: int = 5,
               z: float = 3.0, factor: float = 2.0, save: str | None = None,
-              show_all: bool = False, out: Any = None) -> int:
-    """The ``check`` command: 0 when nothing regressed, 1 otherwise."""
+              show_all: bool = False, out: Any = None, progress: bool = False) -> int:
+    """The ``check`` command: 0 when nothing regressed, 1 otherwise. ``progress``: a bar on
+    stderr per measured tree."""
+    from metarl_bench._src.progress import Progress
+
     out = out or sys.stdout
     if baseline is not None:
-        base, label = load_baseline(baseline, estimators, rounds)
-    now = measure_tree(current_tree(), estimators, rounds)
+        with Progress(None, f"check {baseline}", enabled=progress, unit="estimator") as bar:
+            base, label = load_baseline(baseline, estimators, rounds, bar)
+    with Progress(None, "check this tree", enabled=progress, unit="estimator") as bar:
+        now = measure_tree(current_tree(), estimators, rounds, bar)
     if save:
         with open(save, "w") as handle:
             json.dump(now, handle, indent=1)

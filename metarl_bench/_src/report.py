@@ -20,6 +20,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _label(row: dict[str, Any]) -> str:
+    """An estimator as the CLI names it: NAME, or NAME:KEY=VALUE,... with its options."""
+    options = row.get("options") or {}
+    return row["estimator"] + (":" + ",".join(f"{k}={v}" for k, v in options.items())
+                               if options else "")
+
+
 def format_result(result: Any) -> str:
     config = result.config
     params = ", ".join(f"{k}={v}" for k, v in config.get("task_params", {}).items())
@@ -30,23 +37,29 @@ def format_result(result: Any) -> str:
              f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
              f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
     rows = []
+    problems = []
     for r in result.records:
+        if r.get("problem"):
+            problems.append(f"  {_label(r)} at N={r['n_inner']}: {r['problem']}")
         lo, hi = r["bias_ci"]
-        rows.append([r["estimator"], r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
+        rows.append([_label(r), r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
                      _num(r.get("bias_raw")), _num(r["bias_noise"]),
                      _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
                      _num(r.get("correlation")),
-                     _num(r["mse_x_trajectories"]), r["moments"], f"{r['seconds'] * 1e3:.1f}"])
+                     _num(r["mse_x_trajectories"]), r["moments"] or "-",
+                     f"{r['seconds'] * 1e3:.1f}"])
     header = ["estimator", "N", "bias", "bias 95% CI", "|mean-truth|", "noise", "variance", "mse",
               "cosine", "corr", "mse x traj", "moments", "ms"]
     parts = [title, _table(header, rows),
              "bias = |mean - truth| less what sampling noise adds to it (noise), with a 95% "
              "interval for the true bias; mse = bias^2 + variance; cosine, corr (Pearson over "
              "coordinates): of the mean estimate with the truth"]
+    if problems:
+        parts.append("no statistics (shown as -) for these cells:\n" + "\n".join(problems))
     if result.slopes:
         by_estimator: dict[str, dict[str, Any]] = {}
         for s in result.slopes:
-            by_estimator.setdefault(s["estimator"], {})[s["metric"]] = s
+            by_estimator.setdefault(_label(s), {})[s["metric"]] = s
         slope_rows = []
         for name, metrics in by_estimator.items():
             cells = [name]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import UnsupportedError
 from metarl_bench._src.estimators.common import multi_step
+from metarl_bench._src.progress import as_advance
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.trajectories import Trajectories
 
@@ -113,7 +114,9 @@ class EstimatedGradient:
 def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                            n_samples: int = 20_000, chunk: int | None = None,
                            generator: torch.Generator | None = None,
-                           n_steps: int = 1) -> EstimatedGradient:
+                           n_steps: int = 1,
+                           progress: bool | Callable[[int], None] | None = None
+                           ) -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
 
     The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
@@ -122,7 +125,8 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     unbiased, with a variance O(1) in N instead of O(1/N): the reference gets noisier, and
     its standard error says by how much. Samples are drawn in chunks of ``chunk`` trials, by
     default about 2**15 trajectories per chunk (set by N and K alone, never by the machine,
-    so the result is the same everywhere).
+    so the result is the same everywhere). ``progress``: True for a bar on stderr, or a
+    function called with the number of samples of each chunk.
     """
     inner_lr = _check(task, theta, inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
@@ -130,12 +134,26 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     n_steps = validation.positive_int("n_steps", n_steps)
     chunk = (max(1, 2 ** 15 // (n_inner * n_steps)) if chunk is None
              else validation.positive_int("chunk", chunk))
+    itemsize = theta.element_size()
+    resources.check_memory(
+        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * task.n_tasks * n_inner
+        * n_steps * (resources.bytes_per_trajectory(task, itemsize)
+                     + resources.bytes_per_row(task, True, itemsize)),
+        f"estimate_meta_gradient(n_samples={n_samples}, n_inner={n_inner}) on {task.name}",
+        "lower n_samples or n_inner, or raise the limit (max_memory= / --max-memory)")
     loo = estimator_spec("loo").fn
     steps = {} if n_steps == 1 else {"n_steps": n_steps}
+    advance, bar = as_advance(progress, n_samples, f"truth N={n_inner}", "sample")
     parts = []
-    for start in range(0, n_samples, chunk):
-        parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr,
-                         n_trials=min(chunk, n_samples - start), generator=generator, **steps))
+    try:
+        for start in range(0, n_samples, chunk):
+            size = min(chunk, n_samples - start)
+            parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=size,
+                             generator=generator, **steps))
+            advance(size)
+    finally:
+        if bar is not None:
+            bar.close()
     return EstimatedGradient(torch.cat(parts))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from metarl_bench._src.registry import register_estimator
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.common import batched
-from metarl_bench._src.estimators.decomposition import decomposed
+from metarl_bench._src.estimators.decomposition import decomposed_estimator
 from metarl_bench._src.estimators.dice import dice_from_samples
 from metarl_bench._src.estimators.exact import exact
 from metarl_bench._src.estimators.lsf import lsf_from_samples
@@ -33,7 +33,4 @@ def _register_builtin() -> None:
                            from_samples=from_samples, reference=twin, needs_model=needs_model,
                            count_determined=True, overwrite=True)
     register_estimator("exact", exact, needs_model=True, overwrite=True)
-    default = decomposed()
-    register_estimator("decomposed", default.fn, from_samples=default.from_samples,
-                       needs_model=default.needs_model,
-                       count_determined=default.count_determined, overwrite=True)
+    register_estimator("decomposed", decomposed_estimator, overwrite=True)

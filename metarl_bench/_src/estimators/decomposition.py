@@ -209,16 +209,45 @@ def decomposed(inner: str = "maml", hessian: str = "lsf", outer: str | None = No
             raise ParameterError(f"{label} samples the outer gradient: give n_outer")
         return count
 
-    def extra_trajectories(n_inner: int) -> int:
-        """Inner trajectories per row beyond the inner part's N (the Hessian part's own)."""
-        return 0 if hessian == "exact" or n_hessian == "shared" else (n_hessian or n_inner)
-
     estimator.__name__ = from_samples.__name__ = "decomposed"
     estimator.__doc__ = from_samples.__doc__ = decomposed.__doc__
-    estimator.extra_trajectories = extra_trajectories  # type: ignore[attr-defined]
+    estimator.extra_trajectories = (  # type: ignore[attr-defined]
+        lambda n_inner, options: _extra_trajectories(n_inner, parts))
     count_determined = (hessian == "exact" or n_hessian == "shared") and (
         inner_spec is None or inner_spec.count_determined) and (
         hessian_spec is None or hessian_spec.count_determined) and outer != "sampled"
     return EstimatorSpec(name=label, fn=estimator,
                          from_samples=from_samples if count_determined else None,
                          needs_model=needs_model, count_determined=count_determined)
+
+
+def decomposed_estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
+                         n_trials: int, n_outer: int | None = None,
+                         generator: torch.Generator | None = None, n_steps: int = 1,
+                         inner: str = "maml", hessian: str = "lsf", outer: str | None = None,
+                         n_hessian: int | str | None = None) -> torch.Tensor:
+    """Decomposed estimation: inner step, Hessian and outer gradient from three estimators.
+
+    The registered form of :func:`decomposed`, its parts as options (defaults: maml's inner
+    step, lsf's Hessian on N samples of its own, the outer step as the call says), so that
+    ``decomposed:inner=exact,hessian=lsf,outer=exact`` names any combination.
+
+    Reference: B. Liu, X. Feng, J. Ren, L. Mai, R. Zhu, H. Zhang, J. Wang, Y. Yang.
+    A Theoretical Understanding of Gradient Bias in Meta-Reinforcement Learning.
+    NeurIPS 2022, arXiv:2112.15400.
+    Shapes: -> (n_trials, *P).
+    Bias/variance: as :func:`decomposed`: against grad F_inf, the sum of the parts' errors.
+    """
+    return decomposed(inner, hessian, outer, n_hessian=n_hessian).fn(
+        task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=n_trials, n_outer=n_outer,
+        generator=generator, n_steps=n_steps)
+
+
+def _extra_trajectories(n_inner: int, options: dict[str, Any]) -> int:
+    """Inner trajectories per task beyond the inner part's N: the Hessian part's own."""
+    if options.get("hessian", "lsf") == "exact" or options.get("n_hessian") == "shared":
+        return 0
+    return options.get("n_hessian") or n_inner
+
+
+decomposed_estimator.extra_trajectories = _extra_trajectories  # type: ignore[attr-defined]

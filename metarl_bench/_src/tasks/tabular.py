@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import resources, validation
 from metarl_bench._src.policies import TabularSoftmax
 from metarl_bench._src.tasks.base import Task, as_tensor, distribution, inverse_cdf, uniform
 from metarl_bench._src.trajectories import Trajectories
@@ -126,6 +126,12 @@ def make_tabular(*, n_states: int = 10, n_actions: int = 4, horizon: int = 10,
     params = dict(n_states=n_states, n_actions=n_actions, horizon=horizon, gamma=gamma,
                   concentration=concentration, n_tasks=n_tasks, seed=seed, init_scale=init_scale)
     S, A = n_states, n_actions
+    # the transition tensor (n_tasks, S, A, S) in float64, its cumulative sums for sampling,
+    # and the draw it is made from
+    resources.check_memory(3 * 8 * n_tasks * S * A * S,
+                           f"tabular-v0 with n_states={S}, n_actions={A}, n_tasks={n_tasks}",
+                           "lower n_states, n_actions or n_tasks, or raise the limit "
+                           "(--max-memory SIZE, max_memory=)")
     rng = np.random.default_rng(seed)
     drawn_transitions = rng.dirichlet(np.full(S, concentration), size=(n_tasks, S, A))
     drawn_rewards = rng.uniform(0.0, 1.0, size=(n_tasks, S, A))

@@ -1,0 +1,189 @@
+"""Guards on memory and work, checked before anything large is allocated.
+
+A cell's peak memory is estimated from the tensors it holds at once (trajectories of one
+chunk, one parameter copy per row with its autograd graph, the exact value's per-row
+state-transition matrices, the stored estimates and truth samples, the bootstrap's
+resample weights). The estimate is deliberately generous (within a small factor of the
+measured peak); it exists to refuse the absurd with a clear line, not to pack memory tight.
+
+The memory limit is, by default, half of the memory available when the check runs
+(``psutil``); ``limit_memory`` (the CLI's ``--max-memory``, evaluate's ``max_memory=``)
+sets another for a block of code. Work (trajectory steps) has its own limit, lifted with
+``max_work=None`` / ``--no-work-limit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import re
+from typing import Any, Iterator
+
+import torch
+
+from metarl_bench._src.errors import ParameterError, ResourceError
+
+#: Share of the available memory one computation may plan to use by default.
+DEFAULT_MEMORY_FRACTION = 0.5
+#: Trajectory steps (trajectories x horizon) one command may plan before it is refused:
+#: about 1e10 runs for hours on one core (measured rates are in the README).
+DEFAULT_MAX_WORK = 10 ** 10
+
+_memory_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "metarl_bench_memory_limit", default=None)
+
+_UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6,
+          "g": 10 ** 9, "gb": 10 ** 9, "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10,
+          "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_bytes(name: str, value: Any) -> int:
+    """A memory size: a number of bytes, or text such as ``"8GiB"``, ``"500MB"``, ``"2e9"``."""
+    if isinstance(value, bool):
+        raise ParameterError(f"{name} must be a size in bytes, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ParameterError(f"{name} must be a size such as 8GiB, 500MB or 2e9 (bytes), "
+                                 f"got {value!r}")
+        try:
+            number = float(match.group(1))
+        except ValueError:
+            raise ParameterError(f"{name} must be a size such as 8GiB, got {value!r}") from None
+        unit = match.group(2).lower()
+    else:
+        raise ParameterError(f"{name} must be a size in bytes, got {type(value).__name__}")
+    if not math.isfinite(number) or number <= 0:
+        raise ParameterError(f"{name} must be a positive size, got {value!r}")
+    return int(number * _UNITS[unit])
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations now (psutil's ``available``)."""
+    import psutil  # a dependency of dask.distributed
+
+    return int(psutil.virtual_memory().available)
+
+
+def memory_limit() -> tuple[int, str]:
+    """The limit in force, and how it was set (for messages)."""
+    limit = _memory_limit.get()
+    if limit is not None:
+        return limit, "the limit set by --max-memory / max_memory"
+    return (int(DEFAULT_MEMORY_FRACTION * available_memory()),
+            f"{DEFAULT_MEMORY_FRACTION:.0%} of the available memory")
+
+
+@contextlib.contextmanager
+def limit_memory(limit: Any) -> Iterator[None]:
+    """Use ``limit`` (bytes or text like ``"8GiB"``; None: the default) inside the block."""
+    value = None if limit is None else parse_bytes("max_memory", limit)
+    token = _memory_limit.set(value if value is not None else _memory_limit.get())
+    try:
+        yield
+    finally:
+        _memory_limit.reset(token)
+
+
+def size(n_bytes: float) -> str:
+    for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+def check_memory(n_bytes: float, what: str, hint: str) -> None:
+    """Refuse ``what`` when its estimated peak ``n_bytes`` exceeds the limit in force."""
+    limit, source = memory_limit()
+    if n_bytes > limit:
+        raise ResourceError(f"{what} needs about {size(n_bytes)} of memory, more than "
+                            f"{size(limit)} ({source}); {hint}")
+
+
+def check_work(steps: float, max_work: float | None, what: str, hint: str) -> None:
+    if max_work is not None and steps > max_work:
+        raise ResourceError(f"{what} plans {steps:.3g} trajectory steps, more than the "
+                            f"{max_work:.3g} allowed; {hint}")
+
+
+def _shape(task: Any) -> tuple[int, int, int]:
+    """(parameters P, states S, actions A) of a task, with safe defaults for plug-ins."""
+    n_params = math.prod(task.param_shape) if task.param_shape else 1
+    n_states = int(getattr(task, "n_states", 1))
+    n_actions = int(getattr(task, "n_actions", n_params))
+    return n_params, n_states, n_actions
+
+
+def bytes_per_row(task: Any, exact_value: bool, itemsize: int) -> float:
+    """One row (a copy of theta): params, inner gradient with its graph, adapted params,
+    and, with the exact value, the row's policy transition matrix and state distributions."""
+    n_params, n_states, _ = _shape(task)
+    out = 8 * n_params
+    if exact_value:
+        out += 3 * n_states * n_states + 4 * task.horizon * n_states + 4 * n_params
+    return itemsize * out
+
+
+def bytes_per_trajectory(task: Any, itemsize: int) -> float:
+    """One trajectory: states, actions, rewards, log-probabilities and returns per step, and
+    the per-step sampling temporaries (a CDF row over actions or next states)."""
+    _, n_states, n_actions = _shape(task)
+    return 8 * 8 * task.horizon + itemsize * 3 * max(n_states, n_actions)
+
+
+def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtype) -> int:
+    """Trials per chunk of an estimator run: about 2**20 trajectories and at most 1 GiB.
+
+    A function of the configuration alone (never of the machine), so that chunking never
+    changes the numbers: the generator simply runs on from one chunk to the next.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_trial = task.n_tasks * (
+        (n_inner + (n_outer or 0)) * bytes_per_trajectory(task, itemsize)
+        + bytes_per_row(task, n_outer is None, itemsize))
+    trajectories = (n_inner + (n_outer or 0)) * task.n_tasks
+    return max(1, min(2 ** 20 // trajectories, int(2 ** 30 // per_trial)))
+
+
+#: The API argument and the CLI flag that set each size a memory estimate depends on.
+FLAGS = {"n_inner": "n_inner (--n-inner)", "n_outer": "n_outer (--n-outer)",
+         "n_trials": "n_trials (--trials)", "truth_samples": "truth_samples (--truth-samples)"}
+
+
+def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
+                truth_samples: int | None, n_boot: int, dtype: torch.dtype,
+                bootstrap: bool = True) -> tuple[float, str]:
+    """Estimated peak bytes of one evaluation cell (see the module docstring), and the
+    argument that drives the largest part of it (to name in a refusal)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    n_params = _shape(task)[0]
+    trajectories = n_inner + (n_outer or 0)
+    chunk = min(chunk_trials(task, n_inner, n_outer, dtype), n_trials)
+    estimator = chunk * task.n_tasks * (trajectories * bytes_per_trajectory(task, itemsize)
+                                        + bytes_per_row(task, n_outer is None, itemsize))
+    truth = 0.0
+    if truth_samples is not None:
+        # leave-one-out: one row per inner trajectory, each with the exact value
+        loo_chunk = max(1, 2 ** 15 // n_inner)
+        truth = min(loo_chunk, truth_samples) * task.n_tasks * n_inner * (
+            bytes_per_trajectory(task, itemsize) + bytes_per_row(task, True, itemsize))
+    samples = n_trials + (truth_samples or 0)
+    kept = 8 * n_params * samples + (8 * 3 * n_boot * samples if bootstrap else 0)
+    parts = {
+        "n_outer" if (n_outer or 0) > n_inner else "n_inner": max(estimator, truth),
+        "truth_samples" if (truth_samples or 0) > n_trials else "n_trials": kept,
+    }
+    driver = max(parts, key=parts.get)
+    return max(estimator, truth) + kept, FLAGS[driver]
+
+
+def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
+              truth_samples: int | None) -> float:
+    """Trajectory steps one cell samples (its estimates and, if estimated, its truth)."""
+    steps = n_trials * task.n_tasks * (n_inner + (n_outer or 0)) * task.horizon
+    if truth_samples is not None:
+        steps += truth_samples * task.n_tasks * n_inner * task.horizon
+    return float(steps)

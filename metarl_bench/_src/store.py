@@ -1,0 +1,263 @@
+"""The results store: one append-only JSON-lines file that every writer of results shares.
+
+Each line is one finished cell, complete in itself::
+
+    {"schema": "metarl-bench/results", "schema_version": 2, "key": "<24 hex digits>",
+     "config": {...everything that determines the numbers...},
+     "result": {...statistics, truth kind, work, seconds...}}
+
+``key`` is a digest of ``config`` (canonical JSON), so the same configuration always has the
+same key, whoever wrote it and in whatever order. Rules:
+
+* Lines are only ever appended, each with one ``write`` call and an ``fsync``; the file is
+  never truncated or rewritten. The one exception is a torn last line (a write cut short by a
+  crash or a full disk): it holds no complete result and is removed before the next append,
+  so that append cannot glue onto it.
+* Reading ignores a torn last line (a cut-short prefix of a results line), and stops with a one-line error naming the line on
+  anything else that is not a results line (binary or non-UTF-8 bytes, a JSON array, another
+  schema).
+* A key written twice (a forced re-run) is read as its latest line: latest wins, in the
+  position where the key first appeared.
+* Derived numbers (log-log slopes) are not stored: they are fitted on reading, so a resumed
+  or extended run can never leave stale slopes behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import stat
+from typing import Any, Iterable, Iterator
+
+from metarl_bench._src.errors import ParameterError, ResultsFileError
+
+SCHEMA = "metarl-bench/results"
+SCHEMA_VERSION = 2
+#: Fields of a result that measure the machine rather than the estimator: two runs of the
+#: same configuration agree on everything else, bit for bit.
+TIMING_FIELDS = ("seconds",)
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready copy: NaN and infinities become None (strict JSON has neither); arrays and
+    tensors (e.g. in a plug-in task's parameters) become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy, torch
+        return plain(value.tolist())
+    return value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    """The key of a cell: a digest of its configuration, independent of field order."""
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:24]
+
+
+def make_line(config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "key": cell_key(config),
+            "config": plain(config), "result": plain(result)}
+
+
+def check_path(path: Any, option: str = "jsonl") -> str:
+    """A results path that can be appended to, checked without creating or changing it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ParameterError(f"{option} must be a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not path.strip():
+        raise ParameterError(f"{option} must be a file path, got an empty string")
+    if os.path.isdir(path):
+        raise ParameterError(f"{option} {path!r} is a directory, not a results file")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ParameterError(f"{option} {path!r} cannot be written: permission denied")
+    else:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ParameterError(f"{option} {path!r} cannot be written: no folder {folder!r}")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ParameterError(f"{option} {path!r} cannot be written: permission denied "
+                                 f"in {folder!r}")
+    return path
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, line) of each complete results line of ``path``, in file order.
+
+    A missing file, or a device such as /dev/null, holds no lines. A torn last line (no
+    newline at its end) is skipped; anything else that is not a results line of this schema
+    raises :class:`ResultsFileError` naming the file and the line.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ResultsFileError(f"{path}: is a directory, not a results file")
+    if not _is_regular(path):
+        return
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot be read: {exc.strerror}") from None
+    pieces = data.split(b"\n")
+    for number, raw in enumerate(pieces, 1):
+        if not raw.strip():
+            continue
+        if number == len(pieces) and _torn(raw):  # the last line, cut short by a crash
+            return
+        yield number, _parse(path, number, raw)
+
+
+#: How every line the store writes begins (``json.dumps`` of ``make_line``'s dict).
+_OPENING = b'{"schema": "metarl-bench/results", '
+
+
+def _torn(raw: bytes) -> bool:
+    """Whether a last line with no newline is a results line cut short (not a whole one)."""
+    if not (_OPENING.startswith(raw) or raw.startswith(_OPENING)):
+        return False
+    try:
+        json.loads(raw)
+    except ValueError:
+        return True
+    return False
+
+
+def _parse(path: str, number: int, raw: bytes) -> dict[str, Any]:
+    where = f"{path}:{number}"
+    if b"\0" in raw:
+        raise ResultsFileError(f"{where}: binary data, not a metarl-bench results file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ResultsFileError(f"{where}: not UTF-8 text, not a metarl-bench results file"
+                               ) from None
+    try:
+        line = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsFileError(f"{where}: not a JSON line ({exc.msg} at column {exc.colno})"
+                               ) from None
+    if not isinstance(line, dict):
+        raise ResultsFileError(f"{where}: a JSON {type(line).__name__}, but a results file "
+                               f"holds one JSON object per line")
+    if line.get("schema") != SCHEMA:
+        if line.get("type") == "header" or "schema_version" in line:
+            version = line.get("schema_version")
+            raise ResultsFileError(f"{where}: results of schema_version {version!r} (an older "
+                                   f"metarl-bench); this version reads {SCHEMA_VERSION}: write "
+                                   f"to a new file")
+        raise ResultsFileError(f"{where}: not a metarl-bench results line (no "
+                               f"\"schema\": {SCHEMA!r})")
+    if line.get("schema_version") != SCHEMA_VERSION:
+        raise ResultsFileError(f"{where}: schema_version {line.get('schema_version')!r}; this "
+                               f"version of metarl-bench reads {SCHEMA_VERSION}")
+    if not (isinstance(line.get("key"), str) and isinstance(line.get("config"), dict)
+            and isinstance(line.get("result"), dict)):
+        raise ResultsFileError(f"{where}: a results line needs \"key\", \"config\" and "
+                               f"\"result\"")
+    if cell_key(line["config"]) != line["key"]:
+        raise ResultsFileError(f"{where}: key {line['key']!r} does not match its config (was "
+                               f"the line edited?)")
+    return line
+
+
+def latest(lines: Iterable[tuple[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Key -> its latest line, in the order keys first appeared."""
+    out: dict[str, dict[str, Any]] = {}
+    for _, line in lines:
+        out[line["key"]] = line
+    return out
+
+
+class Store:
+    """An append-only results file. Construct it only after every argument is checked: it
+    reads (and so validates) the file at once, but creates or changes nothing until the
+    first :meth:`append`."""
+
+    def __init__(self, path: str | os.PathLike, *, option: str = "jsonl"):
+        self.path = check_path(path, option)
+        self.lines = latest(read_lines(self.path))
+        self.written = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.lines
+
+    def append(self, line: dict[str, Any]) -> None:
+        """Write one line and flush it to disk; a failure is one line naming the file."""
+        data = (json.dumps(line, allow_nan=False) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._error(exc) from None
+        try:
+            _lock(fd)
+            _drop_torn_tail(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            _sync(fd)
+        except OSError as exc:
+            raise self._error(exc) from None
+        finally:
+            os.close(fd)
+        self.lines[line["key"]] = line
+        self.written += 1
+
+    def _error(self, exc: OSError) -> ResultsFileError:
+        kept = (f"; the {self.written} results written before are kept" if self.written else
+                "; results written before are kept")
+        return ResultsFileError(f"cannot write results to {self.path}: {exc.strerror}{kept}")
+
+
+def _lock(fd: int) -> None:
+    """An exclusive advisory lock, so two writers of one file never interleave bytes."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one writer per file
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _drop_torn_tail(fd: int) -> None:
+    """Remove a torn last line (bytes after the last newline): it holds no complete result."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return
+    if os.pread(fd, 1, info.st_size - 1) == b"\n":
+        return
+    end = info.st_size
+    while end > 0:
+        start = max(0, end - 65536)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if _torn(os.pread(fd, info.st_size - end, end)):
+        os.ftruncate(fd, end)
+    else:  # a whole line whose newline is missing (written by hand): end it, keep it
+        os.write(fd, b"\n")
+
+
+def _sync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):  # e.g. a device
+            raise
