@@ -23,7 +23,10 @@ from metarl_bench._src.trajectories import Trajectories
 from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_gradient
 
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
+register_task("bernoulli-bandit-v0", "metarl_bench._src.tasks.bandit:make_bernoulli_bandit")
+register_task("gaussian-bandit-v0", "metarl_bench._src.tasks.bandit:make_gaussian_bandit")
 register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
+register_task("tabular-discounted-v0", "metarl_bench._src.tasks.tabular:make_discounted_tabular")
 _estimators._register_builtin()
 
 __version__ = "0.1.0"

@@ -31,7 +31,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.stash[RESULTS] = {"cells": {}, "speedup": {}, "ratios": {}}
+    config.stash[RESULTS] = {"cells": {}, "speedup": {}, "ratios": {}, "throughput": {}}
     threads = config.getoption("--torch-threads")
     if threads is not None:
         torch.set_num_threads(threads)
@@ -62,7 +62,8 @@ def _ms(seconds):
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stash = config.stash.get(RESULTS, None)
-    if not stash or not (stash["cells"] or stash["speedup"]):
+    if not stash or not (stash["cells"] or stash["speedup"] or stash["ratios"]
+                         or stash["throughput"]):
         return
     write = terminalreporter.write_line
     if stash["cells"]:
@@ -77,7 +78,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                   f"{_fmt(info['bias']):>9} {_fmt(info['variance']):>9} {_fmt(info['mse']):>9} "
                   f"{_fmt(info['cosine'], '.4f'):>7} {info['moments']:>11} "
                   f"{info['trajectories_per_estimate']:>5}")
-    if stash["speedup"]:
+    if stash["throughput"]:
+        terminalreporter.section("metarl_bench: estimates per second (medians of the rounds)")
+        for label, rate in stash["throughput"].items():
+            write(f"{label:<52} {rate:>12,.0f}")
+    if stash["speedup"] or stash["ratios"]:
         terminalreporter.section("metarl_bench: lsf speed-up (tabular-v0, N=64, 1000 trials)")
         write(f"{'':<44} {'median':>12} {'fastest':>12}")
         for label, seconds in sorted(stash["speedup"].items()):

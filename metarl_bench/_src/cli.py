@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Any, Sequence
@@ -21,6 +22,8 @@ from metarl_bench._src.errors import MetaRLBenchError, ParameterError, Unsupport
 #: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
 HEADLINE_ESTIMATORS = ",".join(reproductions.HEADLINE_ESTIMATORS)
 HEADLINE_N = ",".join(map(str, reproductions.HEADLINE_N))
+#: Where ``metarl-bench run`` keeps its results store and report unless told otherwise.
+DEFAULT_OUT = "metarl-bench-results"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,7 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     run.add_argument("--json", metavar="PATH",
                      help="results store (JSON lines): each cell is appended as it finishes, "
-                          "and a re-run skips the cells already there")
+                          "and a re-run skips the cells already there (default: "
+                          "OUT/results.jsonl)")
+    run.add_argument("--out", metavar="DIR",
+                     help=f"folder of the report (PNG figures and index.html), and of the "
+                          f"results store unless --json is given (default: {DEFAULT_OUT}, or "
+                          f"beside --json PATH as PATH without its suffix + '-report')")
+    run.add_argument("--no-report", action="store_true",
+                     help="print the tables only: no figures, no HTML page")
     _add_guards(run)
     sweep = commands.add_parser(
         "sweep", help="run a grid of cells from a TOML or YAML spec, on Dask",
@@ -251,12 +261,13 @@ def _writable(path: str, option: str) -> str:
 def _list() -> int:
     from metarl_bench._src.registry import estimator_spec, list_estimators, list_tasks, TASKS
 
+    width = max(map(len, [*list_tasks(), *list_estimators()]))
     print("tasks:")
     for name in list_tasks():
-        print(f"  {name:<14} {TASKS[name].summary}")
+        print(f"  {name:<{width}} {TASKS[name].summary}")
     print("estimators:")
     for name in list_estimators():
-        print(f"  {name:<14} {estimator_spec(name).summary}")
+        print(f"  {name:<{width}} {estimator_spec(name).summary}")
     return 0
 
 
@@ -284,6 +295,12 @@ def _run(args: argparse.Namespace) -> int:
                       dtype=getattr(torch, args.dtype), device=args.device, options=None,
                       n_steps=args.n_steps)
                  for name, params, lr in grid]
+        if args.out is None:
+            args.out = (DEFAULT_OUT if args.json is None
+                        else os.path.splitext(args.json)[0] + "-report")
+        if args.json is None:
+            os.makedirs(args.out, exist_ok=True)
+            args.json = os.path.join(args.out, "results.jsonl")
         store = Store(args.json, option="--json") if args.json is not None else None
         totals = [check_resources(p.task, pending(p, store, args.force), max_work)
                   for p in plans]
@@ -293,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         nonlocal finished
         finished += 1
 
-    problems = []
+    problems, results = [], []
     try:
         with Progress(sum(totals), "run", enabled=wanted(args.quiet), unit="traj") as bar:
             for checked in plans:
@@ -301,6 +318,7 @@ def _run(args: argparse.Namespace) -> int:
                 if not args.quiet:
                     print(f"running {checked.task!r} ...", file=sys.stderr, flush=True)
                 (result,) = results_of(run_plan(checked, store, args.force, bar.advance, count))
+                results.append(result)
                 problems += [r for r in result.records if r.get("problem")]
                 print(result.table())
                 print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
@@ -310,6 +328,11 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     if args.json:
         print(f"results: {args.json}")
+    if not args.no_report:
+        from metarl_bench._src.html_report import write_report
+
+        page = write_report(results, args.out, source=args.json)
+        print(f"report:  {page} (figures in {args.out})")
     if problems:
         first = problems[0]
         raise UnsupportedError(
@@ -319,8 +342,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import os
-
     from metarl_bench._src.evaluate import load_results
     from metarl_bench._src.html_report import write_report
 

@@ -109,6 +109,14 @@ def check_work(steps: float, max_work: float | None, what: str, hint: str) -> No
                             f"{max_work:.3g} allowed; {hint}")
 
 
+def horizon_of(task: Any) -> int:
+    """Steps per trajectory to plan for: the horizon, or for tasks whose episodes end at a
+    random time (``horizon`` None) their ``planning_horizon`` (a typical padded length)."""
+    if task.horizon is not None:
+        return task.horizon
+    return int(getattr(task, "planning_horizon", 1))
+
+
 def _shape(task: Any) -> tuple[int, int, int]:
     """(parameters P, states S, actions A) of a task, with safe defaults for plug-ins."""
     n_params = math.prod(task.param_shape) if task.param_shape else 1
@@ -123,7 +131,7 @@ def bytes_per_row(task: Any, exact_value: bool, itemsize: int) -> float:
     n_params, n_states, _ = _shape(task)
     out = 8 * n_params
     if exact_value:
-        out += 3 * n_states * n_states + 4 * task.horizon * n_states + 4 * n_params
+        out += 3 * n_states * n_states + 4 * horizon_of(task) * n_states + 4 * n_params
     return itemsize * out
 
 
@@ -131,7 +139,7 @@ def bytes_per_trajectory(task: Any, itemsize: int) -> float:
     """One trajectory: states, actions, rewards, log-probabilities and returns per step, and
     the per-step sampling temporaries (a CDF row over actions or next states)."""
     _, n_states, n_actions = _shape(task)
-    return 8 * 8 * task.horizon + itemsize * 3 * max(n_states, n_actions)
+    return 8 * 8 * horizon_of(task) + itemsize * 3 * max(n_states, n_actions)
 
 
 def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtype) -> int:
@@ -183,7 +191,7 @@ def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
 def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
               truth_samples: int | None) -> float:
     """Trajectory steps one cell samples (its estimates and, if estimated, its truth)."""
-    steps = n_trials * task.n_tasks * (n_inner + (n_outer or 0)) * task.horizon
+    steps = n_trials * task.n_tasks * (n_inner + (n_outer or 0)) * horizon_of(task)
     if truth_samples is not None:
-        steps += truth_samples * task.n_tasks * n_inner * task.horizon
+        steps += truth_samples * task.n_tasks * n_inner * horizon_of(task)
     return float(steps)

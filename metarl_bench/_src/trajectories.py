@@ -19,12 +19,19 @@ class Trajectories:
     (R, N, T) long for finite state and action sets (tabular tasks), or
     (R, N, T, *shape) float for vectors (e.g. (R, N, T, 2) positions and moves). Every
     field has the three leading axes (R, N, T); the counts are read from ``rewards``.
+
+    ``mask`` bool (R, N, T) or None (every step happened): trajectories of different lengths
+    (episodes that end at a random time) are padded to the longest, ``mask`` True on the
+    steps that happened. A padded step has reward 0, state and action 0, and a task's
+    ``log_prob`` is 0 there, so it adds exactly zero to every sum an estimator forms
+    (returns, scores, DiCE's cumulative log-probabilities).
     """
 
     states: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     task_index: torch.Tensor
+    mask: torch.Tensor | None = None
 
     @property
     def observations(self) -> torch.Tensor:
@@ -45,7 +52,8 @@ class Trajectories:
 
     def rows(self, index: torch.Tensor | slice) -> "Trajectories":
         return Trajectories(self.states[index], self.actions[index], self.rewards[index],
-                            self.task_index[index])
+                            self.task_index[index],
+                            None if self.mask is None else self.mask[index])
 
     def one_per_row(self) -> "Trajectories":
         """Every trajectory as a row of its own: (R, N, T, ...) -> (R*N, 1, T, ...)."""
@@ -55,7 +63,8 @@ class Trajectories:
             return field.reshape(n_rows * n_traj, 1, horizon, *field.shape[3:])
 
         return Trajectories(split(self.states), split(self.actions), split(self.rewards),
-                            self.task_index.repeat_interleave(n_traj))
+                            self.task_index.repeat_interleave(n_traj),
+                            None if self.mask is None else split(self.mask))
 
 
 def discounts(gamma: float, horizon: int, like: torch.Tensor) -> torch.Tensor:

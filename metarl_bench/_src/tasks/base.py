@@ -23,15 +23,16 @@ class Task:
 
     Attributes: ``name``, ``policy``, ``param_shape`` (shape of theta, the policy's),
     ``n_tasks`` (size of the task distribution; the meta-objective averages over it),
-    ``horizon`` T, ``gamma``, ``has_model`` (exact V available), ``params`` (the constructor
-    arguments, for reports).
+    ``horizon`` T (None: episodes end at a random time and batches are padded, see
+    ``Trajectories.mask``), ``gamma`` (the discount estimators apply to sampled rewards),
+    ``has_model`` (exact V available), ``params`` (the constructor arguments, for reports).
     """
 
     name: str = "task"
     policy: Policy | None = None
     param_shape: tuple[int, ...] = ()
     n_tasks: int = 1
-    horizon: int = 1
+    horizon: int | None = 1
     gamma: float = 1.0
     has_model: bool = False
     params: dict[str, Any] = {}
@@ -49,12 +50,17 @@ class Task:
         raise NotImplementedError
 
     def log_prob(self, params: torch.Tensor, traj: Trajectories) -> torch.Tensor:
-        """log pi_theta(a_t|x_t) for each row's own parameters: (R, *P) -> (R, N, T)."""
+        """log pi_theta(a_t|x_t) for each row's own parameters: (R, *P) -> (R, N, T).
+
+        0 on the padded steps of ``traj.mask`` (after an episode ended), with no gradient, so
+        they add exactly nothing to any sum an estimator forms.
+        """
         if self.policy is None:
             raise NotImplementedError
         if params.shape[0] != traj.n_rows:
             raise ShapeError(f"params has {params.shape[0]} rows, trajectories have {traj.n_rows}")
-        return self.policy.log_prob(params, traj.states, traj.actions)
+        out = self.policy.log_prob(params, traj.states, traj.actions)
+        return out if traj.mask is None else out.masked_fill(~traj.mask, 0.0)
 
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         """Exact, differentiable V(theta) of each row in its task: (R, *P) -> (R,)."""
