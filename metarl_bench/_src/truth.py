@@ -263,5 +263,9 @@ def _multi_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_
 
 
 def _concatenate(parts: list[Trajectories]) -> Trajectories:
-    return Trajectories(**{f.name: torch.cat([getattr(t, f.name) for t in parts])
-                           for f in fields(Trajectories)})
+    """The rows of several Trajectories in one; an optional field (None) stays None."""
+    def joined(name: str) -> torch.Tensor | None:
+        values = [getattr(t, name) for t in parts]
+        return None if all(v is None for v in values) else torch.cat(values)
+
+    return Trajectories(**{f.name: joined(f.name) for f in fields(Trajectories)})
