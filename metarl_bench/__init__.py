@@ -12,6 +12,7 @@ from metarl_bench._src import estimators as _estimators
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
                                       ResourceError, ResultsFileError, ShapeError,
                                       UnknownNameError, UnsupportedError)
+from metarl_bench._src.estimators.common import batched as batched_estimator
 from metarl_bench._src.estimators.decomposition import decomposed
 from metarl_bench._src.evaluate import Result, evaluate, load_results
 from metarl_bench._src.policies import Policy, make_policy
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "Policy",
     "RegistrationError", "ResourceError", "Result", "ResultsFileError", "ShapeError", "Task",
-    "Trajectories", "UnknownNameError", "UnsupportedError", "decomposed",
+    "Trajectories", "UnknownNameError", "UnsupportedError", "batched_estimator", "decomposed",
     "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
     "register_estimator", "register_task",

@@ -1,6 +1,5 @@
-"""The benchmark suites follow the registries, and the asv tools read results correctly."""
+"""The benchmark suites follow the registries; asv is configured as numpy configures it."""
 
-import importlib.util
 import os
 import sys
 
@@ -14,14 +13,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from benchmarks import common  # noqa: E402
-
-
-def load_tool():
-    path = os.path.join(REPO, "benchmarks", "tools", "asv_history.py")
-    spec = importlib.util.spec_from_file_location("asv_history", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_registered_estimator_is_benchmarked():
@@ -50,20 +41,44 @@ def test_unsupported_cells_are_skipped_not_failed():
     assert common.Case("lsf", "bandit", 4).run(n_trials=3).shape == (3, 3)
 
 
-def test_asv_tool_classifies_and_compares_results():
-    tool = load_tool()
-    assert tool.kind_of("bench_estimators.Estimate.time_estimate") == "time"
-    assert tool.kind_of("bench_estimators.Allocation.track_allocated_bytes") == "memory"
-    assert tool.kind_of("bench_estimators.Statistics.track_variance") == "variance"
-    results = {
-        "result_columns": ["result", "params", "stats_ci_99_a", "stats_ci_99_b"],
-        "results": {"bench_estimators.Statistics.track_variance": [
-            [1.0, 2.0], [["'lsf'", "'maml'"], ["'bandit'"]], None, None]},
-    }
-    cells = tool.expand(results)
-    assert cells[("bench_estimators.Statistics.track_variance", ("'maml'", "'bandit'"))][
-        "value"] == 2.0
-    old, same, worse = {"value": 1.0, "ci": (None, None)}, {"value": 1.0, "ci": (None, None)}, \
-        {"value": 1.5, "ci": (None, None)}
-    assert tool.worse("variance", old, same, 1.1, 1e-12) is None
-    assert tool.worse("variance", old, worse, 1.1, 1e-12) == "1.50x"
+def test_asv_config_installs_each_commit_alone_into_a_pinned_environment():
+    """numpy's set-up: one virtualenv holding the pinned runtime dependencies, each commit
+    built with python -m build and installed --no-deps (torch is never reinstalled)."""
+    config = pytest.importorskip("asv.config")
+    tomllib = pytest.importorskip("tomllib")
+    conf = config.Config.load(os.path.join(REPO, "asv.conf.json"))
+    assert conf.environment_type == "virtualenv"
+    assert conf.build_command == ["python -m build --wheel -o {build_cache_dir} {build_dir}"]
+    assert all("--no-deps" in command for command in conf.install_command)
+    pinned = conf.matrix["req"]
+    assert pinned["torch"] == ["2.13.0"]
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as handle:
+        runtime = tomllib.load(handle)["project"]["dependencies"]
+    from packaging.requirements import Requirement
+
+    needed = {Requirement(text).name.lower() for text in runtime
+              if Requirement(text).marker is None or Requirement(text).marker.evaluate()}
+    pins = {Requirement(key).name.lower(): versions for key, versions in pinned.items()}
+    # --no-deps installs nothing a commit needs: every runtime dependency must be pinned
+    assert needed <= set(pins), f"add {sorted(needed - set(pins))} to asv.conf.json"
+    assert all(len(pins[name]) == 1 and pins[name][0] for name in needed)
+
+
+def test_the_asv_publish_plugin_runs_after_asvs_own_pages(tmp_path):
+    pytest.importorskip("asv")
+    from asv.publishing import OutputPublisher
+
+    from benchmarks.dashboard import asv_offline
+
+    assert issubclass(asv_offline.OfflineAssets, OutputPublisher)
+    others = [cls.order for cls in OutputPublisher.__subclasses__()
+              if cls is not asv_offline.OfflineAssets]
+    assert asv_offline.OfflineAssets.order > max(others, default=0)
+    # a page that references nothing external is left as it is
+    (tmp_path / "index.html").write_text('<script src="asv.js"></script>')
+
+    class Conf:
+        html_dir = str(tmp_path)
+
+    asv_offline.OfflineAssets.publish(Conf, None, None, None, None)
+    assert (tmp_path / "index.html").read_text() == '<script src="asv.js"></script>'

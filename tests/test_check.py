@@ -1,35 +1,83 @@
-"""metarl-bench check: the gates catch an injected regression and pass unchanged code."""
+"""metarl-bench check: the gates catch injected regressions and pass unchanged code.
+
+Nothing here asserts how fast anything is: the tests check the gate's verdicts. The time
+gate's tests run while two processes keep the machine's CPUs busy, because a time gate that
+only holds on a quiet machine fails unchanged code on shared CI runners.
+"""
 
 import copy
 import json
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 import metarl_bench as mb
-from metarl_bench._src.regression_gate import FAILING, compare, run_suite
 from metarl_bench._src.cli import main
+from metarl_bench._src.regression_gate import (FAILING, compare, current_tree,
+                                               measure, measure_statistics, read_suite)
 from metarl_bench._src.registry import ESTIMATORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = ["lsf", "unbiased", "fomaml"]
+#: Timed in the load tests: the two estimators the old gate misread under load (lsf
+#: "SLOWER" x4.84, unbiased "faster"), to keep the ten runs short.
+TIMED = ["lsf", "unbiased"]
+#: A busy process stops by itself when pytest is gone or after this many seconds, should the
+#: fixture's own clean-up never run (a killed pytest).
+BUSY_SECONDS = 1200
+BUSY = """
+import os, sys, time
+parent, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while os.getppid() == parent and time.monotonic() < end:
+    pass
+"""
 
 
 @pytest.fixture(scope="module")
-def baseline():
-    return run_suite(SUBSET, rounds=5, memory=False)
+def busy_machine():
+    """Two processes spinning on the CPU for the tests that use it; always stopped."""
+    spinners = [subprocess.Popen([sys.executable, "-c", BUSY, str(os.getpid()),
+                                  str(BUSY_SECONDS)]) for _ in range(2)]
+    try:
+        yield spinners
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def copied_tree(folder, extra_init=""):
+    """A copy of the working tree's package under ``folder``, ``extra_init`` appended to its
+    ``__init__.py`` (how a modified estimator is put into a tree measured in a subprocess)."""
+    shutil.copytree(os.path.join(current_tree(), "metarl_bench"),
+                    os.path.join(folder, "metarl_bench"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(os.path.join(folder, "metarl_bench", "__init__.py"), "a") as init:
+        init.write(textwrap.dedent(extra_init))
+    return str(folder)
 
 
 def failing(rows):
-    return [(r["estimator"], r["task"], r["n_inner"], r["metric"]) for r in rows
-            if r["verdict"] in FAILING]
+    return {(r["estimator"], r["task"], r["n_inner"], r["metric"]) for r in rows
+            if r["verdict"] in FAILING}
 
 
-def test_compare_verdicts_by_hand():
-    stat = dict(estimator="e", task="t", n_inner=4, bias=0.1, variance=1.0, mse=1.01,
-                bias_ci=[0.05, 0.15], variance_ci=[0.9, 1.1], mse_ci=[0.91, 1.11])
-    cost = dict(estimator="e", task="t", n_inner=4, seconds=1.0, peak_bytes=1000)
-    base = {"statistics": [stat], "costs": [cost]}
+def by_metric(rows, estimator, metric):
+    (row,) = [r for r in rows if r["estimator"] == estimator and r["metric"] == metric]
+    return row
+
+
+STAT = dict(estimator="e", task="t", n_inner=4, bias=0.1, variance=1.0, mse=1.01,
+            bias_ci=[0.05, 0.15], variance_ci=[0.9, 1.1], mse_ci=[0.91, 1.11])
+
+
+def test_compare_statistics_and_memory_by_hand():
+    base = {"statistics": [STAT],
+            "memory": [dict(estimator="e", task="t", n_inner=4, peak_bytes=1000)]}
     now = copy.deepcopy(base)
     assert {r["verdict"] for r in compare(base, now)} == {"same"}
     # variance +0.1: within 3 joint standard errors (0.051 each) -> same; +0.3 -> worse
@@ -37,18 +85,45 @@ def test_compare_verdicts_by_hand():
     assert {r["metric"]: r["verdict"] for r in compare(base, now)}["variance"] == "same"
     now["statistics"][0]["variance"] = 1.3
     assert {r["metric"]: r["verdict"] for r in compare(base, now)}["variance"] == "worse"
-    now["costs"][0].update(seconds=1.9, peak_bytes=2500)
-    verdicts = {r["metric"]: r["verdict"] for r in compare(base, now)}
-    assert verdicts["seconds"] == "same" and verdicts["peak_bytes"] == "larger"
-    now["costs"][0]["seconds"] = 2.0
-    assert {r["metric"]: r["verdict"] for r in compare(base, now)}["seconds"] == "slower"
+    now["memory"][0]["peak_bytes"] = 1999
+    assert {r["metric"]: r["verdict"] for r in compare(base, now)}["peak_bytes"] == "same"
+    now["memory"][0]["peak_bytes"] = 2000
+    assert {r["metric"]: r["verdict"] for r in compare(base, now)}["peak_bytes"] == "larger"
     del now["statistics"][0]
     assert {r["verdict"] for r in compare(base, now) if r["metric"] == "bias"} == {"gone"}
 
 
+def test_time_gate_uses_the_median_of_per_round_ratios_and_only_when_interleaved():
+    def suite(seconds, run_id):
+        return {"run_id": run_id, "times": [dict(estimator="e", task="t", n_inner=4,
+                                                 seconds=seconds, cpu_seconds=seconds)]}
+
+    # the machine got three times busier after round 2: both sides' medians moved apart
+    # (1 vs 3), but every round's ratio says 1.0
+    base = suite([1.0, 1.0, 3.0, 3.0, 3.0], "run")
+    now = suite([1.1, 0.9, 3.0, 3.3, 2.7], "run")
+    row = by_metric(compare(base, now), "e", "seconds")
+    assert row["ratio"] == pytest.approx(1.0) and row["verdict"] == "same"
+    # one slow outlier round does not fail; a 2x slowdown in most rounds does
+    now["times"][0]["seconds"] = [5.0, 1.0, 3.0, 3.0, 3.0]
+    assert by_metric(compare(base, now), "e", "seconds")["verdict"] == "same"
+    now["times"][0]["seconds"] = [2.0, 2.0, 6.0, 6.0, 3.0]
+    row = by_metric(compare(base, now), "e", "seconds")
+    assert row["ratio"] == 2.0 and row["verdict"] == "slower"
+    # an estimator only one tree can time
+    gone = copy.deepcopy(base)
+    gone["times"].append(dict(estimator="old", task="t", n_inner=4, seconds=[], cpu_seconds=[]))
+    assert by_metric(compare(gone, now), "old", "seconds")["verdict"] == "gone"
+    assert by_metric(compare(now, gone), "old", "seconds")["verdict"] == "new"
+    # not measured together (e.g. a saved file): shown, never gated
+    now["run_id"] = "another run"
+    now["times"][0]["seconds"] = [10.0] * 5
+    row = by_metric(compare(base, now), "e", "seconds")
+    assert row["verdict"] == "-" and row["ratio"] == pytest.approx(10 / 3)
+
+
 def test_exact_statistics_fail_on_any_real_change():
-    stat = dict(estimator="e", task="t", n_inner=4, bias=0.1, variance=1.0, mse=1.01,
-                bias_ci=[0.1, 0.1], variance_ci=[1.0, 1.0], mse_ci=[1.01, 1.01])
+    stat = dict(STAT, bias_ci=[0.1, 0.1], variance_ci=[1.0, 1.0], mse_ci=[1.01, 1.01])
     now = copy.deepcopy(stat)
     now.update(variance=1.0 + 1e-12)  # floating-point noise passes
     assert not failing(compare({"statistics": [stat]}, {"statistics": [now]}))
@@ -56,7 +131,8 @@ def test_exact_statistics_fail_on_any_real_change():
     assert failing(compare({"statistics": [stat]}, {"statistics": [now]}))
 
 
-def test_an_injected_variance_bug_fails_the_check(baseline):
+def test_an_injected_variance_bug_fails_the_check():
+    baseline = {"statistics": measure_statistics(SUBSET)}
     lsf = mb.estimator_spec("lsf")
 
     def noisier_lsf(task, theta, **kwargs):
@@ -65,7 +141,7 @@ def test_an_injected_variance_bug_fails_the_check(baseline):
 
     mb.register_estimator("lsf", noisier_lsf, overwrite=True)
     try:
-        rows = compare(baseline, run_suite(SUBSET, rounds=3, memory=False))
+        rows = compare(baseline, {"statistics": measure_statistics(SUBSET)})
     finally:
         ESTIMATORS["lsf"] = lsf
     failed = failing(rows)
@@ -73,22 +149,80 @@ def test_an_injected_variance_bug_fails_the_check(baseline):
     assert {name for name, *_ in failed} == {"lsf"}
 
 
-def test_unchanged_code_passes_ten_runs_out_of_ten(baseline):
+def test_unchanged_code_passes_ten_runs_out_of_ten_on_a_busy_machine(busy_machine, tmp_path):
+    """The gate ten times (default rounds and threads) with two CPU-bound processes
+    competing for the machine's cores. Statistics and memory are deterministic, so load
+    cannot move them: the first run includes them, the other nine time only."""
+    baseline = copied_tree(tmp_path)
+    ratios = []
     for run in range(10):
-        rows = compare(baseline, run_suite(SUBSET, rounds=5, memory=False))
+        assert all(spinner.poll() is None for spinner in busy_machine)
+        rows = compare(*measure([baseline, current_tree()], TIMED, memory=run == 0,
+                                statistics=run == 0))
+        assert {r["metric"] for r in rows} >= {"seconds", "cpu_seconds"}
         assert not failing(rows), (run, failing(rows))
+        ratios.append({r["estimator"]: round(r["ratio"], 2) for r in rows
+                       if r["metric"] == "seconds"})
+    print("per-run median time ratios, unchanged code, busy machine:", ratios)
+
+
+def test_a_three_times_slower_estimator_fails_the_time_gate(busy_machine, tmp_path):
+    # lsf computes its estimate three times, from the same generator state each time:
+    # the same numbers, three times the work, so only the time rows may fail
+    slow = copied_tree(tmp_path, """
+        def _three_times(fn):
+            def slow(task, theta, *, generator=None, **kwargs):
+                state = None if generator is None else generator.get_state()
+                for _ in range(3):
+                    if state is not None:
+                        generator.set_state(state)
+                    estimate = fn(task, theta, generator=generator, **kwargs)
+                return estimate
+            return slow
+
+
+        _spec = estimator_spec("lsf")
+        register_estimator("lsf", _three_times(_spec.fn), from_samples=_spec.from_samples,
+                           reference=_spec.reference, needs_model=_spec.needs_model,
+                           count_determined=_spec.count_determined, overwrite=True)
+    """)
+    rows = compare(*measure([current_tree(), slow], TIMED, memory=False))
+    assert failing(rows) == {("lsf", "tabular", 32, "seconds"),
+                             ("lsf", "tabular", 32, "cpu_seconds")}
+    print("3x slower lsf: median time ratio",
+          round(by_metric(rows, "lsf", "seconds")["ratio"], 2), "(wall),",
+          round(by_metric(rows, "lsf", "cpu_seconds")["ratio"], 2), "(CPU)")
 
 
 def test_cli_check_against_a_revision_and_a_saved_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     saved = tmp_path / "suite.json"
     assert main(["check", "--baseline", "HEAD", "--estimators", "lsf,fomaml", "--rounds", "2",
-                 "--save", str(saved)]) == 0
+                 "--threads", "2", "--save", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "no regression" in out and "estimator" in out and "verdict" in out
-    assert json.loads(saved.read_text())["suite_version"] == 1
+    assert "interleaved" in out and "threads = 2" in out and "load average" in out
+    suite = json.loads(saved.read_text())
+    assert suite["suite_version"] == 2 and suite["threads"] == 2
+    assert {m["estimator"] for m in suite["memory"]} == {"lsf", "fomaml"}
+    assert all(m["peak_bytes"] > 0 for m in suite["memory"])
     assert main(["check", "--baseline", str(saved), "--estimators", "lsf,fomaml",
                  "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT GATED" in out and "no regression" in out
+
+
+def test_a_version_1_suite_file_still_gates_statistics_and_memory(tmp_path):
+    old = {"suite_version": 1, "statistics": [STAT],
+           "costs": [dict(estimator="e", task="t", n_inner=4, seconds=0.5, peak_bytes=1000)]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    base = read_suite(str(tmp_path / "old.json"))
+    now = {"run_id": "x", "statistics": [dict(STAT, variance=1.3)],
+           "memory": [dict(estimator="e", task="t", n_inner=4, peak_bytes=3000)],
+           "times": [dict(estimator="e", task="t", n_inner=4, seconds=[9.0], cpu_seconds=[9.0])]}
+    verdicts = {r["metric"]: r["verdict"] for r in compare(base, now)}
+    assert verdicts["variance"] == "worse" and verdicts["peak_bytes"] == "larger"
+    assert verdicts["seconds"] == "-"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -102,3 +236,11 @@ def test_cli_check_bad_input(argv, message, monkeypatch, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_cli_check_rejects_a_thread_count_below_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--baseline", "HEAD", "--threads", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "expected a positive integer" in err
+    assert err.count("\n") == 1

@@ -424,7 +424,13 @@ def pick_benchmark(html_dir: Path) -> str:
     names = sorted(index.get("benchmarks", {}))
     if not names:
         raise CheckError(f"{html_dir / 'index.json'} lists no benchmarks; run 'asv run' first")
-    return names[0]
+    # after runs of a subset, the first benchmark may have no results and its page would
+    # only say "No data": take the first that has a graph
+    drawn = {p.stem for p in (html_dir / "graphs").rglob("*.json") if p.parent.name != "summary"}
+    with_data = [name for name in names if name in drawn]
+    if not with_data:
+        raise CheckError(f"no benchmark in {html_dir} has results; run 'asv run' first")
+    return with_data[0]
 
 
 def check(html_dir: Path, bench: str | None, chromium: str, screenshot: Path,
@@ -544,7 +550,8 @@ def check(html_dir: Path, bench: str | None, chromium: str, screenshot: Path,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("html_dir", type=Path, help="published asv html directory")
-    ap.add_argument("--bench", help="benchmark whose graph page to open (default: first in index.json)")
+    ap.add_argument("--bench", help="benchmark whose graph page to open (default: the first in index.json "
+                         "that has results)")
     ap.add_argument("--screenshot", type=Path,
                     help="where to write the PNG (default: a new temporary directory)")
     ap.add_argument("--chromium", help="browser executable (default: first of %s on PATH)" % ", ".join(CHROMIUM_NAMES))

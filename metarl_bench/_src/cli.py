@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every estimator on a fixed seeded grid, here and in a baseline "
                     "(a git revision or a suite JSON saved with --save), and fail on a "
                     "regression: bias/variance/MSE worse beyond their confidence intervals, "
-                    "or time/memory beyond --factor.")
+                    "or time/memory beyond --factor. Against a revision, the two trees are "
+                    "timed in turn, round by round, so machine load affects both alike; "
+                    "against a saved file, times are shown but not gated.")
     check.add_argument("--baseline", metavar="REV|FILE",
                        help="git revision (e.g. HEAD~1, main) or suite JSON file")
     check.add_argument("--save", metavar="PATH", help="also save this tree's suite as JSON")
@@ -194,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="subset, as for run: NAME or NAME:KEY=VALUE,... entries "
                             "(default: all registered)")
     check.add_argument("--rounds", type=_positive_int, default=5,
-                       help="timed rounds per estimator; the median is compared (default: 5)")
+                       help="interleaved timed rounds per estimator; the median of the "
+                            "per-round ratios is compared (default: 5)")
+    check.add_argument("--threads", type=_positive_int, default=1,
+                       help="torch intra-op threads while measuring (default: 1)")
     check.add_argument("--factor", type=_float, default=2.0,
                        help="time/memory ratio that fails (default: 2.0)")
     check.add_argument("--z", type=_float, default=3.0,
@@ -238,9 +243,9 @@ def _check(args: argparse.Namespace) -> int:
                   if args.estimators else None)
     from metarl_bench._src.progress import wanted
 
-    return run_check(args.baseline, estimators=estimators, rounds=args.rounds, z=args.z,
-                     factor=args.factor, save=args.save, show_all=args.all,
-                     progress=wanted(args.quiet))
+    return run_check(args.baseline, estimators=estimators, rounds=args.rounds,
+                     threads=args.threads, z=args.z, factor=args.factor, save=args.save,
+                     show_all=args.all, progress=wanted(args.quiet))
 
 
 def _estimator_entries(text: str) -> list[Any]:

@@ -310,7 +310,7 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
                      n_trials=config["n_trials"], truth_samples=n_truth)
         exact_stats = config["exact"] and supports_exact_moments(
             task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"],
-            config.get("n_steps", 1))
+            config.get("options"), config.get("n_steps", 1))
         needed, driver = resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
                                                dtype=getattr(torch, config["dtype"]),
                                                bootstrap=not exact_stats)
@@ -328,8 +328,11 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
 
 
 def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) -> float:
+    # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
     inner = config["n_inner"] * config.get("n_steps", 1)
-    own = config["n_trials"] * task.n_tasks * (inner + (config["n_outer"] or 0))
+    per_task = estimator_spec(config["estimator"]).trajectories_per_task(
+        config["n_inner"], config["n_outer"], config.get("options")) + inner - config["n_inner"]
+    own = config["n_trials"] * task.n_tasks * per_task
     return own + (n_truth or 0) * task.n_tasks * inner
 
 
@@ -501,8 +504,9 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
     # bounded; the chunk depends on the configuration alone and the generator runs on, so
     # results do not depend on the machine
     per_chunk = resources.chunk_trials(task, n * n_steps, n_outer, theta.dtype)
-    extra = getattr(spec.fn, "extra_trajectories", lambda n_inner, options: 0)(n, options)
-    trajectories = task.n_tasks * (n * n_steps + extra + (n_outer or 0))
+    # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
+    trajectories = task.n_tasks * (spec.trajectories_per_task(n, n_outer, options)
+                                   + n * (n_steps - 1))
     parts = []
     start = time.perf_counter()
     for lo in range(0, n_trials, per_chunk):
@@ -539,7 +543,8 @@ def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, An
     if problem is None:
         n = config["n_inner"]
         n_steps = config.get("n_steps", 1)
-        if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"], n_steps):
+        if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"],
+                                                      options, n_steps):
             moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=config["inner_lr"],
                                     truth=truth.reference, n_steps=n_steps, **options)
             stats = summarize_exact(moments.mean, moments.covariance, truth.reference,

@@ -10,6 +10,7 @@ factory is imported only when the task is made. Entry-point group ``metarl_bench
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -42,7 +43,14 @@ class EstimatorSpec:
     moments by enumeration and by the per-trial reference); ``reference``: its slow,
     obviously-correct twin with the from-samples signature; ``needs_model``: it needs the
     exact V of the task; ``count_determined``: with exact outer its value depends on the
-    inner samples only through their multiset (so bandit moments can be enumerated).
+    inner samples only through their multiset (so bandit moments can be enumerated); a
+    function of the call's options where that depends on them (a noisy critic is random
+    beyond the samples).
+
+    What the estimator claims, checked by ``metarl_bench.testing.check_estimator``:
+    ``bias`` against grad F_N is ``"zero"`` (exactly unbiased), ``"vanishing"`` (tends to
+    zero as N grows), ``"persistent"`` (stays as N grows, by design) or None (not stated);
+    ``deterministic``: the same value whatever the seed (no sampling).
     """
 
     name: str
@@ -50,8 +58,24 @@ class EstimatorSpec:
     from_samples: Callable[..., torch.Tensor] | None = None
     reference: Callable[..., torch.Tensor] | None = None
     needs_model: bool = False
-    count_determined: bool = False
+    count_determined: bool | Callable[[dict[str, Any]], bool] = False
     options: tuple[str, ...] = field(default=())
+    trajectories: Callable[[int, int | None, dict[str, Any]], int] | None = None
+
+    def trajectories_per_task(self, n_inner: int, n_outer: int | None,
+                              options: dict[str, Any] | None = None) -> int:
+        """Trajectories one estimate samples in each task: N + M unless ``trajectories`` says."""
+        if self.trajectories is not None:
+            return int(self.trajectories(n_inner, n_outer, dict(options or {})))
+        return n_inner + (n_outer or 0)
+
+    def is_count_determined(self, options: dict[str, Any] | None = None) -> bool:
+        """Whether, with these options, the value depends on the inner samples' counts alone."""
+        if callable(self.count_determined):
+            return bool(self.count_determined(dict(options or {})))
+        return bool(self.count_determined)
+    bias: str | None = None
+    deterministic: bool = False
 
     @property
     def summary(self) -> str:
@@ -85,6 +109,10 @@ class TaskSpec:
         return doc.splitlines()[0] if doc else ""
 
 
+#: The keywords every registered estimator is called with (task and theta positionally).
+COMMON_KEYWORDS = ("n_inner", "inner_lr", "n_trials", "n_outer", "generator")
+BIAS_CLAIMS = ("zero", "vanishing", "persistent")
+
 ESTIMATORS: dict[str, EstimatorSpec] = {}
 TASKS: dict[str, TaskSpec] = {}
 _plugins_loaded = False
@@ -110,10 +138,66 @@ def keyword_options(fn: Callable[..., Any], *, from_samples_form: bool = True
                  if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in base)
 
 
+def signature_problems(fn: Callable[..., Any]) -> list[str]:
+    """Why ``fn`` cannot be called as ``fn(task, theta, n_inner=..., inner_lr=...,
+    n_trials=..., n_outer=..., generator=...)``; empty when it can (or has no signature)."""
+    kind = inspect.Parameter
+    try:
+        # the wrapper's own signature is what gets called (batched() wraps a from-samples
+        # form with another signature); a pass-through (*args, **kwargs) wrapper defers to
+        # the function it wraps
+        parameters = list(inspect.signature(fn, follow_wrapped=False).parameters.values())
+        if all(p.kind in (kind.VAR_POSITIONAL, kind.VAR_KEYWORD) for p in parameters) and \
+                hasattr(fn, "__wrapped__"):
+            parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+        return []
+    positional = [p for p in parameters
+                  if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)]
+    var_positional = any(p.kind is kind.VAR_POSITIONAL for p in parameters)
+    var_keyword = any(p.kind is kind.VAR_KEYWORD for p in parameters)
+    problems = []
+    if len(positional) < 2 and not var_positional:
+        problems.append(f"it takes {len(positional)} positional argument(s), but is called "
+                        f"as fn(task, theta, ...): accept task and theta first")
+    keywords = {p.name for p in parameters
+                if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)}
+    missing = [k for k in COMMON_KEYWORDS if k not in keywords and not var_keyword]
+    if missing:
+        problems.append(f"it does not accept the keyword(s) {', '.join(missing)}")
+    # beyond task and theta (the first two positional), everything must have a default
+    required = [p.name for p in parameters[2:] + [p for p in parameters[:2]
+                                                  if p.kind is kind.KEYWORD_ONLY]
+                if p.default is kind.empty and p.name not in COMMON_KEYWORDS
+                and p.kind not in (kind.VAR_POSITIONAL, kind.VAR_KEYWORD)]
+    if required:
+        problems.append(f"it requires {', '.join(required)}, which callers never pass: give "
+                        f"{'it' if len(required) == 1 else 'them'} a default")
+    return problems
+
+
+def _check_signature(name: str, fn: Callable[..., Any]) -> None:
+    problems = signature_problems(fn)
+    if problems:
+        raise RegistrationError(
+            f"estimator {name!r} cannot be registered: {'; '.join(problems)}. Every estimator "
+            f"is called as fn(task, theta, *, n_inner, inner_lr, n_trials, n_outer=None, "
+            f"generator=None, **options)")
+
+
+def _check_bias_claim(name: str, bias: Any) -> None:
+    if bias is not None and bias not in BIAS_CLAIMS:
+        raise RegistrationError(f"estimator {name!r}: bias must be one of "
+                                f"{', '.join(map(repr, BIAS_CLAIMS))} or None, got {bias!r}")
+
+
 def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None, *,
                        from_samples: Callable[..., torch.Tensor] | None = None,
                        reference: Callable[..., torch.Tensor] | None = None,
-                       needs_model: bool = False, count_determined: bool = False,
+                       needs_model: bool = False,
+                       count_determined: bool | Callable[[dict[str, Any]], bool] = False,
+                       trajectories: Callable[[int, int | None, dict[str, Any]], int] | None = None,
+                       bias: str | None = None, deterministic: bool = False,
                        overwrite: bool = False):
     """Register an estimator under ``name``; usable as a decorator when ``fn`` is omitted.
 
@@ -122,15 +206,21 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
     ...                  generator=None):
     ...     ...
 
+    ``trajectories(n_inner, n_outer, options)``: the trajectories one estimate samples per
+    task, where that is not N + M (e.g. zero-order estimators sampling at several points).
     ``overwrite=True`` replaces an existing entry; otherwise a second registration of the
-    same name raises :class:`RegistrationError`.
+    same name raises :class:`RegistrationError`, as does a function that cannot be called
+    with the common keywords. ``bias`` and ``deterministic`` state what the estimator
+    claims (see :class:`EstimatorSpec`); ``metarl_bench.testing.check_estimator`` checks it.
     """
     if not isinstance(name, str) or not name:
         raise RegistrationError(f"estimator name must be a non-empty string, got {name!r}")
+    _check_bias_claim(name, bias)
 
     def add(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if not callable(function):
             raise RegistrationError(f"estimator {name!r} must be callable, got {function!r}")
+        _check_signature(name, function)
         if name in ESTIMATORS and not overwrite:
             raise RegistrationError(
                 f"estimator {name!r} is already registered; pass overwrite=True to replace it")
@@ -138,7 +228,8 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
             name=name, fn=function, from_samples=from_samples, reference=reference,
             needs_model=needs_model, count_determined=count_determined,
             options=(keyword_options(from_samples) if from_samples is not None
-                     else keyword_options(function, from_samples_form=False)))
+                     else keyword_options(function, from_samples_form=False)),
+            trajectories=trajectories, bias=bias, deterministic=deterministic)
         return function
 
     return add if fn is None else add(fn)
@@ -176,7 +267,12 @@ def _load_plugins() -> None:
                 continue
             if group == "metarl_bench.estimators":
                 if isinstance(loaded, EstimatorSpec):
-                    ESTIMATORS[entry.name] = loaded
+                    _check_signature(entry.name, loaded.fn)
+                    _check_bias_claim(entry.name, loaded.bias)
+                    ESTIMATORS[entry.name] = dataclasses.replace(
+                        loaded, name=entry.name,
+                        options=loaded.options or keyword_options(loaded.from_samples
+                                                                  or loaded.fn))
                 else:
                     register_estimator(entry.name, loaded)
             else:

@@ -1,24 +1,36 @@
 """``metarl-bench check``: the working tree against a baseline, in one job.
 
-The suite (``run_suite``) measures every registered estimator on a fixed, seeded grid:
-statistics (bias, variance, MSE with their intervals; exact moments on the bandit, seeded
-Monte Carlo on a small MDP), the median wall time of several rounds, and the peak bytes of
-one call (memray, when installed). It uses only the public API, so the same file measures a
-baseline commit: it is run as a script with the baseline's package first on the path.
+The suite measures every registered estimator on a fixed, seeded grid, each tree in its own
+worker process (this file run as a script with that tree's package first on the path; it
+uses only the public API, so it also measures old revisions):
 
-Gates (``compare``):
-* statistics fail when the new value exceeds the baseline by more than ``z`` joint standard
-  errors (from the two intervals) plus a relative 1e-9 for floating-point noise; equal seeds
-  make unchanged code reproduce its numbers bit for bit, so the gate can be this tight;
-* time and memory fail only at ``factor`` (default 2) times the baseline or more.
+* statistics: bias, variance, MSE with their 95% intervals (exact moments on the bandit,
+  seeded Monte Carlo on a small MDP). Deterministic: equal seeds make unchanged code
+  reproduce its numbers bit for bit, so the gate is tight: a value fails when it exceeds
+  the baseline by more than ``z`` joint standard errors (from the two intervals) plus a
+  relative 1e-9 for floating-point noise.
+* peak bytes of one call under memray. Deterministic too (the same code makes the same
+  allocations whatever the machine is doing), so the two trees are compared directly;
+  it fails at ``factor`` times the baseline.
+* time: wall and CPU seconds of one call, with torch's intra-op threads pinned. Load on a
+  shared machine changes from second to second, so the two trees are never timed minutes
+  apart: both workers stay alive and the parent alternates between them call by call
+  (baseline, now, now, baseline, ...), and the gate is the median over rounds of the
+  per-round ratio now / baseline. A load change between rounds moves both sides of a
+  ratio alike. It fails at ``factor`` times the baseline.
 
-This module imports nothing from metarl_bench at the top: as a script it must run against
-an old tree whose internals may differ.
+A baseline saved to JSON (``--save``) keeps statistics and memory comparable, but its times
+were measured at another moment under another load, so against a file the time rows are
+shown and never gated.
+
+The worker part (``_Suite``, ``_serve``) imports nothing from metarl_bench's internals: as
+a script it must run against an old tree whose internals may differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -28,9 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable
+import uuid
+from typing import Any, Iterable
 
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 STAT_METRICS = ("bias", "variance", "mse")
 #: name -> (task id, parameters, inner step size, truth, trials). Append only.
 CHECK_TASKS = {
@@ -41,67 +54,94 @@ CHECK_TASKS = {
 }
 CHECK_N = (4, 32)
 TIMING = ("tabular", 32, 2000)  # (task, N, trials) of the timed and memory-measured call
+#: One timed sample repeats the call until it lasts about this long, so that a sample is
+#: long against the scheduler's time slices and the timer's resolution.
+MIN_SAMPLE_SECONDS = 0.1
+MAX_CALLS_PER_SAMPLE = 50
+TIME_METRICS = ("seconds", "cpu_seconds")
+FAILING = ("worse", "slower", "larger")
 
 
-def run_suite(estimators: Iterable[str] | None = None, rounds: int = 5,
-              memory: bool = True,
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Measure the suite on the importable metarl_bench; plain data, JSON-ready.
+# -- measured inside a worker: public API only ---------------------------------------------
 
-    ``progress(done, total)`` is called after each estimator."""
-    import torch
 
-    import metarl_bench as mb
+class _Suite:
+    """The seeded grid on the importable metarl_bench."""
 
-    unsupported = getattr(mb, "UnsupportedError", NotImplementedError)
-    names = list(estimators) if estimators is not None else mb.list_estimators()
-    out: dict[str, Any] = {"suite_version": SUITE_VERSION, "package": mb.__file__,
-                           "statistics": [], "costs": []}
-    tasks = {key: (mb.make_task(task_id, **params), lr, truth, trials)
-             for key, (task_id, params, lr, truth, trials) in CHECK_TASKS.items()}
-    for done, name in enumerate(names):
-        if progress is not None:
-            progress(done, len(names))
-        for key, (task, inner_lr, truth, trials) in tasks.items():
-            options = {name: {"truth": truth}} if name == "exact" else None
-            try:
-                # an entry with options (NAME:KEY=VALUE,...) needs a tree that reads them
-                result = mb.evaluate(task, [name], n_inner=list(CHECK_N), n_trials=trials,
-                                     inner_lr=inner_lr, truth=truth, seed=0, options=options)
-            except unsupported:
-                continue
-            for record in result.records:
-                out["statistics"].append({
-                    "estimator": name, "task": key, "n_inner": record["n_inner"],
-                    **{m: record[m] for m in STAT_METRICS},
-                    **{f"{m}_ci": record[f"{m}_ci"] for m in STAT_METRICS}})
+    def __init__(self, estimators: Iterable[str] | None = None):
+        import torch
+
+        import metarl_bench as mb
+
+        self.torch, self.mb = torch, mb
+        self.unsupported = getattr(mb, "UnsupportedError", NotImplementedError)
+        registered = mb.list_estimators()
+        # a name the measured tree lacks is reported as new/gone by the comparison; an entry
+        # with options (NAME:KEY=VALUE,...) counts by its name
+        self.names = ([n for n in estimators if n.partition(":")[0] in registered]
+                      if estimators else registered)
+        self.tasks = {key: (mb.make_task(task_id, **params), lr, truth, trials)
+                      for key, (task_id, params, lr, truth, trials) in CHECK_TASKS.items()}
+        self.timed: list[str] = []
+
+    def statistics(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.names:
+            for key, (task, inner_lr, truth, trials) in self.tasks.items():
+                options = {name: {"truth": truth}} if name == "exact" else None
+                try:
+                    result = self.mb.evaluate(task, [name], n_inner=list(CHECK_N),
+                                              n_trials=trials, inner_lr=inner_lr, truth=truth,
+                                              seed=0, options=options)
+                except self.unsupported:
+                    continue
+                for record in result.records:
+                    rows.append({"estimator": name, "task": key, "n_inner": record["n_inner"],
+                                 **{m: record[m] for m in STAT_METRICS},
+                                 **{f"{m}_ci": record[f"{m}_ci"] for m in STAT_METRICS}})
+        return rows
+
+    def _call(self, name: str) -> Any:
         task_key, n_inner, trials = TIMING
-        task, inner_lr, _, _ = tasks[task_key]
+        task, inner_lr, _, _ = self.tasks[task_key]
         theta = task.initial_params()
-        if ":" in name:
+        if ":" in name:  # an entry with options needs a tree that reads them
             from metarl_bench._src.estimator_entries import resolve
             entry = resolve(name)
-            fn, call_options = entry.spec.fn, entry.options
+            fn, options = entry.spec.fn, entry.options
         else:
-            fn, call_options = mb.get_estimator(name), {}
-        call = lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr,  # noqa: E731
-                          n_trials=trials, generator=torch.Generator().manual_seed(0),
-                          **call_options)
-        try:
-            call()  # warm-up, and skips what the timing task does not support
-        except unsupported:
-            continue
-        seconds = []
-        for _ in range(rounds):
-            start = time.perf_counter()
+            fn, options = self.mb.get_estimator(name), {}
+        return lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=trials,
+                          generator=self.torch.Generator().manual_seed(0), **options)
+
+    def prepare(self) -> list[str]:
+        """Warm every estimator up on the timing call; the names that support it."""
+        self.timed = []
+        for name in self.names:
+            try:
+                self._call(name)()  # lazy imports and caches are not the call's own cost
+            except self.unsupported:
+                continue
+            self.timed.append(name)
+        return self.timed
+
+    def time(self, name: str, calls: int) -> tuple[float, float]:
+        """Wall and CPU seconds per call, over ``calls`` back-to-back calls."""
+        call = self._call(name)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(calls):
             call()
-            seconds.append(time.perf_counter() - start)
-        out["costs"].append({"estimator": name, "task": task_key, "n_inner": n_inner,
-                             "seconds": statistics.median(seconds),
-                             "peak_bytes": _peak_bytes(call) if memory else None})
-    if progress is not None:
-        progress(len(names), len(names))
-    return out
+        return ((time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls)
+
+    def memory(self) -> list[dict[str, Any]]:
+        task_key, n_inner, _ = TIMING
+        return [{"estimator": name, "task": task_key, "n_inner": n_inner,
+                 "peak_bytes": _peak_bytes(self._call(name))} for name in self.timed]
+
+
+def measure_statistics(estimators: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The statistics of the suite on the metarl_bench imported here, in this process."""
+    return _Suite(estimators).statistics()
 
 
 def _peak_bytes(call: Any) -> int | None:
@@ -121,10 +161,206 @@ def _peak_bytes(call: Any) -> int | None:
         return int(memray.FileReader(path).metadata.peak_memory)
 
 
+def _serve(reply_fd: int, threads: int, estimators: list[str] | None) -> int:
+    """Answer the parent's requests, one JSON line each way, until stdin closes.
+
+    Replies go through their own pipe: whatever the measured package prints cannot
+    corrupt them.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    replies = os.fdopen(reply_fd, "w")
+
+    def reply(**message: Any) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    import metarl_bench
+
+    suite = _Suite(estimators)
+    reply(ok={"package": metarl_bench.__file__, "names": suite.names,
+              "threads": torch.get_num_threads()})
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["op"] == "time":
+                reply(ok=suite.time(request["name"], request["calls"]))
+            else:
+                reply(ok=getattr(suite, request["op"])())
+        except Exception as exc:  # reported by the parent as the tree's failure
+            reply(error=f"{type(exc).__name__}: {exc}")
+    return 0
+
+
+# -- the parent --------------------------------------------------------------------------
+
+
+class _Worker:
+    """One tree's measuring process."""
+
+    def __init__(self, tree: str, estimators: list[str] | None, threads: int, scratch: str):
+        from metarl_bench._src.errors import MetaRLBenchError
+
+        self.tree, self.error = tree, MetaRLBenchError
+        self.names: list[str] = []
+        self.threads = threads
+        # a copy of this file, alone in its folder (the script's folder comes first on
+        # sys.path, and must hold nothing that could shadow a module of the measured tree)
+        folder = tempfile.mkdtemp(dir=scratch)
+        script = shutil.copy(os.path.abspath(__file__), os.path.join(folder, "check_suite.py"))
+        self.log_path = os.path.join(folder, "worker.log")
+        read_end, write_end = os.pipe()
+        command = [sys.executable, script, "--reply-fd", str(write_end),
+                   "--threads", str(threads)]
+        if estimators:  # JSON: an entry's options hold commas
+            command += ["--estimators-json", json.dumps(list(estimators))]
+        thread_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        env = dict(os.environ, **thread_env, PYTHONPATH=os.pathsep.join(
+            [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.PIPE,
+                                            stdout=log, stderr=subprocess.STDOUT, text=True,
+                                            pass_fds=(write_end,))
+        os.close(write_end)
+        self.replies = os.fdopen(read_end)
+
+    def handshake(self) -> None:
+        """Wait until the worker has imported its tree, and check that it is that tree."""
+        hello = self.receive()
+        expected = os.path.realpath(os.path.join(self.tree, "metarl_bench"))
+        if not os.path.realpath(hello["package"]).startswith(expected):
+            raise self.error(f"measured {hello['package']}, not the tree {self.tree}")
+        self.names, self.threads = hello["names"], hello["threads"]
+
+    def send(self, op: str, **arguments: Any) -> None:
+        self.process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        self.process.stdin.flush()
+
+    def receive(self) -> Any:
+        line = self.replies.readline()
+        if not line:
+            self.process.wait()
+            with open(self.log_path) as log:
+                last = (log.read().strip().splitlines() or ["(no output)"])[-1]
+            raise self.error(f"the check suite failed on {self.tree}: {last}")
+        message = json.loads(line)
+        if "error" in message:
+            raise self.error(f"the check suite failed on {self.tree}: {message['error']}")
+        return message["ok"]
+
+    def request(self, op: str, **arguments: Any) -> Any:
+        self.send(op, **arguments)
+        return self.receive()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.replies.close()
+
+
+def _both(workers: list[_Worker], op: str) -> list[Any]:
+    """The same request to every worker at once: for deterministic measures only."""
+    for worker in workers:
+        worker.send(op)
+    return [worker.receive() for worker in workers]
+
+
+def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: int = 5,
+            threads: int = 1, memory: bool = True, statistics: bool = True,
+            progress: Any = None) -> list[dict[str, Any]]:
+    """Measure one tree, or a baseline tree and a working tree with interleaved timing.
+
+    Returns one suite per tree (plain data, JSON-ready). With two trees their ``times``
+    hold paired samples: sample ``i`` of both was taken in round ``i``, back to back.
+    ``memory=False`` or ``statistics=False`` leaves those (deterministic) parts out.
+    ``progress``: a :class:`~metarl_bench._src.progress.Progress` bar that follows the
+    steps (statistics and memory, then each timed round).
+    """
+    steps = 2 + rounds
+
+    def step(done: int) -> None:
+        if progress is not None:
+            progress.set(done, steps)
+
+    run_id = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory() as scratch:
+        workers: list[_Worker] = []
+        try:
+            for tree in trees:
+                workers.append(_Worker(tree, estimators, threads, scratch))
+            for worker in workers:  # started together, so their imports overlap
+                worker.handshake()
+            suites = [{"suite_version": SUITE_VERSION, "package": worker.tree, "run_id": run_id,
+                       "threads": worker.threads, "rounds": rounds,
+                       "measured_at": datetime.datetime.now(datetime.timezone.utc)
+                       .isoformat(timespec="seconds")} for worker in workers]
+            step(0)
+            for suite, rows in zip(suites, _both(workers, "statistics") if statistics
+                                   else [[] for _ in workers]):
+                suite["statistics"] = rows
+            step(1)
+            warm = _both(workers, "prepare")
+            for suite, rows in zip(suites, _both(workers, "memory") if memory
+                                   else [[] for _ in workers]):
+                suite["memory"] = rows
+            timed = [name for name in warm[0] if all(name in w for w in warm)]
+            times = {name: [{"seconds": [], "cpu_seconds": []} for _ in workers]
+                     for name in timed}
+            calls = {name: _calls_per_sample(workers, name) for name in timed}
+            load_before = os.getloadavg()
+            step(2)
+            for round_index in range(rounds):
+                # alternate which tree goes first, so neither always runs in the other's wake
+                order = list(range(len(workers)))[::1 if round_index % 2 == 0 else -1]
+                for name in timed:
+                    for index in order:
+                        wall, cpu = workers[index].request("time", name=name, calls=calls[name])
+                        times[name][index]["seconds"].append(wall)
+                        times[name][index]["cpu_seconds"].append(cpu)
+                step(3 + round_index)
+            load_after = os.getloadavg()
+        finally:
+            for worker in workers:
+                worker.close()
+    task_key, n_inner, trials = TIMING
+    for index, suite in enumerate(suites):
+        suite["load_average"] = {"before": load_before[0], "after": load_after[0],
+                                 "cpus": os.cpu_count()}
+        suite["times"] = [{"estimator": name, "task": task_key, "n_inner": n_inner,
+                           "trials": trials, "calls_per_sample": calls[name],
+                           **times[name][index]} for name in timed]
+        # estimators one tree times and the other cannot: listed, so that the comparison
+        # says new or gone, with no samples (there is nothing to pair them with)
+        suite["times"] += [{"estimator": name, "task": task_key, "n_inner": n_inner,
+                            "trials": trials, "calls_per_sample": 0, "seconds": [],
+                            "cpu_seconds": []} for name in warm[index] if name not in timed]
+    return suites
+
+
+def _calls_per_sample(workers: list[_Worker], name: str) -> int:
+    """Calls per timed sample, the same on every side so that the work compared is equal."""
+    fastest = min(worker.request("time", name=name, calls=1)[0] for worker in workers)
+    return max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(MIN_SAMPLE_SECONDS / max(fastest, 1e-6))))
+
+
+# -- comparison --------------------------------------------------------------------------
+
+
 def _stderr(ci: list[float | None] | None) -> float:
     if not ci or ci[0] is None or ci[1] is None:
         return 0.0
     return (ci[1] - ci[0]) / (2 * 1.96)
+
+
+def interleaved(baseline: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether the two suites' times were measured together, round by round."""
+    return baseline.get("run_id") is not None and baseline.get("run_id") == now.get("run_id")
 
 
 def compare(baseline: dict[str, Any], now: dict[str, Any], *, z: float = 3.0,
@@ -132,7 +368,9 @@ def compare(baseline: dict[str, Any], now: dict[str, Any], *, z: float = 3.0,
     """One row per (estimator, task, N, metric): baseline, now, ratio and verdict.
 
     Verdicts: ``worse`` and ``slower``/``larger`` fail; ``better``, ``faster``, ``smaller``,
-    ``same``, ``new`` (not in the baseline) and ``gone`` (no longer measured) do not.
+    ``same``, ``new`` (not in the baseline), ``gone`` (no longer measured) and ``-`` (not
+    gated: times against a saved file) do not. Time rows carry the median of the per-round
+    ratios, not the ratio of the two medians.
     """
     rows: list[dict[str, Any]] = []
     key = lambda r: (r["estimator"], r["task"], r["n_inner"])  # noqa: E731
@@ -151,31 +389,54 @@ def compare(baseline: dict[str, Any], now: dict[str, Any], *, z: float = 3.0,
                 verdict = ("worse" if nv - bv > tolerance else
                            "better" if bv - nv > tolerance else "same")
             rows.append(_row(k, metric, bv, nv, verdict))
-    base_costs = {key(r): r for r in baseline.get("costs", [])}
-    now_costs = {key(r): r for r in now.get("costs", [])}
-    for k in sorted(set(base_costs) | set(now_costs)):
-        for metric, up, down in (("seconds", "slower", "faster"),
-                                 ("peak_bytes", "larger", "smaller")):
-            bv = (base_costs.get(k) or {}).get(metric)
-            nv = (now_costs.get(k) or {}).get(metric)
-            if bv is None or nv is None:
-                verdict = "new" if k not in base_costs else "gone" if k not in now_costs else "-"
+    base_memory = {key(r): r["peak_bytes"] for r in baseline.get("memory", [])}
+    now_memory = {key(r): r["peak_bytes"] for r in now.get("memory", [])}
+    for k in sorted(set(base_memory) | set(now_memory)):
+        bv, nv = base_memory.get(k), now_memory.get(k)
+        ratio = nv / bv if bv and nv is not None else None
+        rows.append(_row(k, "peak_bytes", bv, nv, _cost_verdict(
+            k in base_memory, k in now_memory, ratio, factor, "larger", "smaller"), ratio))
+    paired = interleaved(baseline, now)
+    base_times = {key(r): r for r in baseline.get("times", [])}
+    now_times = {key(r): r for r in now.get("times", [])}
+    for k in sorted(set(base_times) | set(now_times)):
+        for metric in TIME_METRICS:
+            b = (base_times.get(k) or {}).get(metric) or []
+            n = (now_times.get(k) or {}).get(metric) or []
+            bv = statistics.median(b) if b else None
+            nv = statistics.median(n) if n else None
+            if paired and b and len(b) == len(n):
+                ratio = statistics.median(new / old if old > 0 else math.inf
+                                          for old, new in zip(b, n))
             else:
-                ratio = nv / bv if bv > 0 else math.inf
-                verdict = up if ratio >= factor else down if ratio <= 1 / factor else "same"
-            rows.append(_row(k, metric, bv, nv, verdict))
+                ratio = nv / bv if bv and nv is not None else None
+            verdict = _cost_verdict(k in base_times, k in now_times, ratio, factor,
+                                    "slower", "faster")
+            if not paired and verdict not in ("new", "gone"):
+                verdict = "-"
+            rows.append(_row(k, metric, bv, nv, verdict, ratio))
     return rows
 
 
-def _row(k: tuple[str, str, int], metric: str, base: Any, now: Any, verdict: str
-         ) -> dict[str, Any]:
-    ratio = now / base if isinstance(base, (int, float)) and isinstance(now, (int, float)) \
-        and base != 0 else None
+def _cost_verdict(in_baseline: bool, in_now: bool, ratio: float | None, factor: float,
+                  up: str, down: str) -> str:
+    if not in_baseline or not in_now:
+        return "new" if not in_baseline else "gone"
+    if ratio is None:
+        return "-"
+    return up if ratio >= factor else down if ratio <= 1 / factor else "same"
+
+
+def _row(k: tuple[str, str, int], metric: str, base: Any, now: Any, verdict: str,
+         ratio: float | None = None) -> dict[str, Any]:
+    if ratio is None and isinstance(base, (int, float)) and isinstance(now, (int, float)) \
+            and base != 0:
+        ratio = now / base
     return dict(estimator=k[0], task=k[1], n_inner=k[2], metric=metric, baseline=base, now=now,
                 ratio=ratio, verdict=verdict)
 
 
-FAILING = ("worse", "slower", "larger")
+COST_METRICS = ("peak_bytes", *TIME_METRICS)
 
 
 def format_rows(rows: list[dict[str, Any]], *, show_all: bool = False) -> str:
@@ -184,7 +445,7 @@ def format_rows(rows: list[dict[str, Any]], *, show_all: bool = False) -> str:
 
     order = {"worse": 0, "slower": 0, "larger": 0, "better": 1, "faster": 1, "smaller": 1,
              "new": 2, "gone": 2, "-": 3, "same": 4}
-    is_cost = lambda r: r["metric"] in ("seconds", "peak_bytes")  # noqa: E731
+    is_cost = lambda r: r["metric"] in COST_METRICS  # noqa: E731
     shown = [r for r in rows if show_all or r["verdict"] != "same" or is_cost(r)]
     shown.sort(key=lambda r: (order.get(r["verdict"], 5), r["estimator"], r["task"],
                               r["n_inner"], r["metric"]))
@@ -200,6 +461,44 @@ def format_rows(rows: list[dict[str, Any]], *, show_all: bool = False) -> str:
     return f"{table}\n\n{summary}"
 
 
+def describe(baseline: dict[str, Any] | None, now: dict[str, Any], *, z: float,
+             factor: float) -> str:
+    """What was measured, how it is gated, and under what load."""
+    task_key, n_inner, trials = TIMING
+    load = now.get("load_average") or {}
+    calls = sorted({t["calls_per_sample"] for t in now.get("times", []) if t["seconds"]})
+    lines = [
+        f"statistics: bias, variance, MSE on {', '.join(CHECK_TASKS)} at N = "
+        f"{', '.join(map(str, CHECK_N))} (seeded, deterministic); fail beyond {z:g} joint "
+        f"standard errors",
+        f"memory: peak bytes of one {task_key} N={n_inner} call of {trials} trials (memray; "
+        f"deterministic, compared directly); fail at {factor:g}x",
+        f"time: wall and CPU seconds of that call, torch intra-op threads = "
+        f"{now.get('threads')}, {now.get('rounds')} rounds of "
+        f"{'/'.join(map(str, calls)) or '-'} call(s) per sample",
+    ]
+    if baseline is None:
+        pass
+    elif interleaved(baseline, now):
+        lines.append("      baseline and now interleaved round by round, each tree in its own "
+                     f"process; ratio = median over rounds of now/baseline; fail at {factor:g}x")
+    else:
+        base_load = (baseline.get("load_average") or {}).get("before")
+        lines.append(
+            "      NOT GATED: the baseline file's times were measured at "
+            f"{baseline.get('measured_at', 'an unknown time')}"
+            + (f" (load average {base_load:.2f})" if base_load is not None else "")
+            + ", not interleaved with this run; ratios shown for information only. "
+              "Use --baseline REV for the time gate.")
+    if load:
+        lines.append(f"load average (1 min): {load['before']:.2f} before timing, "
+                     f"{load['after']:.2f} after, on {load['cpus']} CPUs")
+    return "\n".join(lines)
+
+
+# -- the command -------------------------------------------------------------------------
+
+
 def _toplevel() -> str:
     from metarl_bench._src.errors import ParameterError
 
@@ -211,64 +510,36 @@ def _toplevel() -> str:
                              "inside the repository, or pass --baseline FILE.json") from None
 
 
-def measure_tree(tree: str, estimators: list[str] | None, rounds: int,
-                 progress: Any = None) -> dict[str, Any]:
-    """Run the suite in a fresh interpreter with ``tree``'s metarl_bench first on the path.
-
-    ``progress``: a :class:`~metarl_bench._src.progress.Progress` bar that follows the
-    estimators measured (the suite reports them on its stderr)."""
-    from metarl_bench._src.errors import MetaRLBenchError
-
-    with tempfile.TemporaryDirectory() as scratch:
-        # a copy of this file, so that the script's own folder (first on sys.path) holds
-        # nothing that could shadow a module of the measured tree
-        script = shutil.copy(os.path.abspath(__file__), os.path.join(scratch, "check_suite.py"))
-        out = os.path.join(scratch, "suite.json")
-        command = [sys.executable, script, "--out", out, "--rounds", str(rounds), "--progress"]
-        if estimators:  # JSON: an entry's options hold commas
-            command += ["--estimators-json", json.dumps(list(estimators))]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        other = []
-        with subprocess.Popen(command, cwd=scratch, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) as child:
-            for text in child.stderr:
-                if text.startswith(_PROGRESS):
-                    if progress is not None:
-                        progress.set(*map(int, text[len(_PROGRESS):].split()))
-                else:
-                    other.append(text)
-        if child.returncode != 0:
-            last = ("".join(other).strip().splitlines() or ["(no output)"])[-1]
-            raise MetaRLBenchError(f"the check suite failed on {tree}: {last}")
-        with open(out) as handle:
-            measured = json.load(handle)
-    expected = os.path.realpath(os.path.join(tree, "metarl_bench"))
-    if not os.path.realpath(measured["package"]).startswith(expected):
-        raise MetaRLBenchError(f"measured {measured['package']}, not the tree {tree}")
-    return measured
-
-
-def load_baseline(spec: str, estimators: list[str] | None, rounds: int, progress: Any = None
-                  ) -> tuple[dict[str, Any], str]:
-    """A baseline from a JSON file written by ``check --save``, or from a git revision."""
+def read_suite(path: str) -> dict[str, Any]:
+    """A suite saved by ``check --save`` (version 1 files: statistics and memory only)."""
     from metarl_bench._src.errors import ParameterError
 
-    if spec.endswith(".json") or os.path.isfile(spec):
-        try:
-            with open(spec, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except OSError as exc:
-            raise ParameterError(f"--baseline {spec!r}: cannot be read: {exc.strerror}"
-                                 ) from None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ParameterError(f"--baseline {spec!r}: not a suite JSON file (binary, not "
-                                 f"UTF-8, or not JSON)") from None
-        if not isinstance(data, dict) or data.get("suite_version") != SUITE_VERSION:
-            data = data if isinstance(data, dict) else {}
-            raise ParameterError(f"--baseline {spec!r}: suite_version "
-                                 f"{data.get('suite_version')!r}, expected {SUITE_VERSION}")
-        return data, spec
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise ParameterError(f"--baseline {path!r}: cannot be read: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ParameterError(f"--baseline {path!r}: not a suite JSON file (binary, not UTF-8, "
+                             f"or not JSON)") from None
+    version = data.get("suite_version") if isinstance(data, dict) else None
+    if version == 1:
+        # version 1 kept one median time and the peak bytes per call in "costs"
+        costs = data.pop("costs", [])
+        data["memory"] = [{k: c[k] for k in ("estimator", "task", "n_inner", "peak_bytes")}
+                          for c in costs if c.get("peak_bytes") is not None]
+        data["times"] = [{**{k: c[k] for k in ("estimator", "task", "n_inner")},
+                          "seconds": [c["seconds"]], "cpu_seconds": []} for c in costs]
+    elif version != SUITE_VERSION:
+        raise ParameterError(f"--baseline {path!r}: suite_version {version!r}, expected "
+                             f"{SUITE_VERSION} (or 1)")
+    return data
+
+
+def revision_tree(spec: str, folder: str) -> str:
+    """Extract the package of git revision ``spec`` into ``folder``; return its label."""
+    from metarl_bench._src.errors import ParameterError
+
     top = _toplevel()
     resolved = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"],
                               cwd=top, capture_output=True, text=True)
@@ -276,33 +547,10 @@ def load_baseline(spec: str, estimators: list[str] | None, rounds: int, progress
         raise ParameterError(f"--baseline {spec!r} is neither a suite JSON file nor a commit "
                              f"of {top}")
     commit = resolved.stdout.strip()
-    with tempfile.TemporaryDirectory() as tree:
-        archive = subprocess.run(["git", "archive", commit, "metarl_bench"], cwd=top,
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-        return measure_tree(tree, estimators, rounds, progress), f"{spec} ({commit[:10]})"
-
-
-#: How the suite's child process reports progress on its stderr: "<prefix><done> <total>".
-_PROGRESS = "metarl-bench-check-progress "
-
-
-def _suite_script() -> int:
-    parser = argparse.ArgumentParser(description="measure the check suite (internal)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--estimators-json", default=None)
-    parser.add_argument("--progress", action="store_true")
-    args = parser.parse_args()
-    names = json.loads(args.estimators_json) if args.estimators_json else None
-
-    def report(done: int, total: int) -> None:
-        print(f"{_PROGRESS}{done} {total}", file=sys.stderr, flush=True)
-
-    measured = run_suite(names, rounds=args.rounds, progress=report if args.progress else None)
-    with open(args.out, "w") as handle:
-        json.dump(measured, handle)
-    return 0
+    archive = subprocess.run(["git", "archive", commit, "metarl_bench"], cwd=top,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return f"{spec} ({commit[:10]})"
 
 
 def current_tree() -> str:
@@ -313,29 +561,47 @@ def current_tree() -> str:
 
 
 def run_check(baseline: str | None, *, estimators: list[str] | None = None, rounds: int = 5,
-              z: float = 3.0, factor: float = 2.0, save: str | None = None,
+              threads: int = 1, z: float = 3.0, factor: float = 2.0, save: str | None = None,
               show_all: bool = False, out: Any = None, progress: bool = False) -> int:
     """The ``check`` command: 0 when nothing regressed, 1 otherwise. ``progress``: a bar on
-    stderr per measured tree."""
+    stderr."""
     from metarl_bench._src.progress import Progress
 
     out = out or sys.stdout
-    if baseline is not None:
-        with Progress(None, f"check {baseline}", enabled=progress, unit="estimator") as bar:
-            base, label = load_baseline(baseline, estimators, rounds, bar)
-    with Progress(None, "check this tree", enabled=progress, unit="estimator") as bar:
-        now = measure_tree(current_tree(), estimators, rounds, bar)
+    here = current_tree()
+    with tempfile.TemporaryDirectory() as folder, \
+            Progress(None, "check", enabled=progress, unit="step") as bar:
+        options = dict(rounds=rounds, threads=threads, progress=bar)
+        if baseline is None:
+            (now,), base, label = measure([here], estimators, **options), None, None
+        elif baseline.endswith(".json") or os.path.isfile(baseline):
+            base, label = read_suite(baseline), baseline
+            (now,) = measure([here], estimators, **options)
+        else:
+            label = revision_tree(baseline, folder)
+            base, now = measure([folder, here], estimators, **options)
     if save:
         with open(save, "w") as handle:
             json.dump(now, handle, indent=1)
         print(f"suite saved to {save}", file=out)
-    if baseline is None:
+    if base is None:
         return 0
     rows = compare(base, now, z=z, factor=factor)
-    print(f"baseline: {label}\nnow:      {current_tree()}\n", file=out)
+    print(f"baseline: {label}\nnow:      {here}\n", file=out)
+    print(describe(base, now, z=z, factor=factor) + "\n", file=out)
     print(format_rows(rows, show_all=show_all), file=out)
     return 1 if any(r["verdict"] in FAILING for r in rows) else 0
 
 
+def _worker_main() -> int:
+    parser = argparse.ArgumentParser(description="a check suite worker (internal)")
+    parser.add_argument("--reply-fd", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--estimators-json", default=None)
+    args = parser.parse_args()
+    names = json.loads(args.estimators_json) if args.estimators_json else None
+    return _serve(args.reply_fd, args.threads, names)
+
+
 if __name__ == "__main__":
-    sys.exit(_suite_script())
+    sys.exit(_worker_main())

@@ -167,9 +167,10 @@ class ExactMoments:
 
 
 def supports_exact_moments(task: Any, spec: EstimatorSpec, n_inner: int,
-                           n_outer: int | None, n_steps: int = 1) -> bool:
-    return (n_outer is None and spec.from_samples is not None and spec.count_determined
-            and enumerable(task, n_inner, n_steps))
+                           n_outer: int | None, options: dict[str, Any] | None = None,
+                           n_steps: int = 1) -> bool:
+    return (n_outer is None and spec.from_samples is not None
+            and spec.is_count_determined(options) and enumerable(task, n_inner, n_steps))
 
 
 def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inner: int,
@@ -184,7 +185,12 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     prod_k p_{theta_k}(n_k) at the estimator's own adapted parameters theta_k.
     """
     n_steps = validation.positive_int("n_steps", n_steps)
-    if not supports_exact_moments(task, spec, n_inner, None, n_steps):
+    if spec.from_samples is not None and not spec.is_count_determined(options):
+        raise UnsupportedError(
+            f"estimator {spec.name!r} with options {options} is random beyond its inner "
+            f"samples (e.g. a noisy critic or perturbations), so its moments are not a sum "
+            f"over the enumerated samples: use Monte Carlo moments (evaluate(exact=False))")
+    if not supports_exact_moments(task, spec, n_inner, None, options, n_steps):
         raise UnsupportedError(f"exact moments need an enumerable task (bandit-v0) and a "
                                f"count-determined estimator with exact outer; got "
                                f"{task.name!r} and {spec.name!r}"

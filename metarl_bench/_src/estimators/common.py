@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -330,6 +331,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     """
     allowed = keyword_options(from_samples)
     name = from_samples.__name__.replace("_from_samples", "")
+    # estimators random beyond their samples (a noisy critic) draw from the call's generator
+    takes_generator = "generator" in inspect.signature(from_samples).parameters
 
     @functools.wraps(from_samples)
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
@@ -350,6 +353,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                     f"option {key!r}; options: {', '.join(allowed) or '(none)'}")
         outer = None if n_outer is None else (
             lambda adapted, index: task.sample(adapted, n_outer, index, generator))
+        if takes_generator:
+            options["generator"] = generator
 
         def trials(count: int) -> torch.Tensor:
             n_rows = count * task.n_tasks

@@ -211,8 +211,6 @@ def decomposed(inner: str = "maml", hessian: str = "lsf", outer: str | None = No
 
     estimator.__name__ = from_samples.__name__ = "decomposed"
     estimator.__doc__ = from_samples.__doc__ = decomposed.__doc__
-    estimator.extra_trajectories = (  # type: ignore[attr-defined]
-        lambda n_inner, options: _extra_trajectories(n_inner, parts))
     count_determined = (hessian == "exact" or n_hessian == "shared") and (
         inner_spec is None or inner_spec.count_determined) and (
         hessian_spec is None or hessian_spec.count_determined) and outer != "sampled"
@@ -243,11 +241,11 @@ def decomposed_estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_
         generator=generator, n_steps=n_steps)
 
 
-def _extra_trajectories(n_inner: int, options: dict[str, Any]) -> int:
-    """Inner trajectories per task beyond the inner part's N: the Hessian part's own."""
-    if options.get("hessian", "lsf") == "exact" or options.get("n_hessian") == "shared":
-        return 0
-    return options.get("n_hessian") or n_inner
-
-
-decomposed_estimator.extra_trajectories = _extra_trajectories  # type: ignore[attr-defined]
+def decomposed_trajectories(n_inner: int, n_outer: int | None, options: dict[str, Any]) -> int:
+    """Trajectories one estimate samples per task: the inner part's N (none when exact), the
+    Hessian part's own (none when exact or shared) and M outer ones (none when exact)."""
+    inner = 0 if options.get("inner", "maml") == "exact" else n_inner
+    hessian = (0 if options.get("hessian", "lsf") == "exact"
+               or options.get("n_hessian") == "shared" else options.get("n_hessian") or n_inner)
+    outer = 0 if options.get("outer") == "exact" else (n_outer or 0)
+    return inner + hessian + outer

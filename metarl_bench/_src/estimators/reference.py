@@ -44,16 +44,21 @@ def _row(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float,
     grads = (step_scores * returns.unsqueeze(-1)).sum(1)
     j_n = hessian(lambda th: (log_prob(th) * returns).sum(-1).mean(), flat)
     adapted = flat + inner_lr * grads.mean(0)
-    if outer is None:
-        value_fn = lambda th: task.value(th.reshape(1, *shape), inner.task_index)[0]  # noqa: E731
-        value, outer_grad = value_fn(adapted), jacobian(value_fn, adapted)
-    else:
-        outer_traj = outer(adapted.reshape(1, *shape), inner.task_index)
-        outer_scores = jacobian(_log_prob_fn(task, outer_traj, shape), adapted, vectorize=True)
-        outer_returns = reward_to_go(outer_traj.rewards, task.gamma)[0]
-        outer_grad = (outer_scores * outer_returns.unsqueeze(-1)).sum(1).mean(0)
-        value = discounted_return(outer_traj.rewards, task.gamma)[0].mean()
+    value, outer_grad = _outer_row(task, adapted, inner.task_index, outer, shape)
     return _Row(flat, grads, step_scores.sum(1), step_scores, j_n, adapted, value, outer_grad)
+
+
+def _outer_row(task: Any, adapted: torch.Tensor, task_index: torch.Tensor,
+               outer: Callable | None, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """V(theta') and grad V(theta') of one row (flat theta'), exact or from M trajectories."""
+    if outer is None:
+        value_fn = lambda th: task.value(th.reshape(1, *shape), task_index)[0]  # noqa: E731
+        return value_fn(adapted), jacobian(value_fn, adapted)
+    outer_traj = outer(adapted.reshape(1, *shape), task_index)
+    outer_scores = jacobian(_log_prob_fn(task, outer_traj, shape), adapted, vectorize=True)
+    outer_returns = reward_to_go(outer_traj.rewards, task.gamma)[0]
+    outer_grad = (outer_scores * outer_returns.unsqueeze(-1)).sum(1).mean(0)
+    return discounted_return(outer_traj.rewards, task.gamma)[0].mean(), outer_grad
 
 
 def _per_row(formula: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -85,10 +90,19 @@ def maml(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Ten
 
 @_per_row
 def unbiased(row: _Row, traj: Trajectories, task: Any, inner_lr: float,
-             baseline: float = 0.0) -> torch.Tensor:
-    """(I + eta J_N)^T grad V(theta') + (V(theta') - b) sum_i s(tau_i)."""
+             baseline: float | str = 0.0) -> torch.Tensor:
+    """(I + eta J_N)^T grad V(theta') + sum_i (V(theta') - b_i) s(tau_i), b_i = b or the
+    mean return of the other trajectories."""
     pathwise = row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
-    return pathwise + (row.value - baseline) * row.scores.sum(0)
+    if baseline != "loo-mean":
+        return pathwise + (row.value - baseline) * row.scores.sum(0)
+    returns = discounted_return(traj.rewards, task.gamma)[0]
+    n_traj = returns.shape[0]
+    for i in range(n_traj):
+        others = [float(returns[j]) for j in range(n_traj) if j != i]
+        left_out_mean = sum(others) / len(others) if others else 0.0
+        pathwise = pathwise + (row.value - left_out_mean) * row.scores[i]
+    return pathwise
 
 
 @_per_row
@@ -120,14 +134,205 @@ def loo(row: _Row, traj: Trajectories, task: Any, inner_lr: float) -> torch.Tens
     return pathwise + ((row.value - values).unsqueeze(-1) * row.scores).sum(0)
 
 
+@_per_row
+def emaml(row: _Row, traj: Trajectories, task: Any, inner_lr: float,
+          score_scale: str = "mean") -> torch.Tensor:
+    """(I + eta J_N)^T grad V(theta') + V(theta') c sum_i s(tau_i), c = 1/(N T) or 1."""
+    pathwise = row.outer_grad + inner_lr * row.j_n.T @ row.outer_grad
+    n_steps = traj.n_traj * traj.horizon if traj.mask is None else int(traj.mask.sum())
+    scale = 1.0 / max(n_steps, 1) if score_scale == "mean" else 1.0
+    return pathwise + scale * row.value * row.scores.sum(0)
+
+
+# ---- the DiCE family with critics: weights, then (I + eta (J_A + products))^T grad V ------
+
+def _critic_table(task: Any, theta: torch.Tensor, inner: Trajectories, critic: str,
+                  critic_noise: float | None, generator: torch.Generator | None
+                  ) -> torch.Tensor | None:
+    """Exact W[r, t, s] (+ noise) for every row, or None for the other critics."""
+    if critic not in ("exact", "noisy-exact"):
+        return None
+    rows = theta.detach().expand(inner.n_rows, *theta.shape)
+    table = task.state_values(rows, inner.task_index)
+    if critic == "noisy-exact":
+        noise_scale = 0.1 if critic_noise is None else critic_noise
+        noise = torch.randn(table.shape, generator=generator, dtype=table.dtype)
+        for t in range(table.shape[1]):
+            table[:, t] += noise_scale * task.gamma ** t * noise[:, t]
+    return table
+
+
+def _row_critic(task: Any, traj: Trajectories, critic: str,
+                table: torch.Tensor | None) -> torch.Tensor:
+    """W_t(x_t) of one row's trajectories, W_T = 0: (N, T + 1), one entry at a time."""
+    states, rewards = traj.states[0], traj.rewards[0]
+    n_traj, horizon = states.shape
+    values = torch.zeros(n_traj, horizon + 1, dtype=rewards.dtype)
+    if critic == "none":
+        return values
+    if table is not None:
+        for n in range(n_traj):
+            for t in range(horizon):
+                values[n, t] = table[t, states[n, t]]
+        return values
+    from metarl_bench._src.estimators.critics import LINEAR_RIDGE
+    n_states = task.n_states
+    features = torch.zeros(n_traj, horizon, n_states + 3, dtype=torch.float64)
+    targets = torch.zeros(n_traj, horizon, dtype=torch.float64)
+    for n in range(n_traj):
+        for t in range(horizon):
+            features[n, t, states[n, t]] = 1.0
+            features[n, t, n_states:] = torch.tensor([(t / horizon) ** p for p in (1, 2, 3)])
+            targets[n, t] = sum(task.gamma ** (u - t) * float(rewards[n, u])
+                                for u in range(t, horizon))
+    x, y = features.reshape(-1, n_states + 3), targets.reshape(-1)
+    gram = x.T @ x
+    ridge = LINEAR_RIDGE * max(float(torch.diagonal(gram).mean()), 1.0)
+    weights = torch.linalg.solve(gram + ridge * torch.eye(n_states + 3, dtype=torch.float64),
+                                 x.T @ y)
+    for t in range(horizon):
+        values[:, t] = task.gamma ** t * (features[:, t] @ weights).to(rewards.dtype)
+    return values
+
+
+def _gae_row(task: Any, traj: Trajectories, values: torch.Tensor, tau: float) -> torch.Tensor:
+    rewards = traj.rewards[0]
+    n_traj, horizon = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    for t in range(horizon):
+        for u in range(t, horizon):
+            delta = task.gamma ** u * rewards[:, u] + values[:, u + 1] - values[:, u]
+            advantages[:, t] += tau ** (u - t) * delta
+    return advantages
+
+
+def _through_weights(task: Any, theta: torch.Tensor, traj: Trajectories, inner_lr: float,
+                     outer: Callable | None, weights: torch.Tensor,
+                     products: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One row: g = (1/N) sum A_t s_t, H = (1/N) sum A_t grad s_t + products(step scores),
+    theta' = theta + eta g, estimate (I + eta H)^T grad V(theta')."""
+    shape = theta.shape
+    flat = theta.detach().reshape(-1)
+    log_prob = _log_prob_fn(task, traj, shape)
+    step_scores = jacobian(log_prob, flat, vectorize=True)                        # (N, T, D)
+    n_traj = step_scores.shape[0]
+    grad = (step_scores * weights.unsqueeze(-1)).sum((0, 1)) / n_traj
+    j_weighted = hessian(lambda th: (log_prob(th) * weights).sum(-1).mean(), flat)
+    h_n = j_weighted + products(step_scores) / n_traj
+    value, outer_grad = _outer_row(task, flat + inner_lr * grad, traj.task_index, outer, shape)
+    return (outer_grad + inner_lr * h_n.T @ outer_grad).reshape(shape)
+
+
+def _same_and_decayed_products(weights: torch.Tensor, decay: float):
+    """sum_n sum_t A_t [s_t s_t^T + s_t S_t^T + S_t s_t^T], S_t = sum_{k<t} decay^(t-k) s_k."""
+    def products(step_scores: torch.Tensor) -> torch.Tensor:
+        n_traj, horizon, dim = step_scores.shape
+        total = torch.zeros(dim, dim, dtype=step_scores.dtype)
+        for n in range(n_traj):
+            for t in range(horizon):
+                s_t = step_scores[n, t]
+                earlier = torch.zeros(dim, dtype=step_scores.dtype)
+                for k in range(t):
+                    earlier += decay ** (t - k) * step_scores[n, k]
+                total += weights[n, t] * (torch.outer(s_t, s_t) + torch.outer(s_t, earlier)
+                                          + torch.outer(earlier, s_t))
+        return total
+
+    return products
+
+
+def _family_twin(weights_of: Callable[..., torch.Tensor], decay_of: Callable[..., float]):
+    def twin(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+             outer: Callable | None = None, critic: str = "none",
+             critic_noise: float | None = None, generator: torch.Generator | None = None,
+             **options: Any) -> torch.Tensor:
+        table = _critic_table(task, theta, inner, critic, critic_noise, generator)
+        rows = []
+        for r in range(inner.n_rows):
+            traj = inner.rows(slice(r, r + 1))
+            values = _row_critic(task, traj, critic, None if table is None else table[r])
+            weights = weights_of(task, traj, values, critic, **options)
+            rows.append(_through_weights(task, theta, traj, inner_lr, outer, weights,
+                                         _same_and_decayed_products(weights,
+                                                                    decay_of(**options))))
+        return torch.stack(rows)
+
+    return twin
+
+
+def _gae_weights(task, traj, values, critic, dependency_decay=1.0, gae_lambda=1.0):
+    return _gae_row(task, traj, values, gae_lambda)
+
+
+def _taypo_weights(task, traj, values, critic, order=2):
+    rewards = traj.rewards[0]
+    if critic == "none":
+        return reward_to_go(traj.rewards, task.gamma)[0]
+    horizon = rewards.shape[1]
+    return torch.stack([task.gamma ** t * rewards[:, t] + values[:, t + 1]
+                        for t in range(horizon)], -1)
+
+
+loaded_dice = _family_twin(_gae_weights, lambda dependency_decay=1.0, gae_lambda=1.0:
+                           dependency_decay)
+loaded_dice.__doc__ = """(I + eta H)^T grad V(theta'), H = J_A + (1/N) sum A_t [s_t s_t^T +
+s_t S_t^T + S_t s_t^T], S_t = sum_{k<t} lambda^(t-k) s_k, A_t = GAE(tau) of the critic."""
+lvc = _family_twin(_gae_weights, lambda gae_lambda=1.0: 0.0)
+lvc.__doc__ = """(I + eta H)^T grad V(theta'), H = J_A + (1/N) sum A_t s_t s_t^T."""
+# order 1: only same-step products (decay 0); order 2: every earlier step counts (decay 1)
+taypo = _family_twin(_taypo_weights, lambda order=2: 0.0 if order == 1 else 1.0)
+taypo.__doc__ = """(I + eta H)^T grad V(theta'), H = J_Q + (1/N) sum_t Q_t s_t s_t^T
+(+ sum_{t<m} Q_m (s_t s_m^T + s_m s_t^T) for order 2), Q_t = G_t or gamma^t r_t + W_{t+1}."""
+
+
+def es_maml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+            outer: Callable | None = None, perturbations: torch.Tensor,
+            sigma: float) -> torch.Tensor:
+    """(1/(2 sigma P)) sum_p [F(theta + sigma e_p) - F(theta - sigma e_p)] e_p, one point at
+    a time: F(x) = V(x + eta g_N(x)), rows of ``inner`` ordered (R, sign, P)."""
+    shape = theta.shape
+    n_rows, n_perturbations = perturbations.shape[:2]
+    rows = []
+    for r in range(n_rows):
+        estimate = torch.zeros(shape, dtype=theta.dtype)
+        for sign_index, sign in enumerate((1.0, -1.0)):
+            for p in range(n_perturbations):
+                index = (r * 2 + sign_index) * n_perturbations + p
+                traj = inner.rows(slice(index, index + 1))
+                point = (theta.detach() + sign * sigma * perturbations[r, p]).reshape(-1)
+                scores = jacobian(_log_prob_fn(task, traj, shape), point, vectorize=True)
+                returns = reward_to_go(traj.rewards, task.gamma)[0]
+                adapted = point + inner_lr * (scores * returns.unsqueeze(-1)).sum(1).mean(0)
+                if outer is None:
+                    value = task.value(adapted.reshape(1, *shape), traj.task_index)[0]
+                else:
+                    value = discounted_return(outer(adapted.reshape(1, *shape),
+                                                    traj.task_index).rewards,
+                                              task.gamma)[0].mean()
+                estimate += sign * value * perturbations[r, p] / (2 * sigma * n_perturbations)
+        rows.append(estimate)
+    return torch.stack(rows)
+
+
 def per_trial(from_samples: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """The fast code, one trial (row) at a time: the 'careful per-trial implementation'."""
+    """The fast code, one trial (row) at a time: the 'careful per-trial implementation'.
+
+    Estimators with several inner rows per estimate (``es-maml``: 2 P perturbed points) get
+    their per-row tensor option ``perturbations`` sliced along with their block of rows.
+    """
 
     def looped(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
                outer: Callable | None = None, **options: Any) -> torch.Tensor:
-        return torch.cat([from_samples(task, theta, inner.rows(slice(r, r + 1)),
-                                       inner_lr=inner_lr, outer=outer, **options)
-                          for r in range(inner.n_rows)])
+        perturbations = options.pop("perturbations", None)
+        n_rows = inner.n_rows if perturbations is None else perturbations.shape[0]
+        block = inner.n_rows // n_rows
+        parts = []
+        for r in range(n_rows):
+            if perturbations is not None:
+                options["perturbations"] = perturbations[r:r + 1]
+            parts.append(from_samples(task, theta, inner.rows(slice(r * block, (r + 1) * block)),
+                                      inner_lr=inner_lr, outer=outer, **options))
+        return torch.cat(parts)
 
     return looped
 

@@ -8,30 +8,42 @@ from typing import Any
 import torch
 
 from metarl_bench._src import validation
-from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step,
                                                 is_exact_outer, outer_at, pathwise, row_params)
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.trajectories import Trajectories, discounted_return
 
 
 def unbiased_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
                           inner_lr: float, outer: OuterSampler | None = None,
-                          baseline: float = 0.0) -> torch.Tensor:
+                          baseline: float | str = 0.0) -> torch.Tensor:
     """Score-function (exactly unbiased) estimate of grad F_N.
 
-    estimate = (I + eta J_N)^T grad V(theta') + (V(theta') - b) sum_i s(tau_i),
-    s(tau) = sum_t grad log pi(a_t|x_t); b a constant ``baseline`` (keeps it unbiased).
+    estimate = (I + eta J_N)^T grad V(theta') + sum_i (V(theta') - b_i) s(tau_i),
+    s(tau) = sum_t grad log pi(a_t|x_t). ``baseline``: a constant b_i = b, or ``"loo-mean"``:
+    b_i = the mean discounted return of the row's other N - 1 trajectories (0 when N = 1).
+    Either keeps it exactly unbiased: b_i does not depend on tau_i, and the N trajectories of
+    a row are independent, so E[b_i s(tau_i)] = E[b_i] E[s(tau_i)] = 0.
 
     Reference: A. Fallah, K. Georgiev, A. Mokhtari, A. Ozdaglar. On the Convergence Theory
     of Debiased Model-Agnostic Meta-Reinforcement Learning. NeurIPS 2021, arXiv:2002.05135.
     Shapes: inner (R, N, T) -> (R, *P).
     Bias/variance: unbiased for grad F_N at every N; variance Theta(N) (a sum of N zero-mean
-    scores times an O(1) scalar), O(1) with a good constant baseline.
+    scores times an O(1) scalar); a baseline near V(theta') shrinks that scalar to
+    V(theta') - V(theta) + O(1/sqrt(N)) (``"loo-mean"``), still Theta(N) but with a smaller
+    constant.
     """
-    baseline = validation.finite_float("baseline", baseline)
     step = inner_step(task, theta, inner, inner_lr)
     out = outer_at(task, step.adapted, inner.task_index, outer)
-    score_term = ((out.value - baseline).unsqueeze(-1) * step.log_prob.sum(-1)).sum()
+    if baseline == "loo-mean":
+        returns = discounted_return(inner.rewards, task.gamma)                    # (R, N)
+        others = (returns.sum(-1, keepdim=True) - returns) / max(inner.n_traj - 1, 1)
+        weight = out.value.unsqueeze(-1) - others
+    elif isinstance(baseline, str):
+        raise ParameterError(f"baseline must be a number or 'loo-mean', got {baseline!r}")
+    else:
+        weight = (out.value - validation.finite_float("baseline", baseline)).unsqueeze(-1)
+    score_term = (weight * step.log_prob.sum(-1)).sum()
     return grad_of(pathwise(step, out) + score_term, step.params)
 
 

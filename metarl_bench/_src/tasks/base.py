@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from metarl_bench._src.draws import inverse_cdf, normal, uniform  # noqa: F401 (re-exported)
-from metarl_bench._src.errors import ParameterError, ShapeError
+from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.policies import Policy
 from metarl_bench._src.trajectories import Trajectories
 
@@ -65,6 +65,14 @@ class Task:
     def value(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
         """Exact, differentiable V(theta) of each row in its task: (R, *P) -> (R,)."""
         raise NotImplementedError
+
+    def state_values(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """Exact value of each state at each time, discounted from time 0: (R, *P) -> (R, T, S).
+
+        The exact critic of the DiCE family; tasks without one raise UnsupportedError.
+        """
+        raise UnsupportedError(f"task {self.name!r} has no exact per-state values (an exact "
+                               f"critic needs a tabular model)")
 
     def enumeration_size(self, n_inner: int) -> int | None:
         """How many outcomes ``enumerate_inner`` lists for N inner samples (None: it can't)."""

@@ -14,7 +14,7 @@ import torch
 
 from metarl_bench._src import resources, validation
 from metarl_bench._src.draws import alias_draw, alias_outcomes, alias_table
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.policies import TabularSoftmax
 from metarl_bench._src.tasks.base import Task, as_tensor, distribution, uniform
 from metarl_bench._src.trajectories import Trajectories
@@ -204,6 +204,30 @@ class TabularTask(Task):
                 state_dist = torch.bmm(state_dist.unsqueeze(1), transition_pi).squeeze(1)
                 value = value + self.gamma ** t * (state_dist * reward_pi).sum(-1)
         return value
+
+    def state_values(self, params: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """Exact value of each state at each time under each row's policy: (R, *P) -> (R, T, S).
+
+        W[r, t, s] = E[sum_{t' >= t} gamma**t' r_t' | x_t = s], discounted from time 0 like
+        the rewards-to-go of ``trajectories.reward_to_go``, so that G_t - W[t, x_t] is the
+        advantage of step t in the same units (W[:, 0] . start = V). Backward recursion over
+        the remaining horizon, W[T-1] = gamma**(T-1) r_pi, W[t] = gamma**t r_pi + P_pi W[t+1].
+        Fixed-horizon tasks only.
+        """
+        if self.continue_probability is not None:
+            raise UnsupportedError(
+                f"task {self.name!r}: exact per-state values (critic='exact') are implemented "
+                f"for fixed-horizon tasks only; use critic='linear' or 'none'")
+        start, transitions, rewards, _, _ = self._model(params)
+        pi = self.policy.probs(params)                                    # (R, S, A)
+        reward_pi = (pi * rewards[task_index]).sum(-1)                    # (R, S)
+        transition_pi = (self._policy_transitions(pi, transitions, task_index)
+                         if self.horizon > 1 else None)
+        values = [self.gamma ** (self.horizon - 1) * reward_pi]
+        for t in range(self.horizon - 2, -1, -1):
+            later = torch.bmm(transition_pi, values[-1].unsqueeze(-1)).squeeze(-1)
+            values.append(self.gamma ** t * reward_pi + later)
+        return torch.stack(values[::-1], 1)
 
 
 class DiscountedTabularTask(TabularTask):
