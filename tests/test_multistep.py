@@ -335,3 +335,27 @@ def test_k_step_exact_moments_on_a_bernoulli_bandit_match_monte_carlo():
                                            n_trials=40_000, n_steps=2, generator=generator(0))
     stderr = samples.std(0) / math.sqrt(40_000)
     assert torch.all((samples.mean(0) - exact.mean).abs() <= 4.5 * stderr)
+
+
+# ---- the DiCE family over several steps -------------------------------------------------------
+
+@pytest.mark.parametrize("n_steps", [2, 3])
+@pytest.mark.parametrize("name, options, equals, task_key", [
+    ("lvc", {}, "dice", "bandit"),                              # one-step task: lvc = dice
+    ("loaded-dice", {}, "dice", "tabular-2tasks"),              # lambda = 1, no critic
+    ("taypo", {"order": 2}, "dice", "tabular-2tasks"),
+    ("taypo", {"order": 1}, "lvc", "tabular-2tasks"),
+    ("loaded-dice", {"dependency_decay": 0.0}, "lvc", "tabular-2tasks"),
+])
+def test_family_equivalences_hold_step_for_step(name, options, equals, task_key, n_steps):
+    # each step's estimate and adapted parameters equal the other's from any starting point,
+    # so K chained steps on the same samples do too (float64, sample for sample)
+    task = make(task_key)
+    theta = task.initial_params() + 0.1
+    assert theta.dtype == torch.float64
+    steps = step_samples(task, theta, n_rows=4, n_inner=4, n_steps=n_steps, seed=2)
+    torch.testing.assert_close(
+        multi_step(mb.estimator_spec(name).from_samples, task, theta, steps, inner_lr=0.8,
+                   **options).estimate,
+        multi_step(mb.estimator_spec(equals).from_samples, task, theta, steps,
+                   inner_lr=0.8).estimate, rtol=1e-10, atol=1e-12)
