@@ -209,3 +209,18 @@ def test_cli_bad_entries_exit_2_with_one_line(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("entry", ["es-maml", "decomposed", "decomposed:inner=exact"])
+def test_one_step_estimators_refuse_k_steps_with_a_typed_error(entry, science_bandit, tmp_path,
+                                                               monkeypatch, capsys):
+    # they take n_steps (so a K-step call reaches them, never a TypeError) and refuse K > 1
+    with pytest.raises(mb.UnsupportedError, match="one inner step only"):
+        mb.evaluate(science_bandit, [entry], n_inner=[2], n_trials=5, n_steps=2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--task", "bandit-v0", "--n-inner", "2", "--trials", "5",
+                 "--estimators", entry, "--n-steps", "2",
+                 "--json", str(tmp_path / "run.jsonl")]) == 2
+    err = capsys.readouterr().err       # a progress line ("running ...") may come first
+    (error,) = [line for line in err.splitlines() if "error" in line]
+    assert "one inner step only" in error and "Traceback" not in err
