@@ -57,7 +57,7 @@ def test_evaluate_gives_it_exact_moments_unbiased_with_bounded_variance():
 
 def test_both_benchmark_suites_and_the_check_suite_include_it():
     from benchmarks import common
-    from metarl_bench._src.regression_gate import run_suite
+    from metarl_bench._src.regression_gate import measure
 
     assert NAME in common.ESTIMATORS
     assert common.Case(NAME, "bandit", 4).run(n_trials=3).shape == (3, 3)
@@ -66,10 +66,10 @@ def test_both_benchmark_suites_and_the_check_suite_include_it():
          "-p", "no:cacheprovider", "-k", NAME], cwd=ROOT, capture_output=True, text=True)
     ids = [line for line in collected.stdout.splitlines() if f"[{NAME}-" in line]
     assert len(ids) == 4, collected.stdout + collected.stderr    # 2 tasks x 2 N
-    suite = run_suite([NAME], rounds=1, memory=False)
+    (suite,) = measure([str(ROOT)], [NAME], rounds=1, memory=False)
     assert {(s["task"], s["n_inner"]) for s in suite["statistics"]} == {
         ("bandit", 4), ("bandit", 32), ("tabular", 4), ("tabular", 32)}
-    assert [c["estimator"] for c in suite["costs"]] == [NAME]
+    assert [t["estimator"] for t in suite["times"]] == [NAME]
 
 
 def test_its_fast_form_equals_its_twin_with_a_sampled_outer_step():
