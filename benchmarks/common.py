@@ -12,11 +12,22 @@ import torch
 
 import metarl_bench as mb
 
-#: Benchmarked tasks: name -> (task id, parameters, inner step size). Append only.
+#: Benchmarked tasks: name -> (task id, parameters, inner step size[, call options]).
+#: Call options: ``n_outer`` (tasks without a model sample the outer step),
+#: ``truth_samples`` (their estimated truth), ``n_trials`` (trials of a timed call, when
+#: simulation makes N_TRIALS too costly) and ``statistics`` (False: time and memory only,
+#: when even a small estimated truth costs far more than the cell). Append only.
 TASKS = {
     "bandit": ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]}, 2.0),
     "tabular": ("tabular-v0", {"n_states": 20, "n_actions": 5, "horizon": 20, "gamma": 0.8,
                                "seed": 0}, 1.0),
+    "lq": ("lq-navigation-v0", {"n_tasks": 2, "horizon": 5, "init_std": 0.3}, 0.02),
+    "navigation": ("navigation2d-v0", {"n_tasks": 2, "horizon": 10, "hidden": [8],
+                                       "policy_seed": 0, "seed": 0}, 0.001,
+                   {"n_outer": 4, "truth_samples": 100}),
+    # MuJoCo, small: bench_mujoco.py measures the sizes of the literature
+    "halfcheetah-vel": ("halfcheetah-vel-v0", {"n_tasks": 2, "horizon": 50, "seed": 0}, 1e-3,
+                        {"n_outer": 20, "n_trials": 2, "statistics": False}),
 }
 N_GRID = [4, 64]
 N_TRIALS = 200
@@ -50,8 +61,18 @@ class Case:
     """One (estimator, task, N) cell: the task, theta and a call of the estimator."""
 
     def __init__(self, estimator: str, task_key: str, n_inner: int):
-        task_id, params, self.inner_lr = TASKS[task_key]
-        self.task = mb.make_task(task_id, **params)
+        task_id, params, self.inner_lr, *call_options = TASKS[task_key]
+        call_options = call_options[0] if call_options else {}
+        self.n_outer = call_options.get("n_outer")
+        self.truth_samples = call_options.get("truth_samples", 20_000)
+        self.n_trials = call_options.get("n_trials", N_TRIALS)
+        self.statistics = call_options.get("statistics", True)
+        self.task_key = task_key
+        try:
+            self.task = mb.make_task(task_id, **params)
+        except (mb.UnknownNameError, mb.UnsupportedError) as exc:
+            # a task this commit does not have yet, or whose optional extra is absent
+            raise NotImplementedError(str(exc)) from None
         self.theta = self.task.initial_params()
         self.estimator = mb.get_estimator(estimator)
         self.name, self.n_inner = estimator, n_inner
@@ -60,11 +81,36 @@ class Case:
         except mb.UnsupportedError as exc:
             raise NotImplementedError(str(exc)) from None
 
-    def run(self, n_trials: int = N_TRIALS, n_steps: int = 1) -> torch.Tensor:
-        steps = {} if n_steps == 1 else {"n_steps": n_steps}  # old commits have no n_steps
+    def run(self, n_trials: int | None = None, n_steps: int = 1) -> torch.Tensor:
+        return self.call(torch.Generator().manual_seed(SEED), n_trials, n_steps)
+
+    def call(self, generator: torch.Generator, n_trials: int | None = None,
+             n_steps: int = 1) -> torch.Tensor:
+        kwargs = {} if self.n_outer is None else {"n_outer": self.n_outer}
+        if n_steps != 1:  # old commits have no n_steps
+            kwargs["n_steps"] = n_steps
         return self.estimator(self.task, self.theta, n_inner=self.n_inner,
-                              inner_lr=self.inner_lr, n_trials=n_trials,
-                              generator=torch.Generator().manual_seed(SEED), **steps)
+                              inner_lr=self.inner_lr,
+                              n_trials=self.n_trials if n_trials is None else n_trials,
+                              generator=generator, **kwargs)
+
+    @property
+    def truth(self) -> str:
+        """The bandit's finite-N truth is exact; on the MDP and LQ tasks it would have to be
+        estimated at more cost than the cell, so their exact N -> infinity limit is used;
+        tasks without a model have only the estimated finite-N truth."""
+        if self.task_key == "bandit" or not self.task.has_model:
+            return "finite"
+        return "limit"
+
+    def evaluate(self, n_trials: int) -> dict:
+        """The cell's statistics record (``mb.evaluate`` with the case's truth)."""
+        options = {self.name: {"truth": self.truth}} if self.name == "exact" else None
+        kwargs = {} if self.n_outer is None else {"n_outer": self.n_outer,
+                                                  "truth_samples": self.truth_samples}
+        return mb.evaluate(self.task, [self.name], n_inner=[self.n_inner], n_trials=n_trials,
+                           inner_lr=self.inner_lr, seed=SEED, truth=self.truth,
+                           options=options, **kwargs).records[0]
 
 
 def allocated_peak_bytes(call: Callable[[], object]) -> int | None:

@@ -8,7 +8,9 @@ Public API (everything else lives in ``metarl_bench._src`` and may change)::
                                     n_trials=1000)
 """
 
+from metarl_bench._src import envs as _envs
 from metarl_bench._src import estimators as _estimators
+from metarl_bench._src.envs import set_tasks
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
                                       ResourceError, ResultsFileError, ShapeError,
                                       UnknownNameError, UnsupportedError)
@@ -27,7 +29,14 @@ register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
 register_task("bernoulli-bandit-v0", "metarl_bench._src.tasks.bandit:make_bernoulli_bandit")
 register_task("gaussian-bandit-v0", "metarl_bench._src.tasks.bandit:make_gaussian_bandit")
 register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
+register_task("navigation2d-v0", "metarl_bench._src.tasks.navigation:make_navigation2d")
+register_task("lq-navigation-v0", "metarl_bench._src.tasks.lq:make_lq_navigation")
+register_task("halfcheetah-vel-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_vel")
+register_task("halfcheetah-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_dir")
+register_task("ant-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_ant_dir")
+register_task("gym-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_gym")
 register_task("tabular-discounted-v0", "metarl_bench._src.tasks.tabular:make_discounted_tabular")
+_envs.register_gymnasium_envs()
 _estimators._register_builtin()
 
 __version__ = "0.1.0"
@@ -38,5 +47,5 @@ __all__ = [
     "Trajectories", "UnknownNameError", "UnsupportedError", "batched_estimator", "decomposed",
     "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
-    "register_estimator", "register_task",
+    "register_estimator", "register_task", "set_tasks",
 ]

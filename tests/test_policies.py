@@ -16,7 +16,7 @@ from conftest import generator
 
 def plain_mlp(flat, sizes):
     """One row's MLP forward pass written out with torch.nn.functional.linear."""
-    out, offset, hidden = [], 0, None
+    offset = 0
     layers = list(zip(sizes[:-1], sizes[1:]))
     weights = []
     for fan_in, fan_out in layers:

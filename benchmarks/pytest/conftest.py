@@ -63,9 +63,11 @@ def _ms(seconds):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stash = config.stash.get(RESULTS, None)
     if not stash or not (stash["cells"] or stash["speedup"] or stash["ratios"]
-                         or stash["throughput"]):
+                         or stash["throughput"] or stash.get("mujoco")):
         return
     write = terminalreporter.write_line
+    if stash.get("mujoco"):
+        _mujoco_summary(terminalreporter, stash["mujoco"])
     if stash["cells"]:
         terminalreporter.section("metarl_bench: statistics and memory per cell")
         header = (f"{'cell':<22} {'median':>10} {'peak alloc':>11} {'bias':>9} {'variance':>9} "
@@ -94,3 +96,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
               f"CPUs; 1-min load average {_fmt(load, '.2f')} at the end (this run included: "
               f"well above the thread count means other work inflated the timings)")
         write("timings are recorded (extra_info, --benchmark-json), never asserted")
+
+
+def _mujoco_summary(terminalreporter, measured):
+    write = terminalreporter.write_line
+    terminalreporter.section("metarl_bench: MuJoCo (HalfCheetahVel, fastest of the rounds)")
+    throughput = measured.get("throughput")
+    if throughput:
+        write(f"{'path (256 trajectories x 100 steps)':<40} {'env-steps/s':>12}")
+        for name in ("batch", "gymnasium", "raw"):
+            write(f"{name:<40} {throughput[f'env_steps_per_s_{name}']:>12.0f}")
+        write(f"batch / gymnasium {throughput['vs_gymnasium']:.2f}x (target >= 1.5), "
+              f"batch / raw mj_step {throughput['vs_raw']:.2f}x (target >= 0.75); "
+              f"1-min load {throughput['load_average']:.2f}")
+    share = measured.get("share")
+    if share:
+        for name in ("lsf", "dice"):
+            write(f"{name}: {share[f'{name}_seconds']:.2f} s an estimate, "
+                  f"{share[f'{name}_share_outside_sampling']:.0%} outside sampling "
+                  f"(target <= 25%)")
+        write(f"torch {torch.get_num_threads()} threads; 1-min load {share['load_average']:.2f}")

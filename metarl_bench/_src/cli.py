@@ -1,4 +1,4 @@
-"""The ``metarl-bench`` command line: ``list``, ``run``, ``sweep`` and ``check``.
+"""The ``metarl-bench`` command line: ``list``, ``run``, ``sweep``, ``train`` and ``check``.
 
 Bad input exits with code 2 and one line on stderr, never a traceback. Every argument is
 checked before any file is opened, so a rejected command leaves every file as it was.
@@ -117,6 +117,14 @@ def _add_guards(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar (shown on a terminal by default)")
 
 
+def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
+                    required: bool = False) -> None:
+    parser.add_argument("--task", required=required, help=help)
+    parser.add_argument("--task-param", action="append", type=_task_param, default=[],
+                        metavar="KEY=VALUE",
+                        help="task parameter, repeatable (JSON or a,b,c lists)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl-bench",
                      description="Benchmark meta-gradient estimators against exact ground truth.")
@@ -128,9 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="bias / variance / MSE / cosine of estimators over a grid of N",
         description="Compare estimators against the exact (or estimated) meta-gradient. With no "
                     "--task: the headline comparison on a bandit and a tabular MDP.")
-    run.add_argument("--task", help="task id (default: the headline bandit and tabular MDP)")
-    run.add_argument("--task-param", action="append", type=_task_param, default=[],
-                     metavar="KEY=VALUE", help="task parameter, repeatable (JSON or a,b,c lists)")
+    _task_arguments(run, help="task id (default: the headline bandit and tabular MDP)")
     run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
                      help=f"comma-separated NAME or NAME:KEY=VALUE,... entries, e.g. "
                           f"lsf,unbiased:baseline=0.5,decomposed:inner=maml,hessian=lsf "
@@ -149,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--truth", choices=("finite", "limit"), default="finite",
                      help="compare against grad F_N (finite) or grad F_inf (limit)")
     run.add_argument("--truth-samples", type=_positive_int, default=20_000,
-                     help="leave-one-out samples for an estimated finite truth (default: 20000)")
+                     help="samples of an estimated finite truth: leave-one-out with a model, "
+                          "unbiased with --n-outer without one (default: 20000)")
     run.add_argument("--monte-carlo", action="store_true",
                      help="use Monte Carlo moments even where exact enumeration is possible")
     run.add_argument("--dtype", choices=("float64", "float32"), default="float64")
@@ -181,6 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=_positive_int, default=None,
                        help="worker processes of the local cluster (default: one per core)")
     _add_guards(sweep)
+    train = commands.add_parser(
+        "train", help="meta-train a policy with one estimator; JSON lines and a PNG curve",
+        description="Meta-train the initial parameters with an estimator's meta-gradient "
+                    "(outer Adam or SGD); log the return before and after adaptation per "
+                    "iteration as JSON lines and draw the learning curve as a PNG.")
+    _task_arguments(train, help="task id, e.g. navigation2d-v0", required=True)
+    train.add_argument("--estimator", default="lsf", help="estimator name (default: lsf)")
+    train.add_argument("--iterations", type=_positive_int, default=100,
+                       help="meta-iterations (default: 100)")
+    train.add_argument("--meta-batch", type=_positive_int, default=20,
+                       help="tasks per meta-iteration (default: 20)")
+    train.add_argument("--n-inner", type=_positive_int, default=20,
+                       help="inner trajectories N per task (default: 20)")
+    train.add_argument("--n-outer", type=_positive_int, default=20,
+                       help="outer trajectories M per task (default: 20)")
+    train.add_argument("--inner-lr", type=_float, default=0.1,
+                       help="inner step size (default: 0.1)")
+    train.add_argument("--outer-lr", type=_float, default=0.01,
+                       help="outer step size (default: 0.01)")
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                       help="outer optimiser (default: adam)")
+    train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    train.add_argument("--json", metavar="PATH", default="train.jsonl",
+                       help="JSON lines log, one line per iteration (default: train.jsonl)")
+    train.add_argument("--plot", metavar="PATH", default=None,
+                       help="PNG learning curve (default: the --json path with .png)")
     check = commands.add_parser(
         "check", help="compare the working tree with a baseline: statistics, time, memory",
         description="Measure every estimator on a fixed seeded grid, here and in a baseline "
@@ -281,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluate import check_resources, pending, plan, results_of, run_plan
     from metarl_bench._src.progress import Progress, wanted
     from metarl_bench._src.registry import make_task
-    from metarl_bench._src.store import Store
+    from metarl_bench._src.store import Store, cell_key
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
@@ -310,6 +343,8 @@ def _run(args: argparse.Namespace) -> int:
         totals = [check_resources(p.task, pending(p, store, args.force), max_work)
                   for p in plans]
     finished = 0
+    keys = [cell_key(config) for checked in plans for config in checked.configs]
+    stored_before = sum(key in store for key in keys) if store is not None else 0
 
     def count(record: dict[str, Any]) -> None:
         nonlocal finished
@@ -328,6 +363,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(result.table())
                 print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
     except KeyboardInterrupt:
+        if args.json:
+            # read back what reached the file: an interrupt between a cell's write and its
+            # count would make the counter one short
+            on_disk = Store(args.json, option="--json")
+            finished = sum(key in on_disk for key in keys) - stored_before
         kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
         print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
         return 130
@@ -343,6 +383,42 @@ def _run(args: argparse.Namespace) -> int:
         raise UnsupportedError(
             f"{len(problems)} cells have no statistics (e.g. {first['estimator']} at "
             f"N={first['n_inner']}: {first['problem']}); see the table")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from metarl_bench._src.registry import make_task
+    from metarl_bench._src.train import train
+
+    estimator = _estimator_names(args.estimator)
+    if len(estimator) != 1:
+        raise ParameterError(f"--estimator names one estimator, got {args.estimator!r}")
+    plot = args.plot or os.path.splitext(args.json)[0] + ".png"
+    _writable(args.json, "--json")
+    _writable(plot, "--plot")
+    task = make_task(args.task, **dict(args.task_param))
+
+    def report(row: dict[str, Any]) -> None:
+        print(f"  iteration {row['iteration']:>4}: return before {row['return_before']:.4g}, "
+              f"after {row['return_after']:.4g}", file=sys.stderr, flush=True)
+
+    print(f"training {task!r} with {estimator[0]} ...", file=sys.stderr, flush=True)
+    try:
+        result = train(task, estimator[0], iterations=args.iterations,
+                       meta_batch=args.meta_batch, n_inner=args.n_inner, n_outer=args.n_outer,
+                       inner_lr=args.inner_lr, outer_lr=args.outer_lr,
+                       optimizer=args.optimizer, seed=args.seed, jsonl=args.json, plot=plot,
+                       progress=report)
+    except KeyboardInterrupt:
+        print(f"metarl-bench: interrupted; finished iterations kept in {args.json}",
+              file=sys.stderr)
+        return 130
+    first, last = result.iterations[0], result.iterations[-1]
+    print(f"return after adaptation: {first['return_after']:.4g} (iteration 0) -> "
+          f"{last['return_after']:.4g} (iteration {last['iteration']})")
+    print(f"log: {args.json}\nlearning curve: {plot}")
     return 0
 
 
@@ -381,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list()
         if args.command == "check":
             return _check(args)
+        if args.command == "train":
+            return _train(args)
         if args.command == "sweep":
             from metarl_bench._src.sweep import main_sweep
 

@@ -258,9 +258,12 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
         raise ParameterError(f"exact must be True or False, got {exact!r}")
     if dtype not in (torch.float32, torch.float64):
         raise ParameterError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if not task.has_model:
-        raise UnsupportedError(f"task {task.name!r} has no model, so no ground truth to compare "
-                               f"against")
+    if not task.has_model and n_outer is None:
+        raise UnsupportedError(f"task {task.name!r} has no model: the estimators and the "
+                               f"estimated truth sample the outer step, so pass n_outer=M")
+    if not task.has_model and truth == "limit":
+        raise UnsupportedError(f"task {task.name!r} has no model, so grad F_inf is unknown; "
+                               f"use truth='finite' (estimated from samples)")
     if truth == "finite" and any(e.spec.name == "exact" for e in entries) and not all(
             exact_finite_truth(task, n, n_steps) for n in grid):
         raise UnsupportedError(f"estimator 'exact' with truth='finite' needs an exact "
@@ -333,7 +336,10 @@ def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) 
     per_task = estimator_spec(config["estimator"]).trajectories_per_task(
         config["n_inner"], config["n_outer"], config.get("options")) + inner - config["n_inner"]
     own = config["n_trials"] * task.n_tasks * per_task
-    return own + (n_truth or 0) * task.n_tasks * inner
+    # a model-free truth samples the outer step too
+    per_truth_sample = task.n_tasks * (inner + (
+        0 if task.has_model else (config["n_outer"] or 0)))
+    return own + (n_truth or 0) * per_truth_sample
 
 
 def evaluate(task: Task,
@@ -352,14 +358,17 @@ def evaluate(task: Task,
     """Bias, variance, MSE and cosine of each estimator against the truth, for each N.
 
     ``truth``: ``"finite"`` (grad F_N: exact on bandits, else the mean of ``truth_samples``
-    leave-one-out estimates, reported as estimated with its error in the intervals) or
-    ``"limit"`` (grad F_inf, exact). ``exact``: use the exact enumerated moments where the task
-    and estimator allow it (bandit, exact outer), Monte Carlo over ``n_trials`` otherwise;
-    each record says which (``moments``). ``options``: per-estimator keyword options, e.g.
-    ``{"unbiased": {"baseline": 0.5}}``; an entry of ``estimators`` may also carry its own
-    (``"unbiased:baseline=0.5"``, see ``estimator_entries``) or be a spec such as
-    ``decomposed(...)``. ``n_steps``: K inner steps for every estimator and the truth (an
-    estimator that cannot take them raises :class:`UnsupportedError`).
+    exactly unbiased estimates, reported as estimated with its error in the intervals:
+    leave-one-out ones on tasks with a model, ``unbiased`` ones with ``n_outer`` sampled outer
+    trajectories on tasks without one; each record's ``truth_method`` says which) or
+    ``"limit"`` (grad F_inf, exact; tasks with a model). ``exact``: use the exact enumerated
+    moments where the task and estimator allow it (bandit, exact outer), Monte Carlo over
+    ``n_trials`` otherwise; each record says which (``moments``). ``options``:
+    per-estimator keyword options, e.g. ``{"unbiased": {"baseline": 0.5}}``; an entry of
+    ``estimators`` may also carry its own (``"unbiased:baseline=0.5"``, see
+    ``estimator_entries``) or be a spec such as ``decomposed(...)``. ``n_steps``: K inner
+    steps for every estimator and the truth (an estimator that cannot take them raises
+    :class:`UnsupportedError`).
 
     ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it
     is finished, and cells already there are read back instead of recomputed (a resumed
@@ -431,6 +440,7 @@ class Truth:
     reference: torch.Tensor
     samples: torch.Tensor | None
     kind: str
+    method: str = ""
 
 
 def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
@@ -440,19 +450,21 @@ def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
     n, inner_lr, n_steps = config["n_inner"], config["inner_lr"], config.get("n_steps", 1)
     if config["truth"] == "limit":
         return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps), None,
-                     "exact")
+                     "exact", "grad F_inf by nested autodiff through the model")
     if exact_finite_truth(task, n, n_steps):
         return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps),
-                     None, "exact")
+                     None, "exact", "grad F_N by exact enumeration of the inner samples")
     # the one-step seed is kept as it was, so one-step results do not change
     generator = torch.Generator(device=theta.device).manual_seed(
         cell_seed(config["seed"], "truth", n) if n_steps == 1
         else cell_seed(config["seed"], "truth", n, n_steps))
+    n_outer = None if task.has_model else config["n_outer"]
+    per_sample = task.n_tasks * (n * n_steps + (n_outer or 0))
     estimate = estimate_meta_gradient(
         task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config["truth_samples"],
-        generator=generator, n_steps=n_steps,
-        progress=lambda done: advance(done * task.n_tasks * n * n_steps))
-    return Truth(estimate.mean, estimate.samples, "estimated")
+        n_outer=n_outer, generator=generator, n_steps=n_steps,
+        progress=lambda done: advance(done * per_sample))
+    return Truth(estimate.mean, estimate.samples, "estimated", estimate.method)
 
 
 def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
@@ -522,7 +534,8 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
                                  truth)
     mse = stats["mse"]
     return plain(dict(
-        n_steps=n_steps, truth_kind=truth.kind, moments=stats.pop("moments"), **stats,
+        n_steps=n_steps, truth_kind=truth.kind, truth_method=truth.method,
+        moments=stats.pop("moments"), **stats,
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
         n_nonfinite=n_nonfinite, problem=problem, seconds=seconds,

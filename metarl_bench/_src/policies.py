@@ -342,7 +342,7 @@ def make_policy(kind: str, *, observation_dim: int, action_dim: int | None = Non
     """
     kinds = CONTINUOUS_POLICIES + DISCRETE_POLICIES
     if kind not in kinds:
-        raise unknown_name("policy", kind, kinds)
+        raise unknown_name("policy kind", kind, kinds)
     observation_dim = validation.positive_int("observation_dim", observation_dim)
     seed = validation.positive_int("policy_seed", seed, minimum=0)
     if kind in CONTINUOUS_POLICIES:

@@ -45,15 +45,26 @@ from typing import Any, Iterable
 
 SUITE_VERSION = 2
 STAT_METRICS = ("bias", "variance", "mse")
-#: name -> (task id, parameters, inner step size, truth, trials). Append only.
+#: name -> (task id, parameters, inner step size, truth, trials[, evaluate options]).
+#: Append only. A task the measured tree does not have is left out of its suite.
 CHECK_TASKS = {
     "bandit": ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]},
                2.0, "finite", 200),
     "tabular": ("tabular-v0", {"n_states": 4, "n_actions": 3, "horizon": 4, "gamma": 0.9,
                                "seed": 1}, 1.0, "limit", 2000),
+    "lq": ("lq-navigation-v0", {"n_tasks": 1, "horizon": 3, "init_std": 0.3}, 0.02, "limit",
+           100),
+    # no model: sampled outer step, truth estimated from 50 unbiased estimates
+    "navigation": ("navigation2d-v0", {"n_tasks": 1, "horizon": 5, "hidden": [4]}, 0.001,
+                   "finite", 50, {"n_outer": 2, "truth_samples": 50}),
 }
 CHECK_N = (4, 32)
 TIMING = ("tabular", 32, 2000)  # (task, N, trials) of the timed and memory-measured call
+#: A small timed MuJoCo call, to catch a slower simulator path: task key -> (task id,
+#: parameters, inner step size, N, M, trials). Left out where the task or MuJoCo is absent.
+#: Append only.
+MUJOCO_TIMING = {"halfcheetah-vel": ("halfcheetah-vel-v0", {"n_tasks": 2, "horizon": 20,
+                                                            "seed": 0}, 1e-3, 4, 4, 2)}
 #: One timed sample repeats the call until it lasts about this long, so that a sample is
 #: long against the scheduler's time slices and the timer's resolution.
 MIN_SAMPLE_SECONDS = 0.1
@@ -80,19 +91,34 @@ class _Suite:
         # with options (NAME:KEY=VALUE,...) counts by its name
         self.names = ([n for n in estimators if n.partition(":")[0] in registered]
                       if estimators else registered)
-        self.tasks = {key: (mb.make_task(task_id, **params), lr, truth, trials)
-                      for key, (task_id, params, lr, truth, trials) in CHECK_TASKS.items()}
+        unknown = getattr(mb, "UnknownNameError", ValueError)
+        self.tasks = {}
+        for key, (task_id, params, lr, truth, trials, *extra) in CHECK_TASKS.items():
+            try:
+                self.tasks[key] = (mb.make_task(task_id, **params), lr, truth, trials,
+                                   extra[0] if extra else {})
+            except unknown:  # a task this tree does not have
+                continue
+        # timed cells: key -> (task, inner step size, N, M, trials)
+        task_key, n_inner, trials = TIMING
+        self.cells = {task_key: (self.tasks[task_key][0], self.tasks[task_key][1], n_inner,
+                                 None, trials)}
+        for key, (task_id, params, lr, n_inner, n_outer, trials) in MUJOCO_TIMING.items():
+            try:
+                self.cells[key] = (mb.make_task(task_id, **params), lr, n_inner, n_outer, trials)
+            except (unknown, ImportError, self.unsupported):  # no such task, or no MuJoCo
+                continue
         self.timed: list[str] = []
 
     def statistics(self) -> list[dict[str, Any]]:
         rows = []
         for name in self.names:
-            for key, (task, inner_lr, truth, trials) in self.tasks.items():
+            for key, (task, inner_lr, truth, trials, extra) in self.tasks.items():
                 options = {name: {"truth": truth}} if name == "exact" else None
                 try:
                     result = self.mb.evaluate(task, [name], n_inner=list(CHECK_N),
                                               n_trials=trials, inner_lr=inner_lr, truth=truth,
-                                              seed=0, options=options)
+                                              seed=0, options=options, **extra)
                 except self.unsupported:
                     continue
                 for record in result.records:
@@ -101,28 +127,33 @@ class _Suite:
                                  **{f"{m}_ci": record[f"{m}_ci"] for m in STAT_METRICS}})
         return rows
 
-    def _call(self, name: str) -> Any:
-        task_key, n_inner, trials = TIMING
-        task, inner_lr, _, _ = self.tasks[task_key]
+    def _call(self, item: str) -> Any:
+        """The timed call of ``item``, ``"estimator|cell"`` (a key of ``self.cells``)."""
+        name, _, cell = item.partition("|")
+        task, inner_lr, n_inner, n_outer, trials = self.cells[cell]
         theta = task.initial_params()
         if ":" in name:  # an entry with options needs a tree that reads them
             from metarl_bench._src.estimator_entries import resolve
             entry = resolve(name)
-            fn, options = entry.spec.fn, entry.options
+            fn, options = entry.spec.fn, dict(entry.options)
         else:
             fn, options = self.mb.get_estimator(name), {}
+        if n_outer is not None:
+            options["n_outer"] = n_outer
         return lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=trials,
                           generator=self.torch.Generator().manual_seed(0), **options)
 
     def prepare(self) -> list[str]:
-        """Warm every estimator up on the timing call; the names that support it."""
+        """Warm every estimator up on each timed cell; the ``"estimator|cell"`` items that run."""
         self.timed = []
         for name in self.names:
-            try:
-                self._call(name)()  # lazy imports and caches are not the call's own cost
-            except self.unsupported:
-                continue
-            self.timed.append(name)
+            for cell in self.cells:
+                item = f"{name}|{cell}"
+                try:
+                    self._call(item)()  # lazy imports and caches are not the call's own cost
+                except self.unsupported:
+                    continue
+                self.timed.append(item)
         return self.timed
 
     def time(self, name: str, calls: int) -> tuple[float, float]:
@@ -135,8 +166,9 @@ class _Suite:
 
     def memory(self) -> list[dict[str, Any]]:
         task_key, n_inner, _ = TIMING
-        return [{"estimator": name, "task": task_key, "n_inner": n_inner,
-                 "peak_bytes": _peak_bytes(self._call(name))} for name in self.timed]
+        return [{"estimator": item.partition("|")[0], "task": task_key, "n_inner": n_inner,
+                 "peak_bytes": _peak_bytes(self._call(item))} for item in self.timed
+                if item.partition("|")[2] == task_key]
 
 
 def measure_statistics(estimators: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -328,19 +360,26 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
         finally:
             for worker in workers:
                 worker.close()
-    task_key, n_inner, trials = TIMING
     for index, suite in enumerate(suites):
         suite["load_average"] = {"before": load_before[0], "after": load_after[0],
                                  "cpus": os.cpu_count()}
-        suite["times"] = [{"estimator": name, "task": task_key, "n_inner": n_inner,
-                           "trials": trials, "calls_per_sample": calls[name],
-                           **times[name][index]} for name in timed]
-        # estimators one tree times and the other cannot: listed, so that the comparison
-        # says new or gone, with no samples (there is nothing to pair them with)
-        suite["times"] += [{"estimator": name, "task": task_key, "n_inner": n_inner,
-                            "trials": trials, "calls_per_sample": 0, "seconds": [],
-                            "cpu_seconds": []} for name in warm[index] if name not in timed]
+        suite["times"] = [{**_timed_cell(item), "calls_per_sample": calls[item],
+                           **times[item][index]} for item in timed]
+        # cells one tree times and the other cannot: listed, so that the comparison says
+        # new or gone, with no samples (there is nothing to pair them with)
+        suite["times"] += [{**_timed_cell(item), "calls_per_sample": 0, "seconds": [],
+                            "cpu_seconds": []} for item in warm[index] if item not in timed]
     return suites
+
+
+def _timed_cell(item: str) -> dict[str, Any]:
+    """Estimator, task, N and trials of a timed ``"estimator|cell"`` item."""
+    name, _, cell = item.partition("|")
+    if cell in MUJOCO_TIMING:
+        n_inner, trials = MUJOCO_TIMING[cell][3], MUJOCO_TIMING[cell][5]
+    else:
+        _, n_inner, trials = TIMING
+    return {"estimator": name, "task": cell, "n_inner": n_inner, "trials": trials}
 
 
 def _calls_per_sample(workers: list[_Worker], name: str) -> int:

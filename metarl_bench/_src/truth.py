@@ -1,8 +1,9 @@
 """Ground truth: exact meta-gradients, estimated finite-N references, exact moments.
 
-SCIENCE.md section 3: grad F_inf by nested autodiff through the exact model; grad F_N by
-enumerating pull counts (bandits); otherwise grad F_N estimated as the mean of many
-leave-one-out unbiased estimates, reported with its standard error.
+grad F_inf by nested autodiff through the exact model; grad F_N by enumerating pull counts
+(bandits); otherwise grad F_N estimated as the mean of many exactly unbiased estimates
+(leave-one-out with the exact model; score-function with sampled outer steps on tasks
+without a model), reported with its standard error and the method that made it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from metarl_bench._src.errors import UnsupportedError
 from metarl_bench._src.estimators.common import multi_step
 from metarl_bench._src.progress import as_advance
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.trajectories import Trajectories, discounted_return
 
 
 #: The most outcomes an exact enumeration may list (a bandit with K arms and N samples has
@@ -98,9 +99,11 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
 
 @dataclass(frozen=True)
 class EstimatedGradient:
-    """A reference gradient estimated from ``samples`` (S, *P): mean and standard error."""
+    """A reference gradient estimated from ``samples`` (S, *P): mean and standard error;
+    ``method`` says which estimator and how many trajectories made it."""
 
     samples: torch.Tensor
+    method: str = ""
 
     @property
     def mean(self) -> torch.Tensor:
@@ -111,50 +114,92 @@ class EstimatedGradient:
         return self.samples.std(0) / self.samples.shape[0] ** 0.5
 
 
+#: Trajectories in the pilot batch that sets the constant baseline of a model-free truth.
+PILOT_TRAJECTORIES = 64
+
+
 def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
-                           n_samples: int = 20_000, chunk: int | None = None,
+                           n_samples: int = 20_000, n_outer: int | None = None,
+                           chunk: int | None = None,
                            generator: torch.Generator | None = None,
                            n_steps: int = 1,
                            progress: bool | Callable[[int], None] | None = None
                            ) -> EstimatedGradient:
-    """grad F_N estimated as the mean of ``n_samples`` leave-one-out unbiased estimates.
+    """grad F_N estimated as the mean of ``n_samples`` exactly unbiased estimates.
 
-    The leave-one-out estimator is exactly unbiased with O(1/N) variance (SCIENCE.md
-    section 2); it needs the exact V, so the task must have a model. K = ``n_steps`` inner
-    steps: its K-step form (exact lookahead baselines, see ``loo``) is still exactly
-    unbiased, with a variance O(1) in N instead of O(1/N): the reference gets noisier, and
-    its standard error says by how much. Samples are drawn in chunks of ``chunk`` trials, by
-    default about 2**15 trajectories per chunk (set by N and K alone, never by the machine,
-    so the result is the same everywhere). ``progress``: True for a bar on stderr, or a
-    function called with the number of samples of each chunk.
+    Tasks with a model: leave-one-out estimates (``loo``: exact outer, O(1/N) variance), in
+    chunks of about 2**15 trajectories. Tasks without one: ``unbiased`` score-function
+    estimates with ``n_outer`` sampled outer trajectories and a constant baseline b, the mean
+    return of a separate pilot batch of 64 trajectories per task at theta (independent of
+    every estimate, so each stays exactly unbiased while the score term
+    (V(theta') - b) sum_i s_i loses most of its variance), in the chunks of an estimator
+    cell. K = ``n_steps`` inner steps: their K-step forms (``loo`` with exact lookahead
+    baselines) stay exactly unbiased, ``loo``'s variance O(1) in N instead of O(1/N): the
+    reference gets noisier, and its standard error says by how much. Chunk sizes depend on
+    the configuration alone (N, K, M), never on the machine, so the result is the same
+    everywhere. ``progress``: True for a bar on stderr, or a function called with the number
+    of samples of each chunk. The result's ``method`` says which estimator, N, K, M and how
+    many samples made it.
     """
-    inner_lr = _check(task, theta, inner_lr)
+    validation.params_tensor(theta, task.param_shape, task.name)
+    inner_lr = validation.finite_float("inner_lr", inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
     n_inner = validation.positive_int("n_inner", n_inner)
     n_steps = validation.positive_int("n_steps", n_steps)
-    chunk = (max(1, 2 ** 15 // (n_inner * n_steps)) if chunk is None
-             else validation.positive_int("chunk", chunk))
+    n_outer = validation.optional_positive_int("n_outer", n_outer)
     itemsize = theta.element_size()
+    steps_note = "" if n_steps == 1 else f", K={n_steps} steps"
+    if task.has_model:
+        name, options, n_outer = "loo", {}, None
+        default_chunk = max(1, 2 ** 15 // (n_inner * n_steps))
+        per_chunk_bytes = task.n_tasks * n_inner * n_steps * (
+            resources.bytes_per_trajectory(task, itemsize)
+            + resources.bytes_per_row(task, True, itemsize))
+        method = f"mean of {n_samples} loo estimates (exact outer), N={n_inner}{steps_note}"
+    else:
+        if n_outer is None:
+            raise UnsupportedError(
+                f"task {task.name!r} has no model: an estimated truth samples the outer step, "
+                f"so it needs n_outer=M")
+        name = "unbiased"
+        default_chunk = resources.chunk_trials(task, n_inner * n_steps, n_outer, theta.dtype)
+        per_chunk_bytes = task.n_tasks * (
+            (n_inner * n_steps + n_outer) * resources.bytes_per_trajectory(task, itemsize)
+            + resources.bytes_per_row(task, False, itemsize))
+    chunk = default_chunk if chunk is None else validation.positive_int("chunk", chunk)
     resources.check_memory(
-        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * task.n_tasks * n_inner
-        * n_steps * (resources.bytes_per_trajectory(task, itemsize)
-                     + resources.bytes_per_row(task, True, itemsize)),
+        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * per_chunk_bytes,
         f"estimate_meta_gradient(n_samples={n_samples}, n_inner={n_inner}) on {task.name}",
         "lower n_samples or n_inner, or raise the limit (max_memory= / --max-memory)")
-    loo = estimator_spec("loo").fn
-    steps = {} if n_steps == 1 else {"n_steps": n_steps}
+    if not task.has_model:
+        baseline = pilot_return(task, theta, generator)
+        options = {"baseline": baseline}
+        method = (f"mean of {n_samples} unbiased estimates, N={n_inner}, M={n_outer}"
+                  f"{steps_note}, baseline {baseline:.6g} from {PILOT_TRAJECTORIES} pilot "
+                  f"trajectories per task")
+    if n_steps > 1:
+        options = {**options, "n_steps": n_steps}
+    fn = estimator_spec(name).fn
     advance, bar = as_advance(progress, n_samples, f"truth N={n_inner}", "sample")
     parts = []
     try:
         for start in range(0, n_samples, chunk):
             size = min(chunk, n_samples - start)
-            parts.append(loo(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=size,
-                             generator=generator, **steps))
+            parts.append(fn(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=size,
+                            n_outer=n_outer, generator=generator, **options))
             advance(size)
     finally:
         if bar is not None:
             bar.close()
-    return EstimatedGradient(torch.cat(parts))
+    return EstimatedGradient(torch.cat(parts), method)
+
+
+def pilot_return(task: Any, theta: torch.Tensor, generator: torch.Generator | None) -> float:
+    """Mean discounted return at theta over 64 trajectories per task of the distribution."""
+    task_index = torch.arange(task.n_tasks, device=theta.device)
+    rows = theta.detach().expand(task.n_tasks, *theta.shape)
+    traj = task.sample(rows, PILOT_TRAJECTORIES, task_index, generator)
+    return float(discounted_return(traj.rewards, task.gamma).mean())
 
 
 @dataclass(frozen=True)

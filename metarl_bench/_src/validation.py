@@ -61,3 +61,11 @@ def params_tensor(theta: Any, param_shape: tuple[int, ...], task_name: str) -> t
 
 def optional_positive_int(name: str, value: Any) -> int | None:
     return None if value is None else positive_int(name, value)
+
+
+def interval(low_name: str, low: Any, high_name: str, high: Any) -> tuple[float, float]:
+    """Two finite numbers with low < high (e.g. the bounds of a uniform task distribution)."""
+    low, high = finite_float(low_name, low), finite_float(high_name, high)
+    if not low < high:
+        raise ParameterError(f"{low_name} must be below {high_name}, got {low} and {high}")
+    return low, high

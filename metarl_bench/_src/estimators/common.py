@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from metarl_bench._src import resources, validation
+from metarl_bench._src.advantages import inner_returns
 from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.registry import keyword_options
 from metarl_bench._src.tasks import Task
@@ -54,8 +55,9 @@ class InnerStep:
     """The inner adaptation of every row.
 
     ``params``: leaf (R, *P), one copy of theta per row; ``log_prob``: (R, N, T);
-    ``returns``: reward-to-go G_t (R, N, T); ``adapted``: theta' = theta + eta g_N (R, *P),
-    differentiable with respect to ``params`` (trajectories held fixed) when requested.
+    ``returns``: the inner advantages A_t (R, N, T), reward-to-go G_t by default;
+    ``adapted``: theta' = theta + eta g_N (R, *P), differentiable with respect to ``params``
+    (trajectories held fixed) when requested.
     """
 
     params: torch.Tensor
@@ -96,10 +98,14 @@ def row_params(theta: torch.Tensor, n_rows: int) -> torch.Tensor:
 
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
                differentiable: bool = True) -> InnerStep:
-    """theta' = theta + eta (1/N) sum_i sum_t grad log pi(a_t|x_t) G_t, per row."""
+    """theta' = theta + eta (1/N) sum_i sum_t grad log pi(a_t|x_t) A_t, per row.
+
+    A_t is the task's inner advantage (``advantages.inner_returns``): the reward-to-go G_t
+    unless the task sets a baseline, GAE or normalisation.
+    """
     params = row_params(theta, inner.n_rows)
     log_prob = task.log_prob(params, inner)
-    returns = reward_to_go(inner.rewards, task.gamma)
+    returns = inner_returns(task, inner)
     objective = (log_prob * returns).sum(-1).mean(-1)
     (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=differentiable)
     return InnerStep(params, log_prob, returns, params + inner_lr * grad)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from metarl_bench._src import validation
+from metarl_bench._src.advantages import require_plain
 from metarl_bench._src.errors import ParameterError
 from metarl_bench._src.estimators.common import OuterSampler, grad_of, outer_at, row_params
 from metarl_bench._src.estimators.critics import (check_critic, critic_values, decay_matrix,
@@ -81,6 +82,8 @@ def dice_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     Shapes: inner (R, N, T) -> (R, *P).
     Bias/variance: an LSF variant: bias vanishes as N grows, variance O(1/N).
     """
+    require_plain(task, "dice", "its surrogate weights raw rewards")
+
     def surrogate(params: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
         discounted_rewards = inner.rewards * discounts(task.gamma, inner.horizon, inner.rewards)
         return (discounted_rewards * _magic_box(log_prob.cumsum(-1))).sum(-1)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from metarl_bench._src import validation
+from metarl_bench._src.advantages import require_plain
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step,
                                                 is_exact_outer, outer_at, pathwise, row_params)
@@ -71,6 +72,7 @@ def loo_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     """
     if not is_exact_outer(outer):
         raise UnsupportedError("estimator 'loo' needs the exact outer value: use n_outer=None")
+    require_plain(task, "loo", "leaving one trajectory out must not change the others' terms")
     step = inner_step(task, theta, inner, inner_lr)
     out = outer_at(task, step.adapted, inner.task_index, outer)
     # per-trajectory inner gradients g(tau_i): one parameter copy per trajectory

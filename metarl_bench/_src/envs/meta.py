@@ -1,0 +1,65 @@
+"""The meta-task protocol on Gymnasium environments.
+
+A meta-RL environment is one member of a family of tasks (a goal, a target velocity):
+``sample_tasks(n, rng)`` draws n tasks from the family's distribution, ``set_task(task)``
+makes the environment that task (from the next ``reset`` on), ``get_task()`` says which it
+is. A task is a plain dict of numbers, so it can be logged as JSON.
+
+Every sub-environment of a vector env holds its own task: assign them with
+``set_tasks(vector_env, tasks)``, which uses Gymnasium's ``set_attr`` (one value per
+sub-environment) on the ``task`` property.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from metarl_bench._src.errors import ParameterError
+
+
+class MetaTaskEnv:
+    """Mixin for ``gymnasium.Env`` subclasses: the protocol plus a ``task`` property."""
+
+    def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
+                     ) -> list[dict[str, Any]]:
+        """``n_tasks`` tasks drawn from the family's distribution with ``rng`` (a numpy
+        Generator or a seed; None: the environment's own ``np_random``)."""
+        raise NotImplementedError
+
+    def set_task(self, task: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def get_task(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def task(self) -> dict[str, Any] | None:
+        """The current task, None before any is set (``set_attr`` probes this attribute)."""
+        try:
+            return self.get_task()
+        except ParameterError:
+            return None
+
+    @task.setter
+    def task(self, task: dict[str, Any]) -> None:
+        self.set_task(task)
+
+
+def rng_of(env: Any, rng: np.random.Generator | int | None) -> np.random.Generator:
+    if rng is None:
+        return env.np_random
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return np.random.default_rng(int(rng))
+    raise ParameterError(f"rng must be a numpy Generator, a seed or None, got {rng!r}")
+
+
+def set_tasks(vector_env: Any, tasks: Sequence[dict[str, Any]]) -> None:
+    """Give each sub-environment of a Gymnasium vector env its own task."""
+    if len(tasks) != vector_env.num_envs:
+        raise ParameterError(f"need one task per sub-environment: {vector_env.num_envs} "
+                             f"sub-environments, got {len(tasks)} tasks")
+    vector_env.set_attr("task", list(tasks))
