@@ -187,8 +187,11 @@ def test_a_three_times_slower_estimator_fails_the_time_gate(busy_machine, tmp_pa
                            count_determined=_spec.count_determined, overwrite=True)
     """)
     rows = compare(*measure([current_tree(), slow], TIMED, memory=False))
-    assert failing(rows) == {("lsf", "tabular", 32, "seconds"),
-                             ("lsf", "tabular", 32, "cpu_seconds")}
+    # every cell lsf is timed on fails: the tabular one, and the MuJoCo one where installed
+    timed_lsf = {(r["estimator"], r["task"], r["n_inner"], r["metric"]) for r in rows
+                 if r["estimator"] == "lsf" and r["metric"] in ("seconds", "cpu_seconds")}
+    assert {("lsf", "tabular", 32, "seconds"), ("lsf", "tabular", 32, "cpu_seconds")} <= timed_lsf
+    assert failing(rows) == timed_lsf
     print("3x slower lsf: median time ratio",
           round(by_metric(rows, "lsf", "seconds")["ratio"], 2), "(wall),",
           round(by_metric(rows, "lsf", "cpu_seconds")["ratio"], 2), "(CPU)")
