@@ -392,9 +392,11 @@ def _train(args: argparse.Namespace) -> int:
     from metarl_bench._src.registry import make_task
     from metarl_bench._src.train import train
 
-    estimator = _estimator_names(args.estimator)
-    if len(estimator) != 1:
-        raise ParameterError(f"--estimator names one estimator, got {args.estimator!r}")
+    entries = _estimator_entries(args.estimator)
+    if len(entries) != 1 or entries[0].options:
+        raise ParameterError(f"--estimator names one estimator (no options), got "
+                             f"{args.estimator!r}")
+    estimator = [entries[0].spec.name]
     plot = args.plot or os.path.splitext(args.json)[0] + ".png"
     _writable(args.json, "--json")
     _writable(plot, "--plot")
