@@ -166,7 +166,7 @@ def _row_critic(task: Any, traj: Trajectories, critic: str,
                 table: torch.Tensor | None) -> torch.Tensor:
     """W_t(x_t) of one row's trajectories, W_T = 0: (N, T + 1), one entry at a time."""
     states, rewards = traj.states[0], traj.rewards[0]
-    n_traj, horizon = rewards.shape  # states may carry a feature axis (LQ tasks)
+    n_traj, horizon = rewards.shape  # states may carry a trailing observation axis
     values = torch.zeros(n_traj, horizon + 1, dtype=rewards.dtype)
     if critic == "none":
         return values
