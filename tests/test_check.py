@@ -66,8 +66,9 @@ def failing(rows):
             if r["verdict"] in FAILING}
 
 
-def by_metric(rows, estimator, metric):
-    (row,) = [r for r in rows if r["estimator"] == estimator and r["metric"] == metric]
+def by_metric(rows, estimator, metric, task="tabular"):
+    (row,) = [r for r in rows if r["estimator"] == estimator and r["metric"] == metric
+              and r["task"] == task]
     return row
 
 
