@@ -90,3 +90,24 @@ class Statistics:
     track_bias.unit = "norm"
     track_variance.unit = "squared norm"
     track_mse.unit = "squared norm"
+
+
+class MultiStep:
+    """K inner steps (``n_steps``, fresh trajectories at each theta_k) on the tabular task at
+    N = 16: the cost of K steps against one, for every estimator that takes several (the
+    others are skipped). An old commit without ``n_steps`` skips every cell."""
+
+    version = 1
+    params = [ESTIMATORS, [1, 2, 3]]
+    param_names = ["estimator", "n_steps"]
+    timeout = 300
+
+    def setup(self, estimator, n_steps):
+        self.case = Case(estimator, "tabular", 16)
+        try:
+            self.case.run(n_trials=2, n_steps=n_steps)
+        except (mb.UnsupportedError, TypeError) as exc:
+            raise NotImplementedError(str(exc)) from None
+
+    def time_estimate(self, estimator, n_steps):
+        self.case.run(n_steps=n_steps)

@@ -81,11 +81,14 @@ class Case:
         except mb.UnsupportedError as exc:
             raise NotImplementedError(str(exc)) from None
 
-    def run(self, n_trials: int | None = None) -> torch.Tensor:
-        return self.call(torch.Generator().manual_seed(SEED), n_trials)
+    def run(self, n_trials: int | None = None, n_steps: int = 1) -> torch.Tensor:
+        return self.call(torch.Generator().manual_seed(SEED), n_trials, n_steps)
 
-    def call(self, generator: torch.Generator, n_trials: int | None = None) -> torch.Tensor:
+    def call(self, generator: torch.Generator, n_trials: int | None = None,
+             n_steps: int = 1) -> torch.Tensor:
         kwargs = {} if self.n_outer is None else {"n_outer": self.n_outer}
+        if n_steps != 1:  # old commits have no n_steps
+            kwargs["n_steps"] = n_steps
         return self.estimator(self.task, self.theta, n_inner=self.n_inner,
                               inner_lr=self.inner_lr,
                               n_trials=self.n_trials if n_trials is None else n_trials,

@@ -15,6 +15,7 @@ from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, Registra
                                       ResourceError, ResultsFileError, ShapeError,
                                       UnknownNameError, UnsupportedError)
 from metarl_bench._src.estimators.common import batched as batched_estimator
+from metarl_bench._src.estimators.decomposition import decomposed
 from metarl_bench._src.evaluate import Result, evaluate, load_results
 from metarl_bench._src.policies import Policy, make_policy
 from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
@@ -43,7 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "Policy",
     "RegistrationError", "ResourceError", "Result", "ResultsFileError", "ShapeError", "Task",
-    "Trajectories", "UnknownNameError", "UnsupportedError", "batched_estimator",
+    "Trajectories", "UnknownNameError", "UnsupportedError", "batched_estimator", "decomposed",
     "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
     "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
     "register_estimator", "register_task", "set_tasks",

@@ -216,20 +216,21 @@ def test_task_parameters_are_checked():
     assert task.n_tasks == 2 and task.tasks[1] == {"velocity": 1.5}
 
 
-def test_check_suite_times_a_mujoco_call():
+def test_check_suite_times_a_mujoco_call(monkeypatch):
     from metarl_bench._src import regression_gate
 
-    # the worker side of the gate, in this process: the MuJoCo cell is timed for every
-    # estimator that can run on a task with no model, next to the tabular cell
+    # the rest of the suite shrunk to one cheap cell: only the MuJoCo row is under test
+    tabular = regression_gate.CHECK_TASKS["tabular"]
+    monkeypatch.setattr(regression_gate, "CHECK_TASKS", {"tabular": (*tabular[:4], 10)})
+    monkeypatch.setattr(regression_gate, "CHECK_N", (2,))
+    monkeypatch.setattr(regression_gate, "TIMING", ("tabular", 2, 10))
+    # the suite as a check worker runs it, in this process (so the patches apply)
     suite = regression_gate._Suite(["lsf", "loo"])
-    (cell,) = regression_gate.MUJOCO_TIMING
-    timed = suite.prepare()
-    assert f"lsf|{cell}" in timed and f"loo|{cell}" not in timed   # loo needs a model
-    wall, cpu = suite.time(f"lsf|{cell}", 1)
+    mujoco_items = [item for item in suite.prepare()
+                    if item.partition("|")[2] in regression_gate.MUJOCO_TIMING]
+    assert mujoco_items == ["lsf|halfcheetah-vel"]   # loo needs a model
+    wall, cpu = suite.time(mujoco_items[0], calls=1)
     assert wall > 0 and cpu > 0
-    assert regression_gate._timed_cell(f"lsf|{cell}") == {
-        "estimator": "lsf", "task": cell, "n_inner": regression_gate.MUJOCO_TIMING[cell][3],
-        "trials": regression_gate.MUJOCO_TIMING[cell][5]}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

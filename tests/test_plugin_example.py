@@ -57,7 +57,7 @@ def test_evaluate_gives_it_exact_moments_unbiased_with_bounded_variance():
 
 def test_both_benchmark_suites_and_the_check_suite_include_it():
     from benchmarks import common
-    from metarl_bench._src.regression_gate import CHECK_N, TIMING, _Suite, measure_statistics
+    from metarl_bench._src.regression_gate import measure
 
     assert NAME in common.ESTIMATORS
     assert common.Case(NAME, "bandit", 4).run(n_trials=3).shape == (3, 3)
@@ -65,13 +65,13 @@ def test_both_benchmark_suites_and_the_check_suite_include_it():
         [sys.executable, "-m", "pytest", "benchmarks/pytest", "--collect-only", "-q",
          "-p", "no:cacheprovider", "-k", NAME], cwd=ROOT, capture_output=True, text=True)
     ids = [line for line in collected.stdout.splitlines() if f"[{NAME}-" in line]
-    # one cell per benchmarked task and N (it skips at run time where a task has no model)
-    assert len(ids) == len(common.TASKS) * len(common.N_GRID), collected.stdout
-    # the check suite: statistics on every check task with a model, and the timed call
-    cells = {(s["task"], s["n_inner"]) for s in measure_statistics([NAME])}
-    assert {("bandit", n) for n in CHECK_N} | {("tabular", n) for n in CHECK_N} <= cells
-    assert not {task for task, _ in cells} & {"navigation"}    # no model: needs_model
-    assert _Suite([NAME]).prepare() == [f"{NAME}|{TIMING[0]}"]
+    # every benchmark task at both N (cells the estimator cannot run skip when run)
+    assert len(ids) == 2 * len(common.TASKS), collected.stdout + collected.stderr
+    (suite,) = measure([str(ROOT)], [NAME], rounds=1, memory=False)
+    # it needs the exact V: the check tasks with a model, at both N
+    assert {(s["task"], s["n_inner"]) for s in suite["statistics"]} == {
+        (task, n) for task in ("bandit", "tabular", "lq") for n in (4, 32)}
+    assert {(t["estimator"], t["task"]) for t in suite["times"]} == {(NAME, "tabular")}
 
 
 def test_its_fast_form_equals_its_twin_with_a_sampled_outer_step():

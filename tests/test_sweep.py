@@ -110,3 +110,28 @@ def test_the_example_spec_is_valid():
 
     sweep = build(read_spec("examples/sweeps/small.toml"))
     assert sweep.output and sum(len(p.configs) for p in sweep.plans) == 80
+
+
+def test_n_steps_is_a_sweep_axis_in_the_cell_key_only_beyond_one_step(tmp_path, capsys):
+    spec = tmp_path / "steps.toml"
+    spec.write_text('estimators = ["lsf"]\nn_inner = [2]\nn_steps = [1, 2]\nn_trials = 20\n'
+                    '[[tasks]]\nname = "bandit-v0"\ninner_lr = [2.0]\n')
+    store = tmp_path / "steps.jsonl"
+    assert run([str(spec), "--json", str(store), "--serial"]) == 0
+    lines = lines_by_key(store)
+    by_steps = {line["config"].get("n_steps", 1): line for line in lines.values()}
+    assert len(lines) == 2 and set(by_steps) == {1, 2}
+    # one step: no n_steps in the configuration, so the key is the one stores had before
+    assert "n_steps" not in by_steps[1]["config"] and by_steps[2]["config"]["n_steps"] == 2
+    task = mb.make_task("bandit-v0")
+    for n_steps, line in by_steps.items():
+        (record,) = mb.evaluate(task, ["lsf"], n_inner=[2], n_trials=20, inner_lr=2.0,
+                                n_steps=n_steps).records
+        assert record["key"] == line["key"]
+        assert record["bias"] == line["result"]["bias"]
+    capsys.readouterr()
+    assert run([str(spec), "--json", str(store), "--serial"]) == 0   # resume: nothing to do
+    assert "0 cells computed, 2 already in the store" in capsys.readouterr().out
+    spec.write_text(spec.read_text().replace("n_steps = [1, 2]", "n_steps = [0]"))
+    assert run([str(spec), "--json", str(tmp_path / "bad.jsonl"), "--serial"]) == 2
+    assert "n_steps must be" in capsys.readouterr().err

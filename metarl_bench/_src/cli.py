@@ -138,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "--task: the headline comparison on a bandit and a tabular MDP.")
     _task_arguments(run, help="task id (default: the headline bandit and tabular MDP)")
     run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
-                     help=f"comma-separated names (default: {HEADLINE_ESTIMATORS})")
+                     help=f"comma-separated NAME or NAME:KEY=VALUE,... entries, e.g. "
+                          f"lsf,unbiased:baseline=0.5,decomposed:inner=maml,hessian=lsf "
+                          f"(default: {HEADLINE_ESTIMATORS})")
+    run.add_argument("--n-steps", type=_positive_int, default=1,
+                     help="inner adaptation steps K, fresh trajectories at each (default: 1)")
     run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
                      help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
     run.add_argument("--trials", type=_positive_int, default=2000,
@@ -221,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--baseline", metavar="REV|FILE",
                        help="git revision (e.g. HEAD~1, main) or suite JSON file")
     check.add_argument("--save", metavar="PATH", help="also save this tree's suite as JSON")
-    check.add_argument("--estimators", help="comma-separated subset (default: all registered)")
+    check.add_argument("--estimators",
+                       help="subset, as for run: NAME or NAME:KEY=VALUE,... entries "
+                            "(default: all registered)")
     check.add_argument("--rounds", type=_positive_int, default=5,
                        help="interleaved timed rounds per estimator; the median of the "
                             "per-round ratios is compared (default: 5)")
@@ -266,7 +272,8 @@ def _check(args: argparse.Namespace) -> int:
         raise ParameterError(f"--z must be > 0, got {args.z}")
     if args.save:
         _writable(args.save, "--save")
-    estimators = _estimator_names(args.estimators) if args.estimators else None
+    estimators = ([entry.label for entry in _estimator_entries(args.estimators)]
+                  if args.estimators else None)
     from metarl_bench._src.progress import wanted
 
     return run_check(args.baseline, estimators=estimators, rounds=args.rounds,
@@ -274,16 +281,12 @@ def _check(args: argparse.Namespace) -> int:
                      show_all=args.all, progress=wanted(args.quiet))
 
 
-def _estimator_names(text: str) -> list[str]:
-    """A comma-separated --estimators value, every name checked against the registry."""
-    from metarl_bench._src.registry import estimator_spec
+def _estimator_entries(text: str) -> list[Any]:
+    """A --estimators value (grammar: metarl_bench._src.estimator_entries), every entry
+    checked against the registry and its estimator's options."""
+    from metarl_bench._src.estimator_entries import resolve_all, split_entries
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ParameterError("--estimators must name at least one estimator")
-    for name in names:
-        estimator_spec(name)
-    return names
+    return resolve_all(split_entries(text))
 
 
 def _writable(path: str, option: str) -> str:
@@ -313,7 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.registry import make_task
     from metarl_bench._src.store import Store, cell_key
 
-    estimators = _estimator_names(args.estimators)
+    estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
         if args.task_param:
             raise ParameterError("--task-param needs --task")
@@ -327,7 +330,8 @@ def _run(args: argparse.Namespace) -> int:
                       n_trials=args.trials, inner_lr=lr if args.inner_lr is None else args.inner_lr,
                       n_outer=args.n_outer, seed=args.seed, truth=args.truth, theta=None,
                       exact=not args.monte_carlo, truth_samples=args.truth_samples, n_boot=200,
-                      dtype=getattr(torch, args.dtype), device=args.device, options=None)
+                      dtype=getattr(torch, args.dtype), device=args.device, options=None,
+                      n_steps=args.n_steps)
                  for name, params, lr in grid]
         if args.out is None:
             args.out = (DEFAULT_OUT if args.json is None
@@ -388,9 +392,11 @@ def _train(args: argparse.Namespace) -> int:
     from metarl_bench._src.registry import make_task
     from metarl_bench._src.train import train
 
-    estimator = _estimator_names(args.estimator)
-    if len(estimator) != 1:
-        raise ParameterError(f"--estimator names one estimator, got {args.estimator!r}")
+    entries = _estimator_entries(args.estimator)
+    if len(entries) != 1 or entries[0].options:
+        raise ParameterError(f"--estimator names one estimator (no options), got "
+                             f"{args.estimator!r}")
+    estimator = [entries[0].spec.name]
     plot = args.plot or os.path.splitext(args.json)[0] + ".png"
     _writable(args.json, "--json")
     _writable(plot, "--plot")

@@ -27,13 +27,14 @@ import torch
 from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.progress import as_advance
-from metarl_bench._src.registry import estimator_spec
+from metarl_bench._src.estimator_entries import resolve_all
+from metarl_bench._src.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                      summarize_exact)
 from metarl_bench._src.store import (SCHEMA_VERSION, Store, cell_key, latest, make_line, plain,
                                      read_lines)
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.truth import (enumerable, estimate_meta_gradient, exact_moments,
+from metarl_bench._src.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
                                      meta_gradient, supports_exact_moments)
 
 SLOPE_METRICS = ("bias", "variance", "mse")
@@ -187,7 +188,7 @@ def check_device(device: Any) -> torch.device | None:
 def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner: int,
                 n_outer: int | None, inner_lr: float, n_trials: int, seed: int, truth: str,
                 truth_samples: int, exact: bool, n_boot: int, theta: list | None, dtype: str,
-                device: str) -> dict[str, Any]:
+                device: str, n_steps: int = 1) -> dict[str, Any]:
     """Everything that determines a cell's numbers; its digest is the cell's store key.
 
     ``theta`` is None for the task's own initial parameters. Timing, library versions and
@@ -197,7 +198,10 @@ def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner:
                 estimator=estimator, options=plain(options), n_inner=n_inner, n_outer=n_outer,
                 inner_lr=inner_lr, n_trials=n_trials, seed=seed, truth=truth,
                 truth_samples=truth_samples, exact=bool(exact), n_boot=n_boot, dtype=dtype,
-                device=device)
+                device=device,
+                # one inner step is left out of the key, so stores written before K existed
+                # still resume
+                **({"n_steps": n_steps} if n_steps != 1 else {}))
 
 
 @dataclass(frozen=True)
@@ -213,20 +217,34 @@ class Plan:
         return [config for row in self.cells.values() for config in row]
 
 
-def plan(task: Task, estimators: Sequence[str] | str, *, n_inner: int | Iterable[int],
-         n_trials: int, inner_lr: float, n_outer: int | None, seed: int, truth: str,
-         theta: torch.Tensor | None, exact: bool, truth_samples: int, n_boot: int,
-         dtype: torch.dtype, device: Any, options: dict[str, dict[str, Any]] | None) -> Plan:
-    """Check every argument and list the cells; allocates nothing large, writes nothing."""
+def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | EstimatorSpec, *,
+         n_inner: int | Iterable[int], n_trials: int, inner_lr: float, n_outer: int | None,
+         seed: int, truth: str, theta: torch.Tensor | None, exact: bool, truth_samples: int,
+         n_boot: int, dtype: torch.dtype, device: Any, options: dict[str, dict[str, Any]] | None,
+         n_steps: int = 1) -> Plan:
+    """Check every argument and list the cells; allocates nothing large, writes nothing.
+
+    ``estimators``: names, entries with options (``"unbiased:baseline=0.5"``, see
+    ``estimator_entries``) or specs such as ``decomposed(...)``."""
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
                              f"{type(task).__name__}")
-    if isinstance(estimators, str):
+    if isinstance(estimators, (str, EstimatorSpec)):
         estimators = [estimators]
     estimators = list(estimators)
     if not estimators:
         raise ParameterError("estimators must name at least one estimator")
-    specs = [estimator_spec(name) for name in estimators]
+    for name, given in (options or {}).items():
+        estimator_spec(name)
+        if not isinstance(given, dict):
+            raise ParameterError(f"options[{name!r}] must be a dict of keyword options, got "
+                                 f"{type(given).__name__}")
+    entries = resolve_all(estimators, options)
+    n_steps = validation.positive_int("n_steps", n_steps)
+    for entry in entries:
+        if n_steps > 1 and "n_steps" not in _keywords(entry.spec.fn):
+            raise UnsupportedError(f"estimator {entry.label!r} takes one inner step only "
+                                   f"(it has no n_steps keyword); use n_steps=1")
     grid = _n_inner_grid(n_inner)
     n_trials = validation.positive_int("n_trials", n_trials, minimum=2)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
@@ -246,21 +264,11 @@ def plan(task: Task, estimators: Sequence[str] | str, *, n_inner: int | Iterable
     if not task.has_model and truth == "limit":
         raise UnsupportedError(f"task {task.name!r} has no model, so grad F_inf is unknown; "
                                f"use truth='finite' (estimated from samples)")
-    if truth == "finite" and "exact" in estimators and not all(
-            enumerable(task, n) for n in grid):
+    if truth == "finite" and any(e.spec.name == "exact" for e in entries) and not all(
+            exact_finite_truth(task, n, n_steps) for n in grid):
         raise UnsupportedError(f"estimator 'exact' with truth='finite' needs an exact "
                                f"enumeration of the inner samples at every N, which "
                                f"{task.name!r} does not have here; use truth='limit'")
-    options = dict(options or {})
-    for name, given in options.items():
-        spec = estimator_spec(name)
-        if not isinstance(given, dict):
-            raise ParameterError(f"options[{name!r}] must be a dict of keyword options, got "
-                                 f"{type(given).__name__}")
-        for key in given:
-            if key not in spec.options:
-                raise ParameterError(f"estimator {name!r} has no option {key!r}; options: "
-                                     f"{', '.join(spec.options) or '(none)'}")
     if theta is None:
         device = check_device(device)
         theta_config = None
@@ -269,18 +277,26 @@ def plan(task: Task, estimators: Sequence[str] | str, *, n_inner: int | Iterable
         validation.params_tensor(theta, task.param_shape, task.name)
         check_device(theta.device)
         theta_config = theta.detach().cpu().tolist()
-    cells = {n: [cell_config(task, estimator=spec.name, options=options.get(spec.name, {}),
+    cells = {n: [cell_config(task, estimator=entry.spec.name, options=entry.options,
                              n_inner=n, n_outer=n_outer, inner_lr=inner_lr, n_trials=n_trials,
                              seed=seed, truth=truth, truth_samples=truth_samples, exact=exact,
                              n_boot=n_boot, theta=theta_config,
                              dtype=str(theta.dtype).replace("torch.", ""),
-                             device=str(theta.device))
-                 for spec in specs] for n in grid}
+                             device=str(theta.device), n_steps=n_steps)
+                 for entry in entries] for n in grid}
     return Plan(task, theta, cells)
 
 
+def _keywords(fn: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(fn, follow_wrapped=False).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def estimated_truth(task: Task, config: dict[str, Any]) -> bool:
-    return config["truth"] == "finite" and not enumerable(task, config["n_inner"])
+    return config["truth"] == "finite" and not exact_finite_truth(
+        task, config["n_inner"], config.get("n_steps", 1))
 
 
 def check_resources(task: Task, configs: Sequence[dict[str, Any]],
@@ -291,11 +307,13 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
     trajectories = 0.0
     for config in configs:
         n_truth = config["truth_samples"] if estimated_truth(task, config) else None
-        sizes = dict(n_inner=config["n_inner"], n_outer=config["n_outer"],
+        # K inner steps hold about K steps' trajectories and graphs at once
+        sizes = dict(n_inner=config["n_inner"] * config.get("n_steps", 1),
+                     n_outer=config["n_outer"],
                      n_trials=config["n_trials"], truth_samples=n_truth)
         exact_stats = config["exact"] and supports_exact_moments(
             task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"],
-            config.get("options"))
+            config.get("options"), config.get("n_steps", 1))
         needed, driver = resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
                                                dtype=getattr(torch, config["dtype"]),
                                                bootstrap=not exact_stats)
@@ -313,22 +331,26 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
 
 
 def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) -> float:
+    # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
+    inner = config["n_inner"] * config.get("n_steps", 1)
     per_task = estimator_spec(config["estimator"]).trajectories_per_task(
-        config["n_inner"], config["n_outer"], config.get("options"))
+        config["n_inner"], config["n_outer"], config.get("options")) + inner - config["n_inner"]
     own = config["n_trials"] * task.n_tasks * per_task
     # a model-free truth samples the outer step too
-    per_truth_sample = task.n_tasks * (config["n_inner"] + (
+    per_truth_sample = task.n_tasks * (inner + (
         0 if task.has_model else (config["n_outer"] or 0)))
     return own + (n_truth or 0) * per_truth_sample
 
 
-def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml", "fomaml"), *,
+def evaluate(task: Task,
+             estimators: Sequence[str | EstimatorSpec] = ("unbiased", "lsf", "maml", "fomaml"),
+             *,
              n_inner: int | Iterable[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
              n_trials: int = 1000, inner_lr: float = 1.0, n_outer: int | None = None,
              seed: int = 0, truth: str = "finite", theta: torch.Tensor | None = None,
              exact: bool = True, truth_samples: int = 20_000, n_boot: int = 200,
              dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
-             options: dict[str, dict[str, Any]] | None = None,
+             options: dict[str, dict[str, Any]] | None = None, n_steps: int = 1,
              jsonl: str | os.PathLike | None = None, force: bool = False,
              progress: bool | Callable[[dict[str, Any]], None] | None = None,
              max_memory: int | str | None = None,
@@ -342,8 +364,11 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
     ``"limit"`` (grad F_inf, exact; tasks with a model). ``exact``: use the exact enumerated
     moments where the task and estimator allow it (bandit, exact outer), Monte Carlo over
     ``n_trials`` otherwise; each record says which (``moments``). ``options``:
-    per-estimator keyword options, e.g.
-    ``{"unbiased": {"baseline": 0.5}}``.
+    per-estimator keyword options, e.g. ``{"unbiased": {"baseline": 0.5}}``; an entry of
+    ``estimators`` may also carry its own (``"unbiased:baseline=0.5"``, see
+    ``estimator_entries``) or be a spec such as ``decomposed(...)``. ``n_steps``: K inner
+    steps for every estimator and the truth (an estimator that cannot take them raises
+    :class:`UnsupportedError`).
 
     ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it
     is finished, and cells already there are read back instead of recomputed (a resumed
@@ -364,7 +389,7 @@ def evaluate(task: Task, estimators: Sequence[str] = ("unbiased", "lsf", "maml",
         checked = plan(task, estimators, n_inner=n_inner, n_trials=n_trials, inner_lr=inner_lr,
                        n_outer=n_outer, seed=seed, truth=truth, theta=theta, exact=exact,
                        truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
-                       options=options)
+                       options=options, n_steps=n_steps)
         store = Store(jsonl) if jsonl is not None else None
         total = check_resources(checked.task, pending(checked, store, force), max_work)
         on_record = None if progress is None or isinstance(progress, bool) else progress
@@ -422,20 +447,22 @@ def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
                   advance: Callable[[float], None] = lambda n: None) -> Truth:
     """The reference of a cell; a function of the cell's task, theta, N, inner_lr, truth,
     truth_samples and seed only, so every estimator at one N shares it."""
-    n, inner_lr = config["n_inner"], config["inner_lr"]
+    n, inner_lr, n_steps = config["n_inner"], config["inner_lr"], config.get("n_steps", 1)
     if config["truth"] == "limit":
-        return Truth(meta_gradient(task, theta, inner_lr=inner_lr), None, "exact",
-                     "grad F_inf by nested autodiff through the model")
-    if enumerable(task, n):
-        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n), None, "exact",
-                     "grad F_N by exact enumeration of the inner samples")
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps), None,
+                     "exact", "grad F_inf by nested autodiff through the model")
+    if exact_finite_truth(task, n, n_steps):
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps),
+                     None, "exact", "grad F_N by exact enumeration of the inner samples")
+    # the one-step seed is kept as it was, so one-step results do not change
     generator = torch.Generator(device=theta.device).manual_seed(
-        cell_seed(config["seed"], "truth", n))
+        cell_seed(config["seed"], "truth", n) if n_steps == 1
+        else cell_seed(config["seed"], "truth", n, n_steps))
     n_outer = None if task.has_model else config["n_outer"]
-    per_sample = task.n_tasks * (n + (n_outer or 0))
+    per_sample = task.n_tasks * (n * n_steps + (n_outer or 0))
     estimate = estimate_meta_gradient(
         task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config["truth_samples"],
-        n_outer=n_outer, generator=generator,
+        n_outer=n_outer, generator=generator, n_steps=n_steps,
         progress=lambda done: advance(done * per_sample))
     return Truth(estimate.mean, estimate.samples, "estimated", estimate.method)
 
@@ -475,18 +502,23 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
     options = dict(config["options"])
     if spec.name == "exact":
         options = {"truth": config["truth"], **options}
-    common = dict(n_inner=n, inner_lr=inner_lr, n_outer=n_outer, **options)
+    n_steps = config.get("n_steps", 1)
+    common = dict(n_inner=n, inner_lr=inner_lr, n_outer=n_outer, **options,
+                  **({"n_steps": n_steps} if n_steps != 1 else {}))
     # a tiny warm-up call first, so that one-time costs (lazy imports, first-use kernels)
     # do not land in the timing of whichever cell happens to run first
     _call_estimator(spec, task, theta, 1,
                     generator=torch.Generator(device=theta.device).manual_seed(0), **common)
     generator = torch.Generator(device=theta.device).manual_seed(
-        cell_seed(config["seed"], spec.name, n))
+        cell_seed(config["seed"], spec.name, n) if n_steps == 1
+        else cell_seed(config["seed"], spec.name, n, n_steps))
     # large cells in chunks (about 2**20 trajectories, at most 1 GiB), so memory stays
     # bounded; the chunk depends on the configuration alone and the generator runs on, so
     # results do not depend on the machine
-    per_chunk = resources.chunk_trials(task, n, n_outer, theta.dtype)
-    trajectories = task.n_tasks * spec.trajectories_per_task(n, n_outer, options)
+    per_chunk = resources.chunk_trials(task, n * n_steps, n_outer, theta.dtype)
+    # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
+    trajectories = task.n_tasks * (spec.trajectories_per_task(n, n_outer, options)
+                                   + n * (n_steps - 1))
     parts = []
     start = time.perf_counter()
     for lo in range(0, n_trials, per_chunk):
@@ -502,8 +534,8 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
                                  truth)
     mse = stats["mse"]
     return plain(dict(
-        truth_kind=truth.kind, truth_method=truth.method, moments=stats.pop("moments"),
-        **stats,
+        n_steps=n_steps, truth_kind=truth.kind, truth_method=truth.method,
+        moments=stats.pop("moments"), **stats,
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
         n_nonfinite=n_nonfinite, problem=problem, seconds=seconds,
@@ -523,10 +555,11 @@ def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, An
         problem = "the truth is not finite"
     if problem is None:
         n = config["n_inner"]
+        n_steps = config.get("n_steps", 1)
         if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"],
-                                                      options):
+                                                      options, n_steps):
             moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=config["inner_lr"],
-                                    truth=truth.reference, **options)
+                                    truth=truth.reference, n_steps=n_steps, **options)
             stats = summarize_exact(moments.mean, moments.covariance, truth.reference,
                                     moments.mean_cosine)
             kind = "exact"

@@ -82,6 +82,10 @@ class EstimatorSpec:
         doc = inspect.getdoc(self.fn) or ""
         return doc.splitlines()[0] if doc else ""
 
+    def __call__(self, task: Any, theta: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Call the estimator itself: a spec is usable wherever an estimator is."""
+        return self.fn(task, theta, **kwargs)
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -114,10 +118,18 @@ TASKS: dict[str, TaskSpec] = {}
 _plugins_loaded = False
 
 
-def keyword_options(fn: Callable[..., Any]) -> tuple[str, ...]:
-    """The estimator-specific keyword options of ``fn`` (those beyond the common ones)."""
-    base = {"task", "theta", "inner", "n_inner", "inner_lr", "n_trials", "n_outer", "generator",
-            "outer"}
+def keyword_options(fn: Callable[..., Any], *, from_samples_form: bool = True
+                    ) -> tuple[str, ...]:
+    """The estimator-specific keyword options of ``fn`` (those beyond the common ones).
+
+    ``inner`` and ``outer`` are the trajectories and the outer sampler of a from-samples
+    form; in a registered estimator's own signature (``from_samples_form=False``) they may
+    be options (``decomposed``'s parts).
+    """
+    # a wrapper (``batched``) reports the options of the from-samples form it wraps
+    form = from_samples_form or hasattr(fn, "__wrapped__")
+    base = {"task", "theta", "n_inner", "inner_lr", "n_trials", "n_outer", "generator",
+            "n_steps"} | ({"inner", "outer"} if form else set())
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -215,8 +227,9 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
         ESTIMATORS[name] = EstimatorSpec(
             name=name, fn=function, from_samples=from_samples, reference=reference,
             needs_model=needs_model, count_determined=count_determined,
-            options=keyword_options(from_samples or function), trajectories=trajectories,
-            bias=bias, deterministic=deterministic)
+            options=(keyword_options(from_samples) if from_samples is not None
+                     else keyword_options(function, from_samples_form=False)),
+            trajectories=trajectories, bias=bias, deterministic=deterministic)
         return function
 
     return add if fn is None else add(fn)

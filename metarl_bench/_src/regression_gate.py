@@ -87,8 +87,10 @@ class _Suite:
         self.torch, self.mb = torch, mb
         self.unsupported = getattr(mb, "UnsupportedError", NotImplementedError)
         registered = mb.list_estimators()
-        # a name the measured tree lacks is reported as new/gone by the comparison
-        self.names = [n for n in estimators if n in registered] if estimators else registered
+        # a name the measured tree lacks is reported as new/gone by the comparison; an entry
+        # with options (NAME:KEY=VALUE,...) counts by its name
+        self.names = ([n for n in estimators if n.partition(":")[0] in registered]
+                      if estimators else registered)
         unknown = getattr(mb, "UnknownNameError", ValueError)
         self.tasks = {}
         for key, (task_id, params, lr, truth, trials, *extra) in CHECK_TASKS.items():
@@ -130,10 +132,16 @@ class _Suite:
         name, _, cell = item.partition("|")
         task, inner_lr, n_inner, n_outer, trials = self.cells[cell]
         theta = task.initial_params()
-        fn = self.mb.get_estimator(name)
-        outer = {} if n_outer is None else {"n_outer": n_outer}
+        if ":" in name:  # an entry with options needs a tree that reads them
+            from metarl_bench._src.estimator_entries import resolve
+            entry = resolve(name)
+            fn, options = entry.spec.fn, dict(entry.options)
+        else:
+            fn, options = self.mb.get_estimator(name), {}
+        if n_outer is not None:
+            options["n_outer"] = n_outer
         return lambda: fn(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=trials,
-                          generator=self.torch.Generator().manual_seed(0), **outer)
+                          generator=self.torch.Generator().manual_seed(0), **options)
 
     def prepare(self) -> list[str]:
         """Warm every estimator up on each timed cell; the ``"estimator|cell"`` items that run."""
@@ -237,8 +245,8 @@ class _Worker:
         read_end, write_end = os.pipe()
         command = [sys.executable, script, "--reply-fd", str(write_end),
                    "--threads", str(threads)]
-        if estimators:
-            command += ["--estimators", ",".join(estimators)]
+        if estimators:  # JSON: an entry's options hold commas
+            command += ["--estimators-json", json.dumps(list(estimators))]
         thread_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env = dict(os.environ, **thread_env, PYTHONPATH=os.pathsep.join(
             [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
@@ -628,9 +636,9 @@ def _worker_main() -> int:
     parser = argparse.ArgumentParser(description="a check suite worker (internal)")
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--estimators", default=None)
+    parser.add_argument("--estimators-json", default=None)
     args = parser.parse_args()
-    names = args.estimators.split(",") if args.estimators else None
+    names = json.loads(args.estimators_json) if args.estimators_json else None
     return _serve(args.reply_fd, args.threads, names)
 
 

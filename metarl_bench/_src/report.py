@@ -20,20 +20,29 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _label(row: dict[str, Any]) -> str:
+    """An estimator as the CLI names it: NAME, or NAME:KEY=VALUE,... with its options."""
+    options = row.get("options") or {}
+    return row["estimator"] + (":" + ",".join(f"{k}={v}" for k, v in options.items())
+                               if options else "")
+
+
 def format_result(result: Any) -> str:
     config = result.config
     params = ", ".join(f"{k}={v}" for k, v in config.get("task_params", {}).items())
     first = result.records[0] if result.records else {}
+    steps = config.get("n_steps", 1)
     title = (f"{config['task']}({params})  inner_lr={config['inner_lr']}  "
+             + (f"n_steps={steps}  " if steps != 1 else "") +
              f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
              f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
     rows = []
     problems = []
     for r in result.records:
         if r.get("problem"):
-            problems.append(f"  {r['estimator']} at N={r['n_inner']}: {r['problem']}")
+            problems.append(f"  {_label(r)} at N={r['n_inner']}: {r['problem']}")
         lo, hi = r["bias_ci"]
-        rows.append([r["estimator"], r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
+        rows.append([_label(r), r["n_inner"], _num(r["bias"]), f"[{_num(lo)}, {_num(hi)}]",
                      _num(r.get("bias_raw")), _num(r["bias_noise"]),
                      _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
                      _num(r.get("correlation")),
@@ -50,7 +59,7 @@ def format_result(result: Any) -> str:
     if result.slopes:
         by_estimator: dict[str, dict[str, Any]] = {}
         for s in result.slopes:
-            by_estimator.setdefault(s["estimator"], {})[s["metric"]] = s
+            by_estimator.setdefault(_label(s), {})[s["metric"]] = s
         slope_rows = []
         for name, metrics in by_estimator.items():
             cells = [name]

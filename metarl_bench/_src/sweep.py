@@ -14,6 +14,7 @@ Spec (TOML shown; YAML has the same keys)::
     inner_lr = [1.0]
     seeds = [0, 1, 2]
     n_outer = ["exact"]                  # "exact" (exact outer step) or integers M
+    n_steps = [1]                        # inner steps K (1: the one-step cells)
     n_trials = 1000                      # shared settings: one value each
     truth = "finite"                     # or "limit"
     truth_samples = 20000
@@ -50,12 +51,12 @@ from metarl_bench._src.evaluate import (Plan, Truth, check_resources, compute_ce
 from metarl_bench._src.progress import Progress
 from metarl_bench._src.store import Store, cell_key, make_line
 
-GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer")
+GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
                "device", "options")
 DEFAULTS: dict[str, Any] = dict(
     estimators=["unbiased", "lsf", "maml", "fomaml"], n_inner=[1, 2, 4, 8, 16, 32, 64],
-    inner_lr=[1.0], seeds=[0], n_outer=["exact"], n_trials=1000, truth="finite",
+    inner_lr=[1.0], seeds=[0], n_outer=["exact"], n_steps=[1], n_trials=1000, truth="finite",
     truth_samples=20_000, exact_moments=True, n_boot=200, dtype="float64", device="cpu",
     options={})
 TOP_KEYS = ("output", "tasks", *GRID_KEYS, *SHARED_KEYS)
@@ -125,7 +126,8 @@ def _n_outer(where: str, value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A checked sweep: its plans (one per task x inner_lr x seed x n_outer) and output."""
+    """A checked sweep: its plans (one per task x inner_lr x seed x n_outer x n_steps) and
+    output."""
 
     plans: list[Plan]
     output: str | None
@@ -159,8 +161,8 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
                                  f"{settings['dtype']!r}")
         task = make_task(entry["name"], **params)
         grid = {k: _as_list(where, k, settings[k]) for k in GRID_KEYS}
-        for inner_lr, seed, n_outer in itertools.product(grid["inner_lr"], grid["seeds"],
-                                                         grid["n_outer"]):
+        for inner_lr, seed, n_outer, n_steps in itertools.product(
+                grid["inner_lr"], grid["seeds"], grid["n_outer"], grid["n_steps"]):
             try:
                 plans.append(plan(
                     task, grid["estimators"], n_inner=grid["n_inner"],
@@ -169,7 +171,7 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
                     theta=None, exact=settings["exact_moments"],
                     truth_samples=settings["truth_samples"], n_boot=settings["n_boot"],
                     dtype=getattr(torch, settings["dtype"]), device=settings["device"],
-                    options=settings["options"]))
+                    options=settings["options"], n_steps=n_steps))
             except MetaRLBenchError as exc:
                 raise type(exc)(f"{where} ({entry['name']}): {exc}") from None
     return Sweep(plans, output)

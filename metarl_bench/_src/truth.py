@@ -8,16 +8,18 @@ without a model), reported with its standard error and the method that made it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import inspect
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterator
 
 import torch
 
 from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.estimators.common import multi_step
 from metarl_bench._src.progress import as_advance
 from metarl_bench._src.registry import EstimatorSpec, estimator_spec
-from metarl_bench._src.trajectories import discounted_return
+from metarl_bench._src.trajectories import Trajectories, discounted_return
 
 
 #: The most outcomes an exact enumeration may list (a bandit with K arms and N samples has
@@ -25,10 +27,23 @@ from metarl_bench._src.trajectories import discounted_return
 MAX_ENUMERATION = 1_000_000
 
 
-def enumerable(task: Any, n_inner: int) -> bool:
-    """Whether the inner samples of ``task`` at N = ``n_inner`` can be enumerated exactly."""
+def enumeration_size(task: Any, n_inner: int, n_steps: int = 1) -> int | None:
+    """Outcomes of K = ``n_steps`` inner steps of N samples: C**K for C outcomes per step."""
     size = task.enumeration_size(n_inner)
+    return None if size is None else size ** n_steps
+
+
+def enumerable(task: Any, n_inner: int, n_steps: int = 1) -> bool:
+    """Whether the inner samples of ``task`` at N = ``n_inner`` (over ``n_steps`` inner steps)
+    can be enumerated exactly."""
+    size = enumeration_size(task, n_inner, n_steps)
     return size is not None and size <= MAX_ENUMERATION
+
+
+def exact_finite_truth(task: Any, n_inner: int, n_steps: int = 1) -> bool:
+    """Whether ``meta_gradient(..., n_inner=N, n_steps=K)`` is available (else estimated)."""
+    return enumerable(task, n_inner, n_steps) and (n_steps == 1 or "n_steps" in inspect.signature(
+        task.finite_meta_objective).parameters)
 
 
 def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
@@ -40,32 +55,44 @@ def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
 
 
 def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
-                  n_inner: int | None = None) -> torch.Tensor:
+                  n_inner: int | None = None, n_steps: int = 1) -> torch.Tensor:
     """Exact meta-gradient: grad F_inf (``n_inner=None``) or grad F_N (``n_inner=N``).
 
     grad F_inf = E_task (I + eta grad^2 V(theta)) grad V(theta + eta grad V(theta)), by nested
     autodiff through the exact value. grad F_N needs an exact enumeration of the inner
     samples (bandit-v0); other tasks raise :class:`UnsupportedError`.
+    K = ``n_steps`` inner steps: F_inf = E_task V(theta_K), theta_{k+1} = theta_k + eta grad
+    V(theta_k), differentiated through all K exact steps; F_N by nested enumeration of every
+    step's samples (C**K outcomes, at most ``MAX_ENUMERATION``).
     Result: shape theta.shape, theta's dtype and device.
     """
     inner_lr = _check(task, theta, inner_lr)
+    n_steps = validation.positive_int("n_steps", n_steps)
     point = theta.detach().requires_grad_()
     if n_inner is None:
         task_index = torch.arange(task.n_tasks, device=theta.device)
         rows = point.unsqueeze(0).expand(task.n_tasks, *theta.shape)
-        (grad,) = torch.autograd.grad(task.value(rows, task_index).sum(), rows, create_graph=True)
-        objective = task.value(rows + inner_lr * grad, task_index).mean()
+        for _ in range(n_steps):
+            (grad,) = torch.autograd.grad(task.value(rows, task_index).sum(), rows,
+                                          create_graph=True)
+            rows = rows + inner_lr * grad
+        objective = task.value(rows, task_index).mean()
     else:
         n_inner = validation.positive_int("n_inner", n_inner)
-        if not enumerable(task, n_inner):
-            size = task.enumeration_size(n_inner)
+        if not exact_finite_truth(task, n_inner, n_steps):
+            size = enumeration_size(task, n_inner, n_steps)
             why = (f"which {task.name!r} does not have (bandit-v0 does)" if size is None else
-                   f"here of {size:,} outcomes, more than the {MAX_ENUMERATION:,} allowed")
+                   f"here of {size:,} outcomes, more than the {MAX_ENUMERATION:,} allowed"
+                   if size > MAX_ENUMERATION else
+                   f"which {task.name!r} does not have for {n_steps} inner steps")
             raise UnsupportedError(
                 f"the exact finite-N meta-gradient needs an enumeration of the inner samples, "
                 f"{why}; use n_inner=None for grad F_inf, or estimate_meta_gradient(...) for "
                 f"an estimated grad F_N")
-        objective = task.finite_meta_objective(point, n_inner, inner_lr)
+        if n_steps == 1:
+            objective = task.finite_meta_objective(point, n_inner, inner_lr)
+        else:
+            objective = task.finite_meta_objective(point, n_inner, inner_lr, n_steps=n_steps)
     (grad,) = torch.autograd.grad(objective, point)
     return grad
 
@@ -95,6 +122,7 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
                            n_samples: int = 20_000, n_outer: int | None = None,
                            chunk: int | None = None,
                            generator: torch.Generator | None = None,
+                           n_steps: int = 1,
                            progress: bool | Callable[[int], None] | None = None
                            ) -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` exactly unbiased estimates.
@@ -105,33 +133,38 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     return of a separate pilot batch of 64 trajectories per task at theta (independent of
     every estimate, so each stays exactly unbiased while the score term
     (V(theta') - b) sum_i s_i loses most of its variance), in the chunks of an estimator
-    cell. Chunk sizes depend on the configuration alone, never on the machine, so the result
-    is the same everywhere. ``progress``: True for a bar on stderr, or a function called
-    with the number of samples of each chunk. The result's ``method`` says which estimator,
-    N, M and how many samples made it.
+    cell. K = ``n_steps`` inner steps: their K-step forms (``loo`` with exact lookahead
+    baselines) stay exactly unbiased, ``loo``'s variance O(1) in N instead of O(1/N): the
+    reference gets noisier, and its standard error says by how much. Chunk sizes depend on
+    the configuration alone (N, K, M), never on the machine, so the result is the same
+    everywhere. ``progress``: True for a bar on stderr, or a function called with the number
+    of samples of each chunk. The result's ``method`` says which estimator, N, K, M and how
+    many samples made it.
     """
     validation.params_tensor(theta, task.param_shape, task.name)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
     n_samples = validation.positive_int("n_samples", n_samples)
     n_inner = validation.positive_int("n_inner", n_inner)
+    n_steps = validation.positive_int("n_steps", n_steps)
     n_outer = validation.optional_positive_int("n_outer", n_outer)
     itemsize = theta.element_size()
+    steps_note = "" if n_steps == 1 else f", K={n_steps} steps"
     if task.has_model:
         name, options, n_outer = "loo", {}, None
-        default_chunk = max(1, 2 ** 15 // n_inner)
-        per_chunk_bytes = task.n_tasks * n_inner * (
+        default_chunk = max(1, 2 ** 15 // (n_inner * n_steps))
+        per_chunk_bytes = task.n_tasks * n_inner * n_steps * (
             resources.bytes_per_trajectory(task, itemsize)
             + resources.bytes_per_row(task, True, itemsize))
-        method = f"mean of {n_samples} loo estimates (exact outer), N={n_inner}"
+        method = f"mean of {n_samples} loo estimates (exact outer), N={n_inner}{steps_note}"
     else:
         if n_outer is None:
             raise UnsupportedError(
                 f"task {task.name!r} has no model: an estimated truth samples the outer step, "
                 f"so it needs n_outer=M")
         name = "unbiased"
-        default_chunk = resources.chunk_trials(task, n_inner, n_outer, theta.dtype)
+        default_chunk = resources.chunk_trials(task, n_inner * n_steps, n_outer, theta.dtype)
         per_chunk_bytes = task.n_tasks * (
-            (n_inner + n_outer) * resources.bytes_per_trajectory(task, itemsize)
+            (n_inner * n_steps + n_outer) * resources.bytes_per_trajectory(task, itemsize)
             + resources.bytes_per_row(task, False, itemsize))
     chunk = default_chunk if chunk is None else validation.positive_int("chunk", chunk)
     resources.check_memory(
@@ -141,9 +174,11 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     if not task.has_model:
         baseline = pilot_return(task, theta, generator)
         options = {"baseline": baseline}
-        method = (f"mean of {n_samples} unbiased estimates, N={n_inner}, M={n_outer}, "
-                  f"baseline {baseline:.6g} from {PILOT_TRAJECTORIES} pilot trajectories per "
-                  f"task")
+        method = (f"mean of {n_samples} unbiased estimates, N={n_inner}, M={n_outer}"
+                  f"{steps_note}, baseline {baseline:.6g} from {PILOT_TRAJECTORIES} pilot "
+                  f"trajectories per task")
+    if n_steps > 1:
+        options = {**options, "n_steps": n_steps}
     fn = estimator_spec(name).fn
     advance, bar = as_advance(progress, n_samples, f"truth N={n_inner}", "sample")
     parts = []
@@ -177,37 +212,45 @@ class ExactMoments:
 
 
 def supports_exact_moments(task: Any, spec: EstimatorSpec, n_inner: int,
-                           n_outer: int | None, options: dict[str, Any] | None = None) -> bool:
+                           n_outer: int | None, options: dict[str, Any] | None = None,
+                           n_steps: int = 1) -> bool:
     return (n_outer is None and spec.from_samples is not None
-            and spec.is_count_determined(options) and enumerable(task, n_inner))
+            and spec.is_count_determined(options) and enumerable(task, n_inner, n_steps))
 
 
 def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inner: int,
-                  inner_lr: float, truth: torch.Tensor, **options: Any) -> ExactMoments:
+                  inner_lr: float, truth: torch.Tensor, n_steps: int = 1,
+                  **options: Any) -> ExactMoments:
     """Exact moments of a count-determined estimator over the enumerated inner samples.
 
     For each task k of the distribution: mean_k = sum_n p(n) e_k(n), cov_k likewise; a trial
     averages independent per-task estimates, so mean = mean_k mean_k and
-    cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error.
+    cov = sum_k cov_k / n_tasks**2. Zero Monte Carlo error. K = ``n_steps`` inner steps: the
+    sum runs over every sequence of K outcomes (C**K of them), each weighted by
+    prod_k p_{theta_k}(n_k) at the estimator's own adapted parameters theta_k.
     """
+    n_steps = validation.positive_int("n_steps", n_steps)
     if spec.from_samples is not None and not spec.is_count_determined(options):
         raise UnsupportedError(
             f"estimator {spec.name!r} with options {options} is random beyond its inner "
             f"samples (e.g. a noisy critic or perturbations), so its moments are not a sum "
             f"over the enumerated samples: use Monte Carlo moments (evaluate(exact=False))")
-    if not supports_exact_moments(task, spec, n_inner, None, options):
+    if not supports_exact_moments(task, spec, n_inner, None, options, n_steps):
         raise UnsupportedError(f"exact moments need an enumerable task (bandit-v0) and a "
                                f"count-determined estimator with exact outer; got "
-                               f"{task.name!r} and {spec.name!r}")
+                               f"{task.name!r} and {spec.name!r}"
+                               + (f" with {enumeration_size(task, n_inner, n_steps):,} "
+                                  f"outcomes over {n_steps} steps (at most "
+                                  f"{MAX_ENUMERATION:,})" if n_steps > 1 else ""))
     dim = theta.numel()
     per_task: dict[int, list[torch.Tensor]] = {}
     cosine_sum = 0.0
     truth_flat = truth.reshape(-1)
-    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+    outcomes = (_one_step_outcomes if n_steps == 1 else _multi_step_outcomes)(
+        task, theta, spec, n_inner, inner_lr, n_steps, options)
+    for log_weight, estimates, k in outcomes:
         weight = torch.exp(log_weight)
-        estimates = spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
-                                      **options).detach().reshape(-1, dim)
-        k = int(inner.task_index[0])
+        estimates = estimates.detach().reshape(-1, dim)
         sums = per_task.setdefault(k, [theta.new_zeros(()), theta.new_zeros(dim),
                                        theta.new_zeros(dim, dim)])
         sums[0] += weight.sum()
@@ -228,3 +271,52 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     # report it only where one task makes it a single sum
     mean_cosine = cosine_sum if n_tasks == 1 else float("nan")
     return ExactMoments(mean.reshape(theta.shape), covariance, mean_cosine)
+
+
+def _one_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_inner: int,
+                       inner_lr: float, n_steps: int, options: dict[str, Any]
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+        yield log_weight, spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
+                                            **options), int(inner.task_index[0])
+
+
+def _multi_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_inner: int,
+                         inner_lr: float, n_steps: int, options: dict[str, Any]
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(log-probability, estimate, task) of every sequence of K enumerated outcomes.
+
+    One step's outcomes are enumerated once, at theta. An outcome's log-probability at
+    another point theta_k is its log-probability at theta plus the change of its policy
+    log-probability, sum (log pi_{theta_k} - log pi_theta) over its steps: the environment's
+    part and the multiplicity of a multiset of trajectories do not depend on the policy.
+    """
+    by_task: dict[int, list[tuple[torch.Tensor, Trajectories]]] = {}
+    for log_weight, inner in task.enumerate_inner(theta, n_inner):
+        by_task.setdefault(int(inner.task_index[0]), []).append((log_weight, inner))
+    chunk = getattr(task, "enumeration_chunk", 4096)
+    for k, parts in by_task.items():
+        base_log_weight = torch.cat([w for w, _ in parts])
+        outcomes = _concatenate([t for _, t in parts])
+        n_outcomes = base_log_weight.shape[0]
+        base_log_prob = task.log_prob(theta.detach().expand(n_outcomes, *theta.shape),
+                                      outcomes).sum((1, 2))
+        total = n_outcomes ** n_steps
+        for lo in range(0, total, chunk):
+            flat = torch.arange(lo, min(lo + chunk, total), device=theta.device)
+            picks = [flat // n_outcomes ** (n_steps - 1 - j) % n_outcomes for j in range(n_steps)]
+            steps = [outcomes.rows(pick) for pick in picks]
+            run = multi_step(spec.from_samples, task, theta, steps, inner_lr=inner_lr, **options)
+            log_weight = sum(base_log_weight[pick] - base_log_prob[pick]
+                             + task.log_prob(point, traj).sum((1, 2)).detach()
+                             for pick, point, traj in zip(picks, run.points, steps))
+            yield log_weight, run.estimate, k
+
+
+def _concatenate(parts: list[Trajectories]) -> Trajectories:
+    """The rows of several Trajectories in one; an optional field (None) stays None."""
+    def joined(name: str) -> torch.Tensor | None:
+        values = [getattr(t, name) for t in parts]
+        return None if all(v is None for v in values) else torch.cat(values)
+
+    return Trajectories(**{f.name: joined(f.name) for f in fields(Trajectories)})

@@ -6,6 +6,8 @@
   ``critics``);
 * ``maml``: ``maml`` and ``fomaml``; ``emaml``; ``es_maml``: ``es-maml`` (zero-order);
 * ``exact``: the exact gradient as an estimator;
+* ``decomposition``: ``decomposed``, the inner step, Hessian and outer gradient of an
+  estimate taken from three estimators (``decomposed(...)`` builds any combination);
 * ``reference``: the slow, obviously-correct twin of each (used by tests and benchmarks).
 """
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 from metarl_bench._src.registry import register_estimator
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.common import batched
+from metarl_bench._src.estimators.decomposition import (decomposed_estimator,
+                                                       decomposed_trajectories)
 from metarl_bench._src.estimators.dice import (dice_from_samples, loaded_dice_from_samples,
                                               lvc_from_samples, taypo_from_samples)
 from metarl_bench._src.estimators.emaml import emaml_from_samples
@@ -45,6 +49,10 @@ def _register_builtin() -> None:
                        bias="persistent", overwrite=True)
     register_estimator("exact", exact, needs_model=True, bias="zero", deterministic=True,
                        overwrite=True)
+    # default parts (maml's inner step, lsf's Hessian on samples of its own): both errors
+    # against grad F_N are O(1/N); other parts may claim otherwise (maml's Hessian persists)
+    register_estimator("decomposed", decomposed_estimator, trajectories=decomposed_trajectories,
+                       bias="vanishing", overwrite=True)
 
 
 def _without_noisy_critic(options: dict) -> bool:

@@ -16,20 +16,34 @@ Every estimator has two forms:
 Batching: every row has its own copy of theta (a leaf of shape (R, *P)); rows never
 interact, so the gradient of a sum of per-row surrogates with respect to that leaf is the
 stack of the per-row gradients, all from one backward pass.
+
+K inner steps (``n_steps``): theta_{k+1} = theta_k + eta g_hat(theta_k), fresh trajectories
+sampled at each theta_k. The meta-gradient is a product of per-step Jacobians pulled back from
+the outer gradient, lambda_K = grad V(theta_K), lambda_k = A_k^T lambda_{k+1} + c_k, estimate =
+lambda_0, where A_k = d theta_{k+1} / d theta_k is the step's Jacobian *as the estimator
+estimates it* (naive J for maml, J + g s^T for lsf, the DiCE Hessian for dice, I for fomaml)
+and c_k its own score terms (unbiased, loo). A one-step from-samples form already computes
+exactly A^T u + c from "the outer gradient u at its adapted parameters". So ``multi_step``
+runs the same form once per step, starting step k at each row's own theta_k, and hands step k,
+in place of an outer gradient, what steps k+1..K-1 return (lambda_{k+1}) together with the
+final outer value V(theta_K) (``Continuation``). Nothing in the estimators changes, and K = 1
+never enters this path. A form takes part if it builds its parameter leaf with ``row_params``
+and reaches the outer step through ``outer_at`` (checked; otherwise UnsupportedError).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 
 from metarl_bench._src import resources, validation
 from metarl_bench._src.advantages import inner_returns
-from metarl_bench._src.errors import ParameterError, UnsupportedError
+from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.registry import keyword_options
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.trajectories import Trajectories, discounted_return, reward_to_go
@@ -52,9 +66,34 @@ class InnerStep:
     adapted: torch.Tensor
 
 
+@dataclass
+class _StepStarts:
+    """Each row's own starting point theta_k (R, *P) of the inner step being computed."""
+
+    points: torch.Tensor
+    used: bool = False
+
+
+#: Set by ``multi_step`` while step k >= 1 runs; None otherwise (every row starts at theta).
+_STEP_STARTS: contextvars.ContextVar[_StepStarts | None] = contextvars.ContextVar(
+    "metarl_bench_step_starts", default=None)
+
+
 def row_params(theta: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """A leaf holding one copy of theta per row: (*P) -> (R, *P)."""
-    return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
+    """A leaf holding one copy of theta per row: (*P) -> (R, *P).
+
+    Inside step k >= 1 of ``multi_step`` the rows start from their own theta_k instead; a
+    request for R*m rows (one per trajectory) repeats each row's point m times.
+    """
+    starts = _STEP_STARTS.get()
+    if starts is None:
+        return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
+    starts.used = True
+    n_points = starts.points.shape[0]
+    if n_rows % n_points:
+        raise ShapeError(f"inner step of {n_points} rows asked for {n_rows} parameter copies, "
+                         f"not a multiple")
+    return starts.points.repeat_interleave(n_rows // n_points, 0).detach().requires_grad_()
 
 
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
@@ -74,15 +113,33 @@ def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: fl
 
 @dataclass(frozen=True)
 class Outer:
-    """Outer value V(theta') (R,) and gradient grad V(theta') (R, *P), exact or sampled."""
+    """Outer value V(theta') (R,) and gradient grad V(theta') (R, *P), exact or sampled.
+
+    Within K inner steps (``Continuation``): ``value`` is the final V(theta_K), ``grad`` is
+    lambda_{k+1} (what the later steps pull back), ``steps_after`` = K - k - 1 is the number
+    of inner steps still to come after theta', and ``exact`` says whether V is exact.
+    """
 
     value: torch.Tensor
     grad: torch.Tensor
+    steps_after: int = 0
+    exact: bool = True
+
+
+class OuterStep:
+    """An outer step computed by the caller instead of the task: ``after(adapted, task_index)``
+    returns the Outer that an estimator's form uses at its adapted parameters."""
+
+    def after(self, adapted: torch.Tensor, task_index: torch.Tensor) -> Outer:
+        raise NotImplementedError
 
 
 def outer_at(task: Any, adapted: torch.Tensor, task_index: torch.Tensor,
-             outer: OuterSampler | None) -> Outer:
-    """Exact V and grad V at theta' (``outer`` None), or their M-sample estimates."""
+             outer: OuterSampler | OuterStep | None) -> Outer:
+    """Exact V and grad V at theta' (``outer`` None), or their M-sample estimates; or what
+    the caller supplies (``OuterStep``: the later inner steps, a given outer gradient)."""
+    if isinstance(outer, OuterStep):
+        return outer.after(adapted, task_index)
     point = adapted.detach().requires_grad_()
     if outer is None:
         value = task.value(point, task_index)
@@ -93,9 +150,128 @@ def outer_at(task: Any, adapted: torch.Tensor, task_index: torch.Tensor,
         value = discounted_return(traj.rewards, task.gamma).mean(-1)
         surrogate = (log_prob * returns).sum(-1).mean(-1)
         (grad,) = torch.autograd.grad(surrogate.sum(), point)
-        return Outer(value.detach(), grad)
+        return Outer(value.detach(), grad, exact=False)
     (grad,) = torch.autograd.grad(value.sum(), point)
     return Outer(value.detach(), grad)
+
+
+#: Draws the trajectories of inner step k at each row's theta_k: (k, points, task_index).
+StepSampler = Callable[[int, torch.Tensor, torch.Tensor], Trajectories]
+
+
+@dataclass(frozen=True)
+class MultiStep:
+    """The estimate (R, *P) of K inner steps and the points visited, theta_0..theta_K (each
+    (R, *P), detached; theta_0 is theta repeated)."""
+
+    estimate: torch.Tensor
+    points: list[torch.Tensor]
+
+
+@dataclass
+class _Chain:
+    from_samples: Callable[..., torch.Tensor]
+    task: Any
+    theta: torch.Tensor
+    steps: Sequence[Trajectories]
+    sampler: StepSampler | None
+    n_steps: int
+    inner_lr: float
+    outer: OuterSampler | None
+    options: dict[str, Any]
+    points: list[torch.Tensor] = field(default_factory=list)
+    final_value: torch.Tensor | None = None
+
+    def samples(self, step: int, points: torch.Tensor, task_index: torch.Tensor) -> Trajectories:
+        if step >= len(self.steps):
+            return self.sampler(step, points, task_index)
+        traj = self.steps[step]
+        if traj.n_rows != points.shape[0]:
+            raise ShapeError(f"inner step {step} was given {traj.n_rows} rows of trajectories, "
+                             f"step 0 has {points.shape[0]}")
+        return traj
+
+    def run(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
+        """Steps ``step``..K-1 from ``points``; returns lambda_step."""
+        self.points.append(points)
+        starts = _StepStarts(points) if step > 0 else None
+        continuation = Continuation(self, step)
+        token = _STEP_STARTS.set(starts)
+        try:
+            estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
+                                         outer=continuation, **self.options)
+        finally:
+            _STEP_STARTS.reset(token)
+        if not continuation.called or (starts is not None and not starts.used):
+            name = self.from_samples.__name__.replace("_from_samples", "")
+            raise UnsupportedError(
+                f"estimator {name!r} cannot take more than one inner step: its from-samples "
+                f"form must build its parameters with row_params and reach the outer step "
+                f"through outer_at (metarl_bench._src.estimators.common)")
+        return estimate
+
+
+class Continuation(OuterStep):
+    """Stands in for the outer step of inner step k of a ``multi_step`` chain.
+
+    Asked for "the outer value and gradient at theta_{k+1}", it samples step k+1's
+    trajectories at theta_{k+1}, runs the remaining steps, and answers with V(theta_K) and
+    lambda_{k+1}; after the last step it computes the real outer step (exact or sampled).
+    """
+
+    def __init__(self, chain: _Chain, step: int):
+        self.chain, self.step, self.called = chain, step, False
+
+    @property
+    def exact(self) -> bool:
+        return self.chain.outer is None
+
+    def after(self, adapted: torch.Tensor, task_index: torch.Tensor) -> Outer:
+        chain = self.chain
+        if self.called:
+            raise UnsupportedError("an inner step asked twice for its outer step; multi-step "
+                                   "adaptation needs exactly one outer_at call per step")
+        self.called = True
+        points = adapted.detach()
+        if self.step + 1 == chain.n_steps:
+            chain.points.append(points)
+            out = outer_at(chain.task, points, task_index, chain.outer)
+            chain.final_value = out.value
+            return out
+        inner = chain.samples(self.step + 1, points, task_index)
+        pulled_back = chain.run(self.step + 1, points, inner)
+        return Outer(chain.final_value, pulled_back.detach(),
+                     steps_after=chain.n_steps - self.step - 1, exact=self.exact)
+
+
+def is_exact_outer(outer: OuterSampler | OuterStep | None) -> bool:
+    """Whether the outer value at the end of the inner steps is the exact V."""
+    return outer is None or isinstance(outer, OuterStep) and getattr(outer, "exact", False)
+
+
+def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torch.Tensor,
+               steps: Sequence[Trajectories], *, inner_lr: float,
+               outer: OuterSampler | None = None, sampler: StepSampler | None = None,
+               n_steps: int | None = None, **options: Any) -> MultiStep:
+    """K inner steps of the estimator whose one-step form is ``from_samples``.
+
+    ``steps``: the trajectories (R, N, T) of the first steps, the rows of step k drawn at
+    each row's theta_k (or any samples, for a sample-for-sample comparison); steps beyond
+    them are drawn by ``sampler(k, points, task_index)`` at the rows' theta_k. ``n_steps``
+    defaults to ``len(steps)``. Step k runs ``from_samples`` from the rows' own theta_k; its
+    "outer gradient" is lambda_{k+1}, pulled back by the later steps, and its "outer value"
+    is V(theta_K) (``Continuation``), so the estimate is
+    lambda_0 = A_0^T (A_1^T (... A_{K-1}^T grad V(theta_K) + c_{K-1}) ...) + c_0.
+    """
+    n_steps = validation.positive_int("n_steps", len(steps) if n_steps is None else n_steps)
+    if not steps or len(steps) > n_steps or (len(steps) < n_steps and sampler is None):
+        raise ParameterError(f"{n_steps} inner step(s) need the trajectories of step 0 and "
+                             f"then of every step or a sampler; got {len(steps)} and "
+                             f"{'a' if sampler else 'no'} sampler")
+    chain = _Chain(from_samples, task, theta, list(steps), sampler, n_steps, inner_lr, outer,
+                   dict(options))
+    start = theta.detach().expand(steps[0].n_rows, *theta.shape)
+    return MultiStep(chain.run(0, start, steps[0]), chain.points)
 
 
 def pathwise(step: InnerStep, outer: Outer) -> torch.Tensor:
@@ -152,23 +328,34 @@ def chunk_counts(n_trials: int, most: int) -> list[int]:
     return [base + 1] * extra + [base] * (n_chunks - extra)
 
 
-def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = False):
-    """The registered estimator built from a from-samples form (docstring carried over)."""
+def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = False,
+            multi_step_ok: bool = True):
+    """The registered estimator built from a from-samples form (docstring carried over).
+
+    ``n_steps=K`` adapts in K inner steps with fresh trajectories at each theta_k
+    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError.
+    """
     allowed = keyword_options(from_samples)
+    name = from_samples.__name__.replace("_from_samples", "")
     # estimators random beyond their samples (a noisy critic) draw from the call's generator
     takes_generator = "generator" in inspect.signature(from_samples).parameters
 
     @functools.wraps(from_samples)
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
-                  generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
+                  generator: torch.Generator | None = None, n_steps: int = 1,
+                  **options: Any) -> torch.Tensor:
         n_inner, inner_lr, n_trials, n_outer = validate_call(
             task, theta, n_inner, inner_lr, n_trials, n_outer, generator,
             needs_model=needs_model)
+        n_steps = validation.positive_int("n_steps", n_steps)
+        if n_steps > 1 and not multi_step_ok:
+            raise UnsupportedError(f"estimator {name!r} is defined for one inner step only; "
+                                   f"use n_steps=1")
         for key in options:
             if key not in allowed:
                 raise ParameterError(
-                    f"estimator {from_samples.__name__.replace('_from_samples', '')!r} has no "
+                    f"estimator {name!r} has no "
                     f"option {key!r}; options: {', '.join(allowed) or '(none)'}")
         outer = None if n_outer is None else (
             lambda adapted, index: task.sample(adapted, n_outer, index, generator))
@@ -180,12 +367,20 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
             task_index = torch.arange(n_rows, device=theta.device) % task.n_tasks
             rows = theta.detach().expand(n_rows, *theta.shape)
             inner = task.sample(rows, n_inner, task_index, generator)
-            estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
-                                     **options)
+            if n_steps == 1:
+                estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
+                                         **options)
+            else:
+                estimates = multi_step(
+                    from_samples, task, theta, [inner], inner_lr=inner_lr, outer=outer,
+                    sampler=lambda k, points, index: task.sample(points, n_inner, index,
+                                                                 generator),
+                    n_steps=n_steps, **options).estimate
             return estimates.reshape(count, task.n_tasks, *theta.shape).mean(1).detach()
 
-        counts = chunk_counts(n_trials, trials_per_chunk(task, n_inner, n_outer))
+        # K inner steps sample K times N inner trajectories per trial
+        counts = chunk_counts(n_trials, trials_per_chunk(task, n_inner * n_steps, n_outer))
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
-    estimator.__name__ = from_samples.__name__.replace("_from_samples", "")
+    estimator.__name__ = name
     return estimator

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from metarl_bench._src import validation
+from metarl_bench._src.errors import UnsupportedError
 from metarl_bench._src.estimators.common import OuterSampler, validate_call
 from metarl_bench._src.trajectories import Trajectories, discounted_return, discounts
 
@@ -71,7 +72,8 @@ def es_maml_trajectories(n_inner: int, n_outer: int | None, options: dict[str, A
 
 def es_maml(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float, n_trials: int,
             n_outer: int | None = None, generator: torch.Generator | None = None,
-            n_perturbations: int = DEFAULT_PERTURBATIONS, sigma: float = 0.1) -> torch.Tensor:
+            n_perturbations: int = DEFAULT_PERTURBATIONS, sigma: float = 0.1,
+            n_steps: int = 1) -> torch.Tensor:
     """ES-MAML: antithetic Gaussian perturbations of theta, each adapted and evaluated.
 
     estimate = (1 / (2 sigma P)) sum_p [F(theta + sigma e_p) - F(theta - sigma e_p)] e_p,
@@ -87,7 +89,11 @@ def es_maml(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float, n_
     against grad F_N, not vanishing with N; variance about Var(F_hat) dim(theta) /
     (sigma^2 P), so small sigma trades bias for variance. Not count-determined (the
     perturbations are random beyond the inner samples): Monte Carlo moments only.
+    One inner step only: ``n_steps`` > 1 raises UnsupportedError.
     """
+    if validation.positive_int("n_steps", n_steps) > 1:
+        raise UnsupportedError("estimator 'es-maml' is defined for one inner step only; "
+                               "use n_steps=1")
     n_inner, inner_lr, n_trials, n_outer = validate_call(
         task, theta, n_inner, inner_lr, n_trials, n_outer, generator, needs_model=False)
     n_perturbations = validation.positive_int("n_perturbations", n_perturbations)

@@ -335,3 +335,128 @@ def per_trial(from_samples: Callable[..., torch.Tensor]) -> Callable[..., torch.
         return torch.cat(parts)
 
     return looped
+
+
+# ---- K inner steps: per-row nested autodiff --------------------------------------------
+#
+# The K-step twins do not chain Jacobians by hand (the fast path does, in
+# common.multi_step): one row at a time, theta_0 is a leaf, each step builds theta_{k+1} from
+# theta_k *with the graph kept*, so theta_k is a differentiable function of theta_0, and one
+# backward pass of the objective below differentiates through all K steps. Each estimator is
+# a step map whose Jacobian is the estimator's A_k, plus its score terms.
+
+def _step_map_maml(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
+                   shape: torch.Size) -> torch.Tensor:
+    """theta + eta grad L, L = (1/N) sum_i sum_t log pi_t G_t (returns held fixed): A = I + eta J."""
+    log_prob = _log_prob_fn(task, traj, shape)(point)
+    returns = reward_to_go(traj.rewards, task.gamma)[0]
+    (grad,) = torch.autograd.grad((log_prob * returns).sum(-1).mean(), point, create_graph=True)
+    return point + inner_lr * grad
+
+
+def _step_map_fomaml(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
+                     shape: torch.Size) -> torch.Tensor:
+    """theta + stop(eta g_N): A = I."""
+    step = _step_map_maml(task, point.detach().requires_grad_(), traj, inner_lr, shape)
+    return point + (step - point).detach()
+
+
+def _step_map_lsf(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
+                  shape: torch.Size) -> torch.Tensor:
+    """theta + eta grad L + (eta/N) sum_i stop(g_i) (l_i - stop(l_i)), l_i = log p(tau_i):
+    the added term is zero, its Jacobian (eta/N) sum_i g_i s_i^T, so A = I + eta H_N."""
+    log_prob_fn = _log_prob_fn(task, traj, shape)
+    returns = reward_to_go(traj.rewards, task.gamma)[0]
+    grads = jacobian(lambda th: (log_prob_fn(th) * returns).sum(-1), point.detach())  # (N, D)
+    log_prob = log_prob_fn(point).sum(-1)                                            # (N,)
+    zero = (grads * (log_prob - log_prob.detach()).unsqueeze(-1)).mean(0)
+    return _step_map_maml(task, point, traj, inner_lr, shape) + inner_lr * zero
+
+
+def _step_map_dice(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
+                   shape: torch.Size) -> torch.Tensor:
+    """theta + eta grad L_DiCE, L_DiCE = (1/N) sum_i sum_t gamma^t r_t box(sum_{k<=t} log pi_k)."""
+    log_prob = _log_prob_fn(task, traj, shape)(point)
+    cumulative = log_prob.cumsum(-1)
+    weights = traj.rewards[0] * discounts(task.gamma, traj.horizon, traj.rewards)
+    surrogate = (weights * torch.exp(cumulative - cumulative.detach())).sum(-1).mean()
+    (grad,) = torch.autograd.grad(surrogate, point, create_graph=True)
+    return point + inner_lr * grad
+
+
+def _final_outer(task: Any, final: torch.Tensor, traj: Trajectories, outer: Callable | None,
+               shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pathwise objective, V(theta_K) detached, grad V(theta_K)) of one row."""
+    if outer is None:
+        value = task.value(final.reshape(1, *shape), traj.task_index)[0]
+        (grad,) = torch.autograd.grad(value, final, retain_graph=True)
+        return value, value.detach(), grad
+    point = final.detach()
+    outer_traj = outer(point.reshape(1, *shape), traj.task_index)
+    scores = jacobian(_log_prob_fn(task, outer_traj, shape), point, vectorize=True)  # (M, T, D)
+    returns = reward_to_go(outer_traj.rewards, task.gamma)[0]
+    grad = (scores * returns.unsqueeze(-1)).sum(1).mean(0)
+    value = discounted_return(outer_traj.rewards, task.gamma)[0].mean()
+    return (final * grad).sum(), value, grad
+
+
+def _multi_step_twin(step_map: Callable, score: str | None = None) -> Callable:
+    def twin(task: Any, theta: torch.Tensor, steps: list[Trajectories], *, inner_lr: float,
+             outer: Callable | None = None, baseline: float = 0.0) -> torch.Tensor:
+        shape = theta.shape
+        rows = []
+        for r in range(steps[0].n_rows):
+            trajs = [s.rows(slice(r, r + 1)) for s in steps]
+            start = theta.detach().reshape(-1).clone().requires_grad_()
+            points = [start]
+            for traj in trajs:
+                points.append(step_map(task, points[-1], traj, inner_lr, shape))
+            pathwise, value, _ = _final_outer(task, points[-1], trajs[0], outer, shape)
+            objective = pathwise
+            log_probs = [_log_prob_fn(task, traj, shape)(point).sum(-1)       # (N,) each
+                         for traj, point in zip(trajs, points)]
+            if score == "unbiased":
+                # the magic box of every step's samples: its gradient is
+                # sum_k (d theta_k / d theta_0)^T sum_i s(tau_i^k)
+                total = sum(lp.sum() for lp in log_probs)
+                objective = objective + (value - baseline) * torch.exp(total - total.detach())
+            elif score == "loo":
+                objective = objective + sum(
+                    ((value - _loo_baselines(task, trajs, points, k, inner_lr, shape))
+                     * log_probs[k]).sum() for k in range(len(trajs)))
+            (grad,) = torch.autograd.grad(objective, start)
+            rows.append(grad.reshape(shape))
+        return torch.stack(rows)
+
+    return twin
+
+
+def _loo_baselines(task: Any, trajs: list[Trajectories], points: list[torch.Tensor], k: int,
+                   inner_lr: float, shape: torch.Size) -> torch.Tensor:
+    """b_ki = V(Phi^(K-k-1)(theta_{k+1} - (eta/N) g(tau_i^k))), Phi the exact inner step, one
+    trajectory at a time."""
+    traj = trajs[k]
+    returns = reward_to_go(traj.rewards, task.gamma)[0]
+    grads = jacobian(lambda th: (_log_prob_fn(task, traj, shape)(th) * returns).sum(-1),
+                     points[k].detach())                                         # (N, D)
+    value_fn = lambda th: task.value(th.reshape(1, *shape), traj.task_index)[0]  # noqa: E731
+    baselines = []
+    for g in grads:
+        point = points[k + 1].detach() - inner_lr / grads.shape[0] * g
+        for _ in range(len(trajs) - k - 1):
+            point = point + inner_lr * jacobian(value_fn, point)
+        baselines.append(value_fn(point))
+    return torch.stack(baselines).detach()
+
+
+#: name -> the K-step twin ``(task, theta, steps, *, inner_lr, outer=None, **options)``,
+#: ``steps`` a list of K Trajectories (R, N, T). Tests require ``common.multi_step`` on the
+#: registered one-step form to agree with it on the same samples.
+MULTI_STEP = {
+    "maml": _multi_step_twin(_step_map_maml),
+    "fomaml": _multi_step_twin(_step_map_fomaml),
+    "lsf": _multi_step_twin(_step_map_lsf),
+    "dice": _multi_step_twin(_step_map_dice),
+    "unbiased": _multi_step_twin(_step_map_maml, score="unbiased"),
+    "loo": _multi_step_twin(_step_map_maml, score="loo"),
+}

@@ -74,20 +74,35 @@ class BanditTask(TabularTask):
                     torch.zeros_like(chunk), chunk, rewards[k][chunk], task_index)
 
     def finite_meta_objective(self, theta: torch.Tensor, n_inner: int,
-                              inner_lr: float) -> torch.Tensor:
+                              inner_lr: float, n_steps: int = 1) -> torch.Tensor:
         """F_N(theta) = mean_k sum_n Mult(n; N, pi) V_k(theta + eta g(n)), differentiable.
 
         Uses the closed form g(n) = (1/N)(n * r) - (n.r / N) pi, not the estimators' code,
-        so that it is an independent check of them.
+        so that it is an independent check of them. K = ``n_steps`` inner steps: nested
+        enumeration, theta_{k+1} = theta_k + eta g_k(n_k) with n_k ~ Mult(N, pi_{theta_k}),
+        F = sum over (n_0..n_{K-1}) of prod_k Mult(n_k; N, pi_{theta_k}) V(theta_K): C**K terms
+        for the C count vectors of one step.
         """
         counts = compositions(n_inner, self.n_arms).to(device=theta.device, dtype=theta.dtype)
-        pi = torch.softmax(theta, -1)
-        weight = torch.exp(log_multinomial(counts, torch.log_softmax(theta, -1)))   # (C,)
+        if n_steps == 1:
+            pi = torch.softmax(theta, -1)
+            weight = torch.exp(log_multinomial(counts, torch.log_softmax(theta, -1)))  # (C,)
+            total = theta.new_zeros(())
+            for rewards in self.arm_rewards.to(dtype=theta.dtype, device=theta.device):
+                inner_grad = (counts * rewards - (counts @ rewards).unsqueeze(-1) * pi) / n_inner
+                adapted = torch.softmax(theta + inner_lr * inner_grad, -1)           # (C, K)
+                total = total + (weight * (adapted @ rewards)).sum()
+            return total / self.n_tasks
         total = theta.new_zeros(())
         for rewards in self.arm_rewards.to(dtype=theta.dtype, device=theta.device):
-            inner_grad = (counts * rewards - (counts @ rewards).unsqueeze(-1) * pi) / n_inner
-            adapted = torch.softmax(theta + inner_lr * inner_grad, -1)              # (C, K)
-            total = total + (weight * (adapted @ rewards)).sum()
+            points, log_weight = theta.unsqueeze(0), theta.new_zeros(1)             # (B, K), (B,)
+            for _ in range(n_steps):
+                pi = torch.softmax(points, -1).unsqueeze(1)                          # (B, 1, K)
+                inner_grad = (counts * rewards - (counts @ rewards).unsqueeze(-1) * pi) / n_inner
+                log_weight = (log_weight.unsqueeze(1) + log_multinomial(
+                    counts, torch.log_softmax(points, -1).unsqueeze(1))).reshape(-1)
+                points = (points.unsqueeze(1) + inner_lr * inner_grad).reshape(-1, self.n_arms)
+            total = total + (torch.exp(log_weight) * (torch.softmax(points, -1) @ rewards)).sum()
         return total / self.n_tasks
 
 
