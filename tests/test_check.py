@@ -201,8 +201,11 @@ def test_a_three_times_slower_estimator_fails_the_time_gate(busy_machine, tmp_pa
 def test_cli_check_against_a_revision_and_a_saved_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     saved = tmp_path / "suite.json"
+    # the plumbing of --baseline REV, --save, --threads and a file baseline; how tight the
+    # time gate is at its defaults is the busy-machine and 3x tests' job: two rounds with two
+    # threads on two shared cores give ratios too noisy for the default factor of 2
     assert main(["check", "--baseline", "HEAD", "--estimators", "lsf,fomaml", "--rounds", "2",
-                 "--threads", "2", "--save", str(saved)]) == 0
+                 "--threads", "2", "--factor", "10", "--save", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "no regression" in out and "estimator" in out and "verdict" in out
     assert "interleaved" in out and "threads = 2" in out and "load average" in out

@@ -18,7 +18,7 @@ from metarl_bench._src.estimators.es_maml import es_maml_from_samples, perturbed
 from metarl_bench._src.tasks.bandit import compositions
 from metarl_bench._src.trajectories import Trajectories
 
-from conftest import SCIENCE_BANDIT, SCIENCE_LR, generator
+from conftest import SCIENCE_LR, generator
 from test_estimators import TASKS, inner_samples, make
 
 
