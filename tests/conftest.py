@@ -6,7 +6,7 @@ import torch
 
 import metarl_bench as mb
 
-# SCIENCE.md section 4's independent check: 3 arms, r = (1, 0, 0.5), theta = (0, 0.5, -0.5),
+# A published independent check: 3 arms, r = (1, 0, 0.5), theta = (0, 0.5, -0.5),
 # eta = 2, exact outer.
 SCIENCE_BANDIT = dict(rewards=[1.0, 0.0, 0.5], init_logits=[0.0, 0.5, -0.5])
 SCIENCE_LR = 2.0

@@ -1,5 +1,5 @@
 """Every estimator: batched against its slow twin, Monte Carlo against exact moments,
-special-case equivalences, and the signatures of SCIENCE.md section 4."""
+special-case equivalences, and the signatures theory predicts (docs/metrics.md, "Slopes")."""
 
 import math
 
@@ -194,7 +194,7 @@ def test_unbiased_monte_carlo_mean_matches_loo_reference_on_tabular():
     assert torch.all((unbiased.mean(0) - loo.mean(0)).abs() <= 4.5 * stderr)
 
 
-# ---- SCIENCE.md section 4 ---------------------------------------------------------------
+# ---- what a correct suite shows -----------------------------------------------------------
 
 GRID = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -215,7 +215,7 @@ def slope(result, name, metric):
 
 
 def test_science_reference_numbers_on_the_bandit(bandit_result):
-    # the independent check of SCIENCE.md section 4, to the digits it gives
+    # the published independent check of this bandit, to the digits it gives
     assert cell(bandit_result, "unbiased", 1)["variance"] == pytest.approx(0.155, abs=5e-4)
     assert cell(bandit_result, "unbiased", 256)["variance"] == pytest.approx(48.4, abs=0.05)
     assert cell(bandit_result, "lsf", 1)["variance"] == pytest.approx(7.2e-3, abs=5e-5)
@@ -262,7 +262,7 @@ def test_science_signatures_on_a_tabular_mdp(tabular_result):
 
 def test_maml_and_fomaml_means_converge_to_their_biased_closed_form_limits(science_bandit):
     # As N grows theta'_N -> theta'_inf = theta + eta grad V and J_N -> E[grad_theta g] =
-    # grad^2 V - E[g s^T], so (SCIENCE.md section 2) the means tend to
+    # grad^2 V - E[g s^T], so (docs/estimators.md) the means tend to
     #   fomaml: grad V(theta'_inf)            maml: (I + eta (grad^2 V - E[g s^T]))^T grad V(theta'_inf)
     # with an O(1/N) gap; on a bandit E[g s^T] = sum_a pi_a r_a (e_a - pi)(e_a - pi)^T.
     task, eta = science_bandit, SCIENCE_LR

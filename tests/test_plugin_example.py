@@ -40,7 +40,7 @@ def test_the_plugin_is_registered_through_its_entry_point():
 
 
 def test_evaluate_gives_it_exact_moments_unbiased_with_bounded_variance():
-    # SCIENCE bandit, exact moments (no Monte Carlo error): bias zero to rounding; the
+    # the published check bandit, exact moments (no Monte Carlo error): bias zero to rounding; the
     # anchored baseline keeps the variance O(1) where plain `unbiased` grows like N
     task = mb.make_task("bandit-v0", rewards=[1.0, 0.0, 0.5], init_logits=[0.0, 0.5, -0.5])
     result = mb.evaluate(task, [NAME, "unbiased"], n_inner=[4, 64], n_trials=50,

@@ -76,7 +76,7 @@ def reward_to_go(rewards_t: torch.Tensor, gamma: float) -> torch.Tensor:
     """G_t = sum_{t' >= t} gamma**t' r_t' (discounted from time 0), same shape as rewards_t.
 
     Discounting from time 0 (not from t) makes sum_t grad log pi_t * G_t the unbiased
-    gradient of V = E sum_t gamma**t r_t (SCIENCE.md section 1).
+    gradient of V = E sum_t gamma**t r_t (docs/objective.md).
     """
     discounted = rewards_t * discounts(gamma, rewards_t.shape[-1], rewards_t)
     return discounted.flip(-1).cumsum(-1).flip(-1)

@@ -20,7 +20,7 @@ def exact(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float, n_tr
     grad F_inf(theta) = E_task (I + eta grad^2 V) grad V(theta + eta grad V) (``"limit"``);
     of K = ``n_steps`` inner steps when K > 1 (see ``meta_gradient``).
 
-    Reference: SCIENCE.md section 3.
+    Reference: docs/objective.md, "Ground truth".
     Shapes: -> (n_trials, *P), every row the same.
     Bias/variance: zero bias against the truth of the same kind, zero variance.
     """

@@ -1,6 +1,6 @@
 """Slow, obviously-correct twins of the estimators (STYLE.md rule 3).
 
-One row at a time, every matrix of SCIENCE.md section 2 built explicitly (per-trajectory
+One row at a time, every matrix of docs/estimators.md built explicitly (per-trajectory
 gradients and scores by Jacobians, J_N by a full Hessian), then the formula applied as
 written. Same signature as the ``*_from_samples`` forms; tests require both to agree on
 the same samples. ``per_trial`` is the other slow form: the fast code run one trial at a time

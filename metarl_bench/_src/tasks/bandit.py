@@ -23,7 +23,7 @@ class BanditTask(TabularTask):
 
     theta has shape (K,). The inner samples of one trial are determined (up to order) by
     the pull counts n, so F_N and the moments of count-determined estimators are finite
-    sums over the C(N+K-1, K-1) count vectors (SCIENCE.md section 3).
+    sums over the C(N+K-1, K-1) count vectors (docs/objective.md, "Ground truth").
     """
 
     #: rows per chunk when enumerating count vectors (bounds memory at large N)
