@@ -112,6 +112,17 @@ def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Fig
     return figures
 
 
+def _log_axes(axis, title: str, fontsize: int | None = None) -> None:
+    """Log-log axes against N, titled and gridded; with ``fontsize``, a legend too."""
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("N (inner trajectories)")
+    axis.set_title(title)
+    axis.grid(True, which="both", alpha=0.3)
+    if fontsize is not None:
+        axis.legend(fontsize=fontsize)
+
+
 def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figure:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), constrained_layout=True)
     hidden = False
@@ -143,11 +154,7 @@ def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figu
                 low = [bottom if not math.isfinite(lo) and math.isfinite(h) else lo
                        for lo, h in zip(low, high)]
                 axis.fill_between(n, low, high, color=line.get_color(), alpha=0.15, lw=0)
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("N (inner trajectories)")
-        axis.set_title(label)
-        axis.grid(True, which="both", alpha=0.3)
+        _log_axes(axis, label)
         axis.legend(fontsize=7, title="estimator (slope)", title_fontsize=7)
     fig.suptitle(f"{task}: statistics against N; {truth_note}; bands: 95% intervals")
     path = f"{stem}-statistics.png"
@@ -173,12 +180,7 @@ def _efficiency_figure(plt, stem, task, series) -> Figure:
                      marker="o", ms=3.5, label=name)
     for axis, title in zip(axes, ("MSE x trajectories per estimate",
                                   "MSE x seconds per estimate")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("N (inner trajectories)")
-        axis.set_title(title)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+        _log_axes(axis, title, fontsize=7)
     fig.suptitle(f"{task}: statistical efficiency per unit of work (lower is better)")
     path = f"{stem}-efficiency.png"
     fig.savefig(path, dpi=110)
@@ -201,12 +203,7 @@ def _cost_figure(plt, stem, task, series) -> Figure:
                                           for r in rows]), marker="o", ms=3.5, label=name)
     titles = ["milliseconds per batch of estimates"] + (["peak memory (MiB)"] * has_memory)
     for axis, title in zip(axes[0], titles):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("N (inner trajectories)")
-        axis.set_title(title)
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+        _log_axes(axis, title, fontsize=7)
     trials = sorted({r.get("n_trials") for rows in series.values() for r in rows} - {None})
     fig.suptitle(f"{task}: cost (n_trials = {', '.join(map(str, trials))} per batch)")
     path = f"{stem}-cost.png"
