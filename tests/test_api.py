@@ -1,5 +1,6 @@
 """Public API contract: registries, typed errors, determinism, JSON results, the CLI."""
 
+import inspect
 import subprocess
 import sys
 
@@ -364,3 +365,15 @@ def test_a_task_without_a_model_runs_sampling_estimators_with_sampled_outer():
     exact = mb.meta_gradient(bandit, theta, inner_lr=1.0, n_inner=4)
     assert torch.all((estimate.mean - exact).abs() < 4.5 * estimate.stderr), (estimate.mean, exact)
     assert estimate.method.startswith("mean of 20000 unbiased estimates, N=4, M=6")
+
+
+def test_help_shows_the_call_a_user_makes():
+    # help() and inspect.signature follow __signature__: the registered call with its
+    # options, not the from-samples form that the docstring's formula describes
+    signature = inspect.signature(mb.get_estimator("loaded-dice"))
+    assert "inner" not in signature.parameters
+    assert {"n_inner", "inner_lr", "n_trials", "n_outer", "generator", "n_steps",
+            "dependency_decay", "critic"} <= set(signature.parameters)
+    assert signature.parameters["n_trials"].annotation in (int, "int")
+    assert "Called as registered" in mb.get_estimator("lsf").__doc__
+    assert mb.estimator_spec("lsf").summary == "Linearized score function (LSF) estimate."

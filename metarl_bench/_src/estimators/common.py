@@ -340,7 +340,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     # estimators random beyond their samples (a noisy critic) draw from the call's generator
     takes_generator = "generator" in inspect.signature(from_samples).parameters
 
-    @functools.wraps(from_samples)
+    # the form's annotations would describe the wrong call: keep the estimator's own
+    @functools.wraps(from_samples, assigned=("__module__", "__qualname__", "__doc__"))
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
                   generator: torch.Generator | None = None, n_steps: int = 1,
@@ -383,4 +384,16 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
     estimator.__name__ = name
+    # help() and inspect.signature show the call a user makes (functools.wraps would point
+    # them at the from-samples form): the common keywords, then this estimator's options
+    own = inspect.signature(estimator, follow_wrapped=False)
+    form = inspect.signature(from_samples).parameters
+    estimator.__signature__ = own.replace(parameters=[
+        *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
+        *(form[key].replace(kind=inspect.Parameter.KEYWORD_ONLY) for key in allowed)])
+    estimator.__doc__ = (f"{from_samples.__doc__ or ''}\n\n    Called as registered: samples "
+                         f"n_trials x n_tasks rows of n_inner trajectories (n_outer outer ones "
+                         f"per row, or the exact outer step) and returns (n_trials, "
+                         f"*theta.shape); the formula above is that of "
+                         f"{from_samples.__name__}(task, theta, inner, *, inner_lr, outer).\n")
     return estimator
