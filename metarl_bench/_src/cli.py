@@ -283,12 +283,6 @@ def _run(args: argparse.Namespace) -> int:
         store = Store(args.json, option="--json") if args.json is not None else None
         totals = [check_resources(p.task, pending(p, store, args.force), max_work)
                   for p in plans]
-    finished = 0
-
-    def count(record: dict[str, Any]) -> None:
-        nonlocal finished
-        finished += 1
-
     problems = []
     try:
         with Progress(sum(totals), "run", enabled=wanted(args.quiet), unit="traj") as bar:
@@ -296,12 +290,13 @@ def _run(args: argparse.Namespace) -> int:
                 started = time.perf_counter()
                 if not args.quiet:
                     print(f"running {checked.task!r} ...", file=sys.stderr, flush=True)
-                (result,) = results_of(run_plan(checked, store, args.force, bar.advance, count))
+                (result,) = results_of(run_plan(checked, store, args.force, bar.advance))
                 problems += [r for r in result.records if r.get("problem")]
                 print(result.table())
                 print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
     except KeyboardInterrupt:
-        kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
+        kept = (f"; {store.added_since_open()} finished cells kept in {args.json}"
+                if store is not None else "")
         print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
         return 130
     if args.json:

@@ -192,8 +192,16 @@ class Store:
 
     def __init__(self, path: str | os.PathLike, *, option: str = "jsonl"):
         self.path = check_path(path, option)
-        self.lines = latest(read_lines(self.path))
+        found = list(read_lines(self.path))
+        self.lines = latest(found)
+        self.n_found = len(found)
         self.written = 0
+
+    def added_since_open(self) -> int:
+        """Lines on disk now that were not there when the store was opened, counted from the
+        file itself (exact even when an interruption landed between a write and its
+        bookkeeping)."""
+        return sum(1 for _ in read_lines(self.path)) - self.n_found
 
     def __contains__(self, key: str) -> bool:
         return key in self.lines

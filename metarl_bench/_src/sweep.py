@@ -326,8 +326,8 @@ def main_sweep(args: Any) -> int:
                                        scheduler=args.scheduler, workers=args.workers,
                                        max_work=max_work, progress=wanted(args.quiet), log=log)
         except KeyboardInterrupt:
-            print(f"metarl-bench: interrupted; {store.written} cells finished in this run are "
-                  f"kept in {output}", file=sys.stderr)
+            print(f"metarl-bench: interrupted; {store.added_since_open()} cells finished in "
+                  f"this run are kept in {output}", file=sys.stderr)
             return 130
     for result in sweep_results(sweep, store):
         print(result.table() + "\n")
