@@ -259,8 +259,10 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
             raise ParameterError(f"--scheduler {scheduler!r}: cannot connect ({exc})") from None
         cluster = None
     else:
+        # ":0": the scheduler's HTTP endpoint on any free port, never a clash with another
+        # cluster on the default 8787
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
         client = Client(cluster)
     where = scheduler or f"a local cluster of {workers} processes"
     n_todo = sum(len(v) for v in todo.values())
