@@ -261,8 +261,10 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
             raise ParameterError(f"--scheduler {scheduler!r}: cannot connect ({exc})") from None
         cluster = None
     else:
+        # ":0": the scheduler's HTTP endpoint on any free port, never a clash with another
+        # cluster on the default 8787
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
         client = Client(cluster)
     where = scheduler or f"a local cluster of {workers} processes"
     n_todo = sum(len(v) for v in todo.values())
@@ -328,8 +330,8 @@ def main_sweep(args: Any) -> int:
                                        scheduler=args.scheduler, workers=args.workers,
                                        max_work=max_work, progress=wanted(args.quiet), log=log)
         except KeyboardInterrupt:
-            print(f"metarl-bench: interrupted; {store.written} cells finished in this run are "
-                  f"kept in {output}", file=sys.stderr)
+            print(f"metarl-bench: interrupted; {store.added_since_open()} cells finished in "
+                  f"this run are kept in {output}", file=sys.stderr)
             return 130
     for result in sweep_results(sweep, store):
         print(result.table() + "\n")
