@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from metarl_bench._src.envs.meta import MetaTaskEnv, rng_of
+from metarl_bench._src.envs.meta import GoalTaskEnv, rng_of
 from metarl_bench._src.errors import ParameterError
 
 
@@ -26,7 +26,7 @@ def _vector(name: str, value: Any, dim: int) -> np.ndarray:
     return array.copy()
 
 
-class LQNavigationEnv(MetaTaskEnv, gymnasium.Env):
+class LQNavigationEnv(GoalTaskEnv, gymnasium.Env):
     """A point in R^d moves towards a goal it cannot see, paying the squared distance.
 
     ## Description
@@ -110,11 +110,6 @@ class LQNavigationEnv(MetaTaskEnv, gymnasium.Env):
             raise ParameterError(f"an LQNavigation task is {{'goal': {self.dim} numbers}}, "
                                  f"got {task!r}")
         self._goal = _vector("the task's goal", task["goal"], self.dim)
-
-    def get_task(self) -> dict[str, Any]:
-        if self._goal is None:
-            raise ParameterError("no task set yet: call set_task or reset first")
-        return {"goal": self._goal.copy()}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -56,6 +56,18 @@ class MetaTaskEnv:
             self.set_task(self.sample_tasks(1)[0])
 
 
+
+class GoalTaskEnv(MetaTaskEnv):
+    """A meta-task environment whose task is a goal vector ``{"goal": array}``, kept in
+    ``self._goal`` (None until a task is set) by the subclass's ``set_task``."""
+
+    _goal: np.ndarray | None = None
+
+    def get_task(self) -> dict[str, Any]:
+        if self._goal is None:
+            raise ParameterError("no task set yet: call set_task or reset first")
+        return {"goal": self._goal.copy()}
+
 def rng_of(env: Any, rng: np.random.Generator | int | None) -> np.random.Generator:
     if rng is None:
         return env.np_random

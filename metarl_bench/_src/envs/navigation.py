@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from metarl_bench._src.envs.meta import MetaTaskEnv, rng_of
+from metarl_bench._src.envs.meta import GoalTaskEnv, rng_of
 from metarl_bench._src.errors import ParameterError
 
 
@@ -19,7 +19,7 @@ def sample_goals(n_tasks: int, rng: np.random.Generator, goal_low: float,
     return rng.uniform(goal_low, goal_high, size=(n_tasks, 2))
 
 
-class Navigation2DEnv(MetaTaskEnv, gymnasium.Env):
+class Navigation2DEnv(GoalTaskEnv, gymnasium.Env):
     """A point in the plane moves towards a goal it cannot see.
 
     ## Description
@@ -86,11 +86,6 @@ class Navigation2DEnv(MetaTaskEnv, gymnasium.Env):
         if goal.shape != (2,) or not np.isfinite(goal).all():
             raise ParameterError(f"a Navigation2D task is {{'goal': (gx, gy)}}, got {task!r}")
         self._goal = goal.copy()
-
-    def get_task(self) -> dict[str, Any]:
-        if self._goal is None:
-            raise ParameterError("no task set yet: call set_task or reset first")
-        return {"goal": self._goal.copy()}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
