@@ -117,12 +117,7 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
         finished = 0
         if files is not None:
             finished, result.iterations = files.resume.finished, list(files.resume.rows)
-            if files.resume.checkpoint is not None:
-                saved = files.resume.checkpoint
-                with torch.no_grad():
-                    parameter.copy_(train_state.decode_tensor(saved["theta"], theta.device))
-                train_state.restore_optimizer(step, saved["optimizer"], theta.device)
-                train_state.restore_generator(generator, saved["generator"])
+            files.restore(parameter, step, generator)
             files.start()
         with Progress(iterations, "train", enabled=progress is True, initial=finished,
                       unit_scale=False) as bar:

@@ -67,11 +67,13 @@ def encode_tensor(tensor: torch.Tensor) -> dict[str, Any]:
             "data": tensor.reshape(-1).tolist()}
 
 
-def decode_tensor(value: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+def decode_tensor(value: Any) -> torch.Tensor:
+    """A tensor from ``encode_tensor``'s JSON, on the CPU (``copy_`` and the optimiser's
+    ``load_state_dict`` move it to where the parameter lives)."""
     dtype = getattr(torch, str(value["dtype"]), None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {value['dtype']!r}")
-    return torch.tensor(value["data"], dtype=dtype, device=device).reshape(value["shape"])
+    return torch.tensor(value["data"], dtype=dtype).reshape(value["shape"])
 
 
 def _encode_tree(value: Any) -> Any:
@@ -85,13 +87,13 @@ def _encode_tree(value: Any) -> Any:
     return value
 
 
-def _decode_tree(value: Any, device: torch.device | str) -> Any:
+def _decode_tree(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"tensor"}:
-            return decode_tensor(value["tensor"], device)
-        return {key: _decode_tree(item, device) for key, item in value.items()}
+            return decode_tensor(value["tensor"])
+        return {key: _decode_tree(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_decode_tree(item, device) for item in value]
+        return [_decode_tree(item) for item in value]
     return value
 
 
@@ -99,9 +101,8 @@ def encode_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return _encode_tree(optimizer.state_dict())
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any],
-                      device: torch.device | str) -> None:
-    state = _decode_tree(saved, device)
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    state = _decode_tree(saved)
     # JSON keys are strings; torch keys a parameter's state by its integer index
     state["state"] = {int(key): value for key, value in state["state"].items()}
     for loaded, fresh in zip(state["param_groups"], optimizer.state_dict()["param_groups"]):
@@ -290,6 +291,23 @@ class TrainingFiles:
         if not (isinstance(checkpoint["finished"], int) and checkpoint["finished"] >= 1):
             raise ParameterError(bad)
         return checkpoint
+
+    def restore(self, parameter: torch.Tensor, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator) -> None:
+        """Set theta, the optimiser and the generator to the checkpoint's (if any); a damaged
+        checkpoint is refused before any file is changed."""
+        saved = self.resume.checkpoint
+        if saved is None:
+            return
+        try:
+            with torch.no_grad():
+                parameter.copy_(decode_tensor(saved["theta"]))
+            restore_optimizer(optimizer, saved["optimizer"])
+            restore_generator(generator, saved["generator"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            first_line = (str(exc) or repr(exc)).splitlines()[0]
+            raise ParameterError(f"{self.state_path} is damaged ({type(exc).__name__}: "
+                                 f"{first_line}); choose another --json path") from None
 
     def start(self) -> None:
         """Make the log agree with the checkpoint: drop a torn tail, append what is missing."""
