@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from metarl_bench._src.errors import ParameterError, ResultsFileError
-from metarl_bench._src.store import check_path, plain
+from metarl_bench._src.store import check_path, plain, torn_line
 
 #: The log's schema (its header's ``schema_version``).
 LOG_SCHEMA_VERSION = 1
@@ -125,17 +125,6 @@ def restore_generator(generator: torch.Generator, saved: dict[str, Any]) -> None
 
 # --- the log -------------------------------------------------------------------------------
 
-def _torn(raw: bytes) -> bool:
-    """Whether a last line with no newline is a log line cut short (not a whole one)."""
-    if not (_OPENING.startswith(raw) or raw.startswith(_OPENING)):
-        return False
-    try:
-        json.loads(raw)
-    except ValueError:
-        return True
-    return False
-
-
 @dataclass
 class LogContents:
     """A training log as read: its header (None for a log with no complete line yet), its
@@ -154,7 +143,7 @@ def parse_log(path: str, data: bytes) -> LogContents:
     offset = 0
     for number, raw in enumerate(pieces, 1):
         last = number == len(pieces)
-        if last and _torn(raw):
+        if last and torn_line(raw, _OPENING):
             break
         where = f"{path}:{number}"
         if raw.strip():
