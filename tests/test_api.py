@@ -9,6 +9,7 @@ import torch
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
+from metarl_bench._src.store import TIMING_FIELDS
 
 from conftest import generator
 
@@ -151,7 +152,8 @@ def test_same_seed_gives_identical_results_and_json_round_trips(tmp_path):
     run = lambda path: mb.evaluate(task, ["unbiased", "lsf"], n_inner=[2, 4], n_trials=50,  # noqa: E731
                                    truth_samples=200, seed=5, jsonl=path)
     first, second = run(tmp_path / "a.jsonl"), run(tmp_path / "b.jsonl")
-    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    strip = lambda records: [{k: v for k, v in r.items() if k not in TIMING_FIELDS}  # noqa: E731
+                             for r in records]
     assert strip(first.records) == strip(second.records)
     first.to_json(tmp_path / "c.jsonl")
     (loaded,) = mb.load_results(tmp_path / "c.jsonl")
@@ -328,8 +330,8 @@ def test_large_cells_are_evaluated_in_chunks_deterministically(monkeypatch):
     first = run()
     assert calls == [1] + [32] * 3 + [4]      # a warm-up call, then 2**20 / 2**15 = 32 a chunk
     second = run()
-    assert {k: v for k, v in first.items() if k != "seconds"} == \
-        {k: v for k, v in second.items() if k != "seconds"}
+    assert {k: v for k, v in first.items() if k not in TIMING_FIELDS} == \
+        {k: v for k, v in second.items() if k not in TIMING_FIELDS}
 
 
 def test_a_task_without_a_model_runs_sampling_estimators_with_sampled_outer():

@@ -13,6 +13,7 @@ import metarl_bench as mb
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.common import multi_step, outer_at, row_params
 from metarl_bench._src.truth import MAX_ENUMERATION
+from metarl_bench._src.store import TIMING_FIELDS
 
 from conftest import SCIENCE_BANDIT, SCIENCE_LR, generator
 
@@ -287,8 +288,8 @@ def test_evaluate_with_n_steps(science_bandit):
     again = mb.evaluate(science_bandit, ["lsf", "unbiased"], n_inner=[2, 4], n_trials=50,
                         inner_lr=SCIENCE_LR, n_steps=1)
     for a, b in zip(one.records, again.records):  # K = 1 unchanged
-        assert {k: v for k, v in a.items() if k != "seconds"} == \
-            {k: v for k, v in b.items() if k != "seconds"}
+        assert {k: v for k, v in a.items() if k not in TIMING_FIELDS} == \
+            {k: v for k, v in b.items() if k not in TIMING_FIELDS}
     two = mb.evaluate(science_bandit, ["lsf", "unbiased", "exact"], n_inner=[2, 4], n_trials=50,
                       inner_lr=SCIENCE_LR, n_steps=2)
     assert two.config["n_steps"] == 2 and all(r["n_steps"] == 2 for r in two.records)

@@ -6,6 +6,7 @@ import pytest
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
+from metarl_bench._src.store import TIMING_FIELDS
 
 SPEC = """
 estimators = ["lsf", "maml"]
@@ -41,7 +42,8 @@ def lines_by_key(path):
     out = {}
     for text in open(path):
         line = json.loads(text)
-        line["result"].pop("seconds")
+        for name in TIMING_FIELDS:
+            line["result"].pop(name)
         out[line["key"]] = line
     return out
 

@@ -146,7 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
                      help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
     run.add_argument("--trials", type=_positive_int, default=2000,
-                     help="independent estimates per cell (default: 2000)")
+                     help="independent estimates per cell; with --target-rel-ci, the first "
+                          "batch (default: 2000)")
+    run.add_argument("--target-rel-ci", type=_float, default=None, metavar="WIDTH",
+                     help="adaptive trials: add estimates to each cell until the 95%% interval "
+                          "of --target-metric is at most WIDTH times its value (e.g. 0.1), or "
+                          "--max-trials is reached")
+    run.add_argument("--max-trials", type=_positive_int, default=None,
+                     help="cap on a cell's adaptive trials (default: 16 x --trials)")
+    run.add_argument("--target-metric", choices=("mse", "variance", "bias"), default="mse",
+                     help="the metric whose interval --target-rel-ci targets (default: mse)")
     run.add_argument("--inner-lr", type=_float, default=None,
                      help="inner step size (default: 2.0 on the headline bandit, else 1.0)")
     run.add_argument("--n-outer", type=_positive_int, default=None,
@@ -336,7 +345,8 @@ def _run(args: argparse.Namespace) -> int:
                       n_outer=args.n_outer, seed=args.seed, truth=args.truth, theta=None,
                       exact=not args.monte_carlo, truth_samples=args.truth_samples, n_boot=200,
                       dtype=getattr(torch, args.dtype), device=args.device, options=None,
-                      n_steps=args.n_steps)
+                      n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
+                      max_trials=args.max_trials, target_metric=args.target_metric)
                  for name, params, lr in grid]
         if args.out is None:
             args.out = (DEFAULT_OUT if args.json is None
@@ -376,6 +386,17 @@ def _run(args: argparse.Namespace) -> int:
         kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
         print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
         return 130
+    short = [r for result in results for r in result.records
+             if r.get("target_reached") is False and not r.get("problem")]
+    if short:
+        widest = max(short, key=lambda r: r["rel_ci"] if r["rel_ci"] is not None else math.inf)
+        estimated = any(r.get("truth_kind") == "estimated" for r in short)
+        print(f"note: {len(short)} cells stopped at --max-trials before their "
+              f"{widest['target_metric']} interval reached {widest['target_rel_ci']:g} of its "
+              f"value (widest: {widest['estimator']} at N={widest['n_inner']}, "
+              f"{_width(widest['rel_ci'])}); raise --max-trials"
+              + (" (or --truth-samples: the estimated truth's own error widens the bias and "
+                 "MSE intervals too)" if estimated else ""), file=sys.stderr)
     if args.json:
         print(f"results: {args.json}")
     if not args.no_report:
@@ -389,6 +410,10 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(problems)} cells have no statistics (e.g. {first['estimator']} at "
             f"N={first['n_inner']}: {first['problem']}); see the table")
     return 0
+
+
+def _width(value: float | None) -> str:
+    return "no finite interval" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
 def _train(args: argparse.Namespace) -> int:

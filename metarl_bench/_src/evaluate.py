@@ -41,6 +41,13 @@ SLOPE_METRICS = ("bias", "variance", "mse")
 #: Fields of a cell's configuration that vary inside one result (a table of estimators x N);
 #: every other field is shared by the whole table.
 PER_CELL_FIELDS = ("estimator", "options", "n_inner")
+#: Metrics adaptive trials can target: their interval narrows like 1/sqrt(trials).
+TARGET_METRICS = ("mse", "variance", "bias")
+#: The default cap on adaptive trials, as a multiple of the first batch: 16 times the
+#: trials narrow an interval about 4 times.
+ADAPTIVE_CAP_FACTOR = 16
+#: Least growth of the trials from one adaptive round to the next, so that rounds are few.
+ADAPTIVE_MIN_GROWTH = 1.5
 __all__ = ["SCHEMA_VERSION", "Result", "cell_config", "cell_seed", "compute_cell",
            "compute_truth", "evaluate", "fit_slopes", "load_results", "plain"]
 
@@ -188,11 +195,13 @@ def check_device(device: Any) -> torch.device | None:
 def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner: int,
                 n_outer: int | None, inner_lr: float, n_trials: int, seed: int, truth: str,
                 truth_samples: int, exact: bool, n_boot: int, theta: list | None, dtype: str,
-                device: str, n_steps: int = 1) -> dict[str, Any]:
+                device: str, n_steps: int = 1, target_rel_ci: float | None = None,
+                target_metric: str = "mse", max_trials: int | None = None) -> dict[str, Any]:
     """Everything that determines a cell's numbers; its digest is the cell's store key.
 
     ``theta`` is None for the task's own initial parameters. Timing, library versions and
-    the machine are not part of it (they are recorded with the result).
+    the machine are not part of it (they are recorded with the result). With a
+    ``target_rel_ci``, ``n_trials`` is the first batch and ``max_trials`` the cap.
     """
     return dict(task=task.name, task_params=plain(task.params), theta=theta,
                 estimator=estimator, options=plain(options), n_inner=n_inner, n_outer=n_outer,
@@ -201,7 +210,15 @@ def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner:
                 device=device,
                 # one inner step is left out of the key, so stores written before K existed
                 # still resume
-                **({"n_steps": n_steps} if n_steps != 1 else {}))
+                **({"n_steps": n_steps} if n_steps != 1 else {}),
+                # likewise the adaptive fields, present only when trials are adaptive
+                **({"target_rel_ci": target_rel_ci, "target_metric": target_metric,
+                    "max_trials": max_trials} if target_rel_ci is not None else {}))
+
+
+def planned_trials(config: dict[str, Any]) -> int:
+    """The most estimates a cell may compute: its cap when adaptive, else ``n_trials``."""
+    return config.get("max_trials") or config["n_trials"]
 
 
 @dataclass(frozen=True)
@@ -221,7 +238,8 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
          n_inner: int | Iterable[int], n_trials: int, inner_lr: float, n_outer: int | None,
          seed: int, truth: str, theta: torch.Tensor | None, exact: bool, truth_samples: int,
          n_boot: int, dtype: torch.dtype, device: Any, options: dict[str, dict[str, Any]] | None,
-         n_steps: int = 1) -> Plan:
+         n_steps: int = 1, target_rel_ci: float | None = None, max_trials: int | None = None,
+         target_metric: str = "mse") -> Plan:
     """Check every argument and list the cells; allocates nothing large, writes nothing.
 
     ``estimators``: names, entries with options (``"unbiased:baseline=0.5"``, see
@@ -252,6 +270,8 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
     truth_samples = validation.positive_int("truth_samples", truth_samples, minimum=2)
     seed = validation.positive_int("seed", seed, minimum=0)
     n_boot = validation.positive_int("n_boot", n_boot, minimum=10)
+    target_rel_ci, max_trials, target_metric = check_adaptive(target_rel_ci, max_trials,
+                                                              target_metric, n_trials)
     if truth not in ("finite", "limit"):
         raise ParameterError(f"truth must be 'finite' or 'limit', got {truth!r}")
     if not isinstance(exact, bool):
@@ -282,9 +302,33 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
                              seed=seed, truth=truth, truth_samples=truth_samples, exact=exact,
                              n_boot=n_boot, theta=theta_config,
                              dtype=str(theta.dtype).replace("torch.", ""),
-                             device=str(theta.device), n_steps=n_steps)
+                             device=str(theta.device), n_steps=n_steps,
+                             target_rel_ci=target_rel_ci, target_metric=target_metric,
+                             max_trials=max_trials)
                  for entry in entries] for n in grid}
     return Plan(task, theta, cells)
+
+
+def check_adaptive(target_rel_ci: Any, max_trials: Any, target_metric: Any, n_trials: int
+                   ) -> tuple[float | None, int | None, str]:
+    """The adaptive-trials settings, checked; ``max_trials`` defaults to
+    ``ADAPTIVE_CAP_FACTOR * n_trials``."""
+    if target_rel_ci is None:
+        if max_trials is not None:
+            raise ParameterError("max_trials (--max-trials) caps adaptive trials: it needs "
+                                 "target_rel_ci (--target-rel-ci)")
+        return None, None, "mse"
+    target_rel_ci = validation.finite_float("target_rel_ci", target_rel_ci, positive=True)
+    if target_metric not in TARGET_METRICS:
+        raise ParameterError(f"target_metric must be one of {', '.join(TARGET_METRICS)}, got "
+                             f"{target_metric!r}")
+    if max_trials is None:
+        max_trials = ADAPTIVE_CAP_FACTOR * n_trials
+    max_trials = validation.positive_int("max_trials", max_trials)
+    if max_trials < n_trials:
+        raise ParameterError(f"max_trials ({max_trials}) must be at least n_trials "
+                             f"({n_trials}), the first batch of adaptive trials")
+    return target_rel_ci, max_trials, target_metric
 
 
 def _keywords(fn: Callable[..., Any]) -> set[str]:
@@ -310,7 +354,7 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
         # K inner steps hold about K steps' trajectories and graphs at once
         sizes = dict(n_inner=config["n_inner"] * config.get("n_steps", 1),
                      n_outer=config["n_outer"],
-                     n_trials=config["n_trials"], truth_samples=n_truth)
+                     n_trials=planned_trials(config), truth_samples=n_truth)
         exact_stats = config["exact"] and supports_exact_moments(
             task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"],
             config.get("options"), config.get("n_steps", 1))
@@ -319,7 +363,7 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
                                                bootstrap=not exact_stats)
         resources.check_memory(
             needed, f"the cell {config['estimator']} at N={config['n_inner']} on {task.name} "
-            f"(n_trials={config['n_trials']}, n_outer={config['n_outer']}, "
+            f"(n_trials={planned_trials(config)}, n_outer={config['n_outer']}, "
             f"truth_samples={n_truth})",
             f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
         steps += resources.cell_work(task, **sizes)
@@ -335,7 +379,7 @@ def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) 
     inner = config["n_inner"] * config.get("n_steps", 1)
     per_task = estimator_spec(config["estimator"]).trajectories_per_task(
         config["n_inner"], config["n_outer"], config.get("options")) + inner - config["n_inner"]
-    own = config["n_trials"] * task.n_tasks * per_task
+    own = planned_trials(config) * task.n_tasks * per_task
     # a model-free truth samples the outer step too
     per_truth_sample = task.n_tasks * (inner + (
         0 if task.has_model else (config["n_outer"] or 0)))
@@ -351,6 +395,8 @@ def evaluate(task: Task,
              exact: bool = True, truth_samples: int = 20_000, n_boot: int = 200,
              dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
              options: dict[str, dict[str, Any]] | None = None, n_steps: int = 1,
+             target_rel_ci: float | None = None, max_trials: int | None = None,
+             target_metric: str = "mse",
              jsonl: str | os.PathLike | None = None, force: bool = False,
              progress: bool | Callable[[dict[str, Any]], None] | None = None,
              max_memory: int | str | None = None,
@@ -369,6 +415,13 @@ def evaluate(task: Task,
     ``estimator_entries``) or be a spec such as ``decomposed(...)``. ``n_steps``: K inner
     steps for every estimator and the truth (an estimator that cannot take them raises
     :class:`UnsupportedError`).
+
+    ``target_rel_ci``: adaptive trials. Each cell starts with ``n_trials`` estimates and adds
+    more, in rounds, until the 95% interval of ``target_metric`` (``"mse"``, ``"variance"``
+    or ``"bias"``) is at most ``target_rel_ci`` times the metric (0.1: a width of 10% of
+    the value), or ``max_trials`` (default ``16 * n_trials``) is reached; each record says
+    how many it used (``n_trials_used``), the width reached (``rel_ci``) and whether the
+    target was (``target_reached``). Memory and work are checked for the cap.
 
     ``jsonl``: a results store (docs/results.md): each cell is appended as soon as it
     is finished, and cells already there are read back instead of recomputed (a resumed
@@ -389,7 +442,8 @@ def evaluate(task: Task,
         checked = plan(task, estimators, n_inner=n_inner, n_trials=n_trials, inner_lr=inner_lr,
                        n_outer=n_outer, seed=seed, truth=truth, theta=theta, exact=exact,
                        truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
-                       options=options, n_steps=n_steps)
+                       options=options, n_steps=n_steps, target_rel_ci=target_rel_ci,
+                       max_trials=max_trials, target_metric=target_metric)
         store = Store(jsonl) if jsonl is not None else None
         total = check_resources(checked.task, pending(checked, store, force), max_work)
         on_record = None if progress is None or isinstance(progress, bool) else progress
@@ -495,7 +549,14 @@ def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
 
 def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth: Truth,
                  advance: Callable[[float], None] = lambda n: None) -> dict[str, Any]:
-    """Measure one cell: its estimates, their statistics against ``truth``, and the time."""
+    """Measure one cell: its estimates, their statistics against ``truth``, the time and the
+    peak memory of computing the estimates.
+
+    With a ``target_rel_ci`` in the configuration, trials come in rounds: after each, the
+    relative width of the target metric's interval decides whether to stop (reached, or the
+    cap ``max_trials`` hit) or how many to add; the generator runs on, so the rounds and the
+    numbers are a function of the configuration alone.
+    """
     spec = estimator_spec(config["estimator"])
     n, n_outer, n_trials = config["n_inner"], config["n_outer"], config["n_trials"]
     inner_lr = config["inner_lr"]
@@ -519,27 +580,63 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
     # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
     trajectories = task.n_tasks * (spec.trajectories_per_task(n, n_outer, options)
                                    + n * (n_steps - 1))
-    parts = []
-    start = time.perf_counter()
-    for lo in range(0, n_trials, per_chunk):
-        size = min(per_chunk, n_trials - lo)
-        parts.append(_call_estimator(spec, task, theta, size, generator=generator, **common))
-        advance(size * trajectories)
-    estimates = torch.cat(parts)
-    if theta.device.type == "cuda":
-        torch.cuda.synchronize(theta.device)
-    seconds = time.perf_counter() - start
-    n_nonfinite = int((~torch.isfinite(estimates.reshape(n_trials, -1))).any(-1).sum())
-    stats, problem = _statistics(task, theta, spec, config, options, estimates, n_nonfinite,
-                                 truth)
+    target, cap = config.get("target_rel_ci"), planned_trials(config)
+    parts: list[torch.Tensor] = []
+    seconds, peak_bytes, batch = 0.0, None, n_trials
+    while True:
+        start = time.perf_counter()
+        with resources.PeakMemory(theta.device) as peak:
+            for lo in range(0, batch, per_chunk):
+                size = min(per_chunk, batch - lo)
+                parts.append(_call_estimator(spec, task, theta, size, generator=generator,
+                                             **common))
+                advance(size * trajectories)
+        seconds += time.perf_counter() - start
+        if peak.bytes is not None:
+            peak_bytes = max(peak_bytes or 0, peak.bytes)
+        estimates = torch.cat(parts)
+        used = estimates.shape[0]
+        n_nonfinite = int((~torch.isfinite(estimates.reshape(used, -1))).any(-1).sum())
+        stats, problem = _statistics(task, theta, spec, config, options, estimates,
+                                     n_nonfinite, truth)
+        if target is None or problem is not None:
+            break
+        width = relative_width(stats, config["target_metric"])
+        if width <= target or used >= cap:
+            break
+        batch = min(cap, next_trials(used, width, target)) - used
+    adaptive = {}
+    if target is not None:
+        advance((cap - used) * trajectories)  # the planned work this cell did not need
+        width = None if problem is not None else relative_width(stats, config["target_metric"])
+        adaptive = dict(rel_ci=width, target_reached=width is not None and width <= target)
     mse = stats["mse"]
     return plain(dict(
         n_steps=n_steps, truth_kind=truth.kind, truth_method=truth.method,
         moments=stats.pop("moments"), **stats,
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
-        n_nonfinite=n_nonfinite, problem=problem, seconds=seconds,
+        n_nonfinite=n_nonfinite, problem=problem, n_trials_used=used, **adaptive,
+        seconds=seconds, peak_memory_bytes=peak_bytes, memory_method=peak.method,
         torch_version=torch.__version__))
+
+
+def relative_width(stats: dict[str, Any], metric: str) -> float:
+    """Width of a metric's 95% interval over the metric (infinite when it is 0 or unknown:
+    no number of trials gives a relative interval on a zero)."""
+    point = stats.get(metric)
+    low, high = stats.get(f"{metric}_ci") or (None, None)
+    if point is None or low is None or high is None or not point > 0:
+        return math.inf
+    return (high - low) / point
+
+
+def next_trials(used: int, width: float, target: float) -> int:
+    """Trials for the next adaptive round: an interval narrows like 1/sqrt(trials), so
+    (width / target)^2 times as many, with a 10% margin and at least 1.5 times as many."""
+    growth = max(ADAPTIVE_MIN_GROWTH, 1.1 * (width / target) ** 2) if math.isfinite(width) \
+        else ADAPTIVE_CAP_FACTOR
+    return math.ceil(used * growth)
 
 
 def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, Any],

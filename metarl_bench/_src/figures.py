@@ -2,8 +2,8 @@
 
 For each task of a result set: bias, variance and MSE against N on log-log axes, one line per
 estimator with its 95% band and fitted slope; the statistical efficiency per unit of work
-(MSE x trajectories and MSE x seconds against N); and the cost of one batch of estimates
-(seconds, and peak memory where the records carry it).
+(MSE x trajectories and MSE x seconds against N); and the cost of the estimates (seconds per
+1,000 estimates, and the peak memory of computing them where the records carry it).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def _efficiency_figure(plt, stem, task, series) -> Figure:
         axes[0].plot(n, _positive([r.get("mse_x_trajectories") for r in rows]), marker="o",
                      ms=3.5, label=name)
         axes[1].plot(n, _positive([(r.get("mse") or math.nan) * (r.get("seconds") or math.nan)
-                                   / max(r.get("n_trials") or 1, 1) for r in rows]),
+                                   / _trials(r) for r in rows]),
                      marker="o", ms=3.5, label=name)
     for axis, title in zip(axes, ("MSE x trajectories per estimate",
                                   "MSE x seconds per estimate")):
@@ -190,25 +190,35 @@ def _efficiency_figure(plt, stem, task, series) -> Figure:
                   "given MSE, the estimator with the lower curve needs less of that resource.")
 
 
+def _trials(record: dict) -> int:
+    """Estimates a cell computed (adaptive cells record how many they used)."""
+    return max(record.get("n_trials_used") or record.get("n_trials") or 1, 1)
+
+
 def _cost_figure(plt, stem, task, series) -> Figure:
     has_memory = any(r.get("peak_memory_bytes") for rows in series.values() for r in rows)
     fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 6, 4.2),
                              constrained_layout=True, squeeze=False)
     for name, rows in series.items():
         n = [r["n_inner"] for r in rows]
-        axes[0][0].plot(n, _positive([(r.get("seconds") or math.nan) * 1e3 for r in rows]),
+        axes[0][0].plot(n, _positive([(r.get("seconds") or math.nan) * 1e6 / _trials(r)
+                                      for r in rows]),
                         marker="o", ms=3.5, label=name)
         if has_memory:
             axes[0][1].plot(n, _positive([(r.get("peak_memory_bytes") or math.nan) / 2 ** 20
                                           for r in rows]), marker="o", ms=3.5, label=name)
-    titles = ["milliseconds per batch of estimates"] + (["peak memory (MiB)"] * has_memory)
+    titles = ["milliseconds per 1,000 estimates"] + (["peak memory (MiB)"] * has_memory)
     for axis, title in zip(axes[0], titles):
         _log_axes(axis, title, fontsize=7)
-    trials = sorted({r.get("n_trials") for rows in series.values() for r in rows} - {None})
-    fig.suptitle(f"{task}: cost (n_trials = {', '.join(map(str, trials))} per batch)")
+    trials = sorted({_trials(r) for rows in series.values() for r in rows})
+    shown = (f"{trials[0]}" if len(trials) == 1 else f"{trials[0]} to {trials[-1]}")
+    fig.suptitle(f"{task}: cost ({shown} estimates per cell)")
     path = f"{stem}-cost.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Figure(path, f"{task}: time{' and memory' if has_memory else ''} per estimator",
-                  "Wall time of one batch of estimates (sampling included), measured in the "
-                  "run that produced the results; time depends on the machine and its load.")
+                  "Wall time per 1,000 estimates (sampling included), measured in the run that "
+                  "produced the results; time depends on the machine and its load."
+                  + (" Peak memory: what computing the estimates added to the process at its "
+                     "peak (the resident high-water mark on CPUs, the allocator's peak on "
+                     "CUDA), large cells being computed in chunks." if has_memory else ""))

@@ -46,6 +46,12 @@ standard errors; none is given from fewer than 3 such values.</li>
 <li><b>truth</b>: <code>finite</code> is the gradient of the N-sample objective, <code>limit</code>
 its N&rarr;&infin; limit; <code>exact</code> or <code>estimated</code> says how it was obtained
 (an estimated truth's own error is included in every interval).</li>
+<li><b>trials</b>: the estimates behind a row. With adaptive trials (<code>--target-rel-ci</code>)
+it also shows the width the target metric's interval reached, relative to the metric; a star
+marks a cell that hit <code>--max-trials</code> before its target.</li>
+<li><b>ms</b>: wall time of computing the row's estimates; <b>peak MiB</b>: the memory that
+computing them added to the process at its peak (the resident high-water mark on CPUs, the
+allocator's peak on CUDA). Both depend on the machine.</li>
 </ul>
 """
 
@@ -64,9 +70,21 @@ def _interval(value: Any, ci: Any) -> str:
     return f"{_num(value)} [{_num(ci[0])}, {_num(ci[1])}]"
 
 
+def _trials(record: dict[str, Any]) -> str:
+    """Estimates used; for adaptive cells with the interval width reached (starred when
+    the cap stopped the cell short of its target)."""
+    used = record.get("n_trials_used") or record.get("n_trials")
+    if record.get("target_rel_ci") is None or record.get("problem"):
+        return str(used)
+    width = record.get("rel_ci")
+    text = f"{used} (±{'inf' if width is None else f'{width:.2g}'})"
+    return text if record.get("target_reached") else text + "*"
+
+
 def _records_table(records: Sequence[dict[str, Any]]) -> str:
     header = ["estimator", "N", "bias [95% CI]", "|mean-truth|", "noise", "variance [95% CI]",
-              "mse [95% CI]", "cosine", "corr", "mse x traj", "moments", "truth", "ms"]
+              "mse [95% CI]", "cosine", "corr", "mse x traj", "moments", "truth", "trials", "ms",
+              "peak MiB"]
     rows = []
     for r in sorted(records, key=lambda r: (series_label(r), r["n_inner"])):
         cells = [series_label(r), r["n_inner"], _interval(r.get("bias"), r.get("bias_ci")),
@@ -75,7 +93,10 @@ def _records_table(records: Sequence[dict[str, Any]]) -> str:
                  _interval(r.get("mse"), r.get("mse_ci")), _num(r.get("cosine")),
                  _num(r.get("correlation")), _num(r.get("mse_x_trajectories")),
                  r.get("moments", "-"), f"{r.get('truth')} ({r.get('truth_kind')})",
-                 "-" if r.get("seconds") is None else f"{r['seconds'] * 1e3:.1f}"]
+                 _trials(r),
+                 "-" if r.get("seconds") is None else f"{r['seconds'] * 1e3:.1f}",
+                 "-" if r.get("peak_memory_bytes") is None
+                 else f"{r['peak_memory_bytes'] / 2 ** 20:.3g}"]
         rows.append("<tr>" + "".join(
             f'<td{" class=name" if i == 0 else ""}>{html.escape(str(c))}</td>'
             for i, c in enumerate(cells)) + "</tr>")

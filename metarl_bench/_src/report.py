@@ -27,14 +27,27 @@ def _label(row: dict[str, Any]) -> str:
                                if options else "")
 
 
+def _rel_ci(record: dict[str, Any]) -> str:
+    """The relative interval width an adaptive cell reached, starred when short of target."""
+    if record.get("problem"):
+        return "-"
+    width = record.get("rel_ci")
+    text = "inf" if width is None else f"{width:.3g}"
+    return text if record.get("target_reached") else text + "*"
+
+
 def format_result(result: Any) -> str:
     config = result.config
     params = ", ".join(f"{k}={v}" for k, v in config.get("task_params", {}).items())
     first = result.records[0] if result.records else {}
     steps = config.get("n_steps", 1)
+    adaptive = config.get("target_rel_ci") is not None
+    trials = (f"n_trials={config['n_trials']}..{config['max_trials']} (until the "
+              f"{config['target_metric']} 95% interval is within {config['target_rel_ci']:g} of "
+              f"it)" if adaptive else f"n_trials={config['n_trials']}")
     title = (f"{config['task']}({params})  inner_lr={config['inner_lr']}  "
              + (f"n_steps={steps}  " if steps != 1 else "") +
-             f"n_trials={config['n_trials']}  n_outer={config['n_outer'] or 'exact'}  "
+             f"{trials}  n_outer={config['n_outer'] or 'exact'}  "
              f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
     rows = []
     problems = []
@@ -47,13 +60,17 @@ def format_result(result: Any) -> str:
                      _num(r["variance"]), _num(r["mse"]), _num(r["cosine"]),
                      _num(r.get("correlation")),
                      _num(r["mse_x_trajectories"]), r["moments"] or "-",
-                     f"{r['seconds'] * 1e3:.1f}"])
+                     f"{r['seconds'] * 1e3:.1f}"]
+                    + ([r.get("n_trials_used", "-"), _rel_ci(r)] if adaptive else []))
     header = ["estimator", "N", "bias", "bias 95% CI", "|mean-truth|", "noise", "variance", "mse",
-              "cosine", "corr", "mse x traj", "moments", "ms"]
+              "cosine", "corr", "mse x traj", "moments", "ms"] + (
+        ["trials", "rel CI"] if adaptive else [])
     parts = [title, _table(header, rows),
              "bias = |mean - truth| less what sampling noise adds to it (noise), with a 95% "
              "interval for the true bias; mse = bias^2 + variance; cosine, corr (Pearson over "
-             "coordinates): of the mean estimate with the truth"]
+             "coordinates): of the mean estimate with the truth"
+             + ("; trials: estimates used; rel CI: the target metric's interval width over "
+                "its value (* short of the target at the cap)" if adaptive else "")]
     if problems:
         parts.append("no statistics (shown as -) for these cells:\n" + "\n".join(problems))
     if result.slopes:

@@ -195,3 +195,69 @@ def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
     if truth_samples is not None:
         steps += truth_samples * task.n_tasks * n_inner * horizon_of(task)
     return float(steps)
+
+
+class PeakMemory:
+    """The peak memory a block of code adds, measured (not estimated).
+
+    On CUDA: the allocator's peak over the block, less what was allocated at its start. On
+    Linux CPUs: the resident set's high-water mark over the block (reset at its start by
+    writing 5 to ``/proc/self/clear_refs``), less the resident set at its start, with the C
+    heap trimmed first (``malloc_trim``) so that memory freed earlier and still held by the
+    allocator does not hide this block's own. Elsewhere (or where ``/proc`` refuses the
+    reset) ``bytes`` stays None and ``method`` says why. The figure counts what the block
+    holds at its peak (its tensors, autograd graphs and temporaries); it is approximate on
+    CPUs, to a page, and measures a process: run one cell at a time to read it.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.bytes: int | None = None
+        self.method = "unavailable"
+        self._base = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "cuda-allocator-peak"
+        elif _reset_high_water_mark():
+            self._base = _status_bytes("VmRSS") or 0
+            self.method = "resident-high-water-mark"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.method == "cuda-allocator-peak":
+            torch.cuda.synchronize(self.device)
+            self.bytes = int(torch.cuda.max_memory_allocated(self.device) - self._base)
+        elif self.method == "resident-high-water-mark":
+            peak = _status_bytes("VmHWM")
+            self.bytes = None if peak is None else max(0, peak - self._base)
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_high_water_mark() -> bool:
+    """Trim the C heap and reset the resident high-water mark; False where not possible."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure may then include freed memory
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _status_bytes("VmHWM") is not None

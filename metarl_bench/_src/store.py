@@ -36,9 +36,10 @@ from metarl_bench._src.errors import ParameterError, ResultsFileError
 
 SCHEMA = "metarl-bench/results"
 SCHEMA_VERSION = 2
-#: Fields of a result that measure the machine rather than the estimator: two runs of the
-#: same configuration agree on everything else, bit for bit.
-TIMING_FIELDS = ("seconds",)
+#: Fields of a result that measure the machine rather than the estimator (time, and memory
+#: as the process saw it): two runs of the same configuration agree on everything else, bit
+#: for bit.
+TIMING_FIELDS = ("seconds", "peak_memory_bytes")
 
 
 def plain(value: Any) -> Any:

@@ -16,6 +16,9 @@ Spec (TOML shown; YAML has the same keys)::
     n_outer = ["exact"]                  # "exact" (exact outer step) or integers M
     n_steps = [1]                        # inner steps K (1: the one-step cells)
     n_trials = 1000                      # shared settings: one value each
+    target_rel_ci = 0.1                  # optional adaptive trials (see run --target-rel-ci),
+    max_trials = 16000                   # with their cap and the metric they target
+    target_metric = "mse"
     truth = "finite"                     # or "limit"
     truth_samples = 20000
     exact_moments = true
@@ -47,18 +50,19 @@ from metarl_bench._src import resources, validation
 from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, ResourceError,
                                       did_you_mean)
 from metarl_bench._src.evaluate import (Plan, Truth, check_resources, compute_cell,
-                                        compute_truth, pending, plan, results_of, run_plan)
+                                        compute_truth, pending, plan, planned_trials,
+                                        results_of, run_plan)
 from metarl_bench._src.progress import Progress
 from metarl_bench._src.store import Store, cell_key, make_line
 
 GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
-               "device", "options")
+               "device", "options", "target_rel_ci", "max_trials", "target_metric")
 DEFAULTS: dict[str, Any] = dict(
     estimators=["unbiased", "lsf", "maml", "fomaml"], n_inner=[1, 2, 4, 8, 16, 32, 64],
     inner_lr=[1.0], seeds=[0], n_outer=["exact"], n_steps=[1], n_trials=1000, truth="finite",
     truth_samples=20_000, exact_moments=True, n_boot=200, dtype="float64", device="cpu",
-    options={})
+    options={}, target_rel_ci=None, max_trials=None, target_metric="mse")
 TOP_KEYS = ("output", "tasks", *GRID_KEYS, *SHARED_KEYS)
 TASK_KEYS = ("name", "params", *GRID_KEYS, *SHARED_KEYS)
 
@@ -171,7 +175,9 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
                     theta=None, exact=settings["exact_moments"],
                     truth_samples=settings["truth_samples"], n_boot=settings["n_boot"],
                     dtype=getattr(torch, settings["dtype"]), device=settings["device"],
-                    options=settings["options"], n_steps=n_steps))
+                    options=settings["options"], n_steps=n_steps,
+                    target_rel_ci=settings["target_rel_ci"], max_trials=settings["max_trials"],
+                    target_metric=settings["target_metric"]))
             except MetaRLBenchError as exc:
                 raise type(exc)(f"{where} ({entry['name']}): {exc}") from None
     return Sweep(plans, output)
@@ -294,7 +300,7 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
                 raise ResourceError(f"cell {config['estimator']} at N={config['n_inner']} on "
                                     f"{config['task']} failed on a worker: {reason}") from None
             store.append(make_line(config, result))
-            bar.advance(result["trajectories"] * config["n_trials"])
+            bar.advance(result["trajectories"] * planned_trials(config))
     finally:
         client.close()
         if cluster is not None:
