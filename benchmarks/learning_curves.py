@@ -6,7 +6,9 @@ Every estimator trains the same task from the same initial parameters with the s
 (each seed fixes the meta-batches' tasks and the trajectories' noise generator), so the
 curves differ only by the estimator. Writes one JSON-lines log per (estimator, seed), a PNG
 of the mean return after adaptation over seeds per estimator, and prints the mean of each
-estimator's last ten iterations with its spread over seeds. Uses only the public API and
+estimator's last ten iterations with its spread over seeds. Each log has a checkpoint, so
+the same command again resumes an interrupted comparison (a different --iterations needs a
+new --out folder). Uses only the public API and
 ``metarl_bench``'s train module, so it runs against any commit that has ``train``.
 """
 

@@ -218,11 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="outer step size (default: 0.01)")
     train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                        help="outer optimiser (default: adam)")
-    train.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--json", metavar="PATH", default="train.jsonl",
-                       help="JSON lines log, one line per iteration (default: train.jsonl)")
+                       help="JSON lines log, one line per iteration, with a checkpoint beside "
+                            "it (PATH without its suffix + '.state.json'); the same command "
+                            "again resumes an interrupted run (default: train.jsonl)")
     train.add_argument("--plot", metavar="PATH", default=None,
                        help="PNG learning curve (default: the --json path with .png)")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress bar (shown on a terminal by default) and no "
+                            "per-iteration lines")
     check = commands.add_parser(
         "check", help="compare the working tree with a baseline: statistics, time, memory",
         description="Measure every estimator on a fixed seeded grid, here and in a baseline "
@@ -412,10 +417,10 @@ def _width(value: float | None) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import os
-
+    from metarl_bench._src.progress import wanted
     from metarl_bench._src.registry import make_task
     from metarl_bench._src.train import train
+    from metarl_bench._src.train_state import checkpoint_path, finished_iterations
 
     entries = _estimator_entries(args.estimator)
     if len(entries) != 1 or entries[0].options:
@@ -424,23 +429,30 @@ def _train(args: argparse.Namespace) -> int:
     estimator = [entries[0].spec.name]
     plot = args.plot or os.path.splitext(args.json)[0] + ".png"
     _writable(args.json, "--json")
+    _writable(checkpoint_path(args.json), "--json's checkpoint")
     _writable(plot, "--plot")
     task = make_task(args.task, **dict(args.task_param))
+    reported: list[dict[str, Any]] = []
 
     def report(row: dict[str, Any]) -> None:
+        # said with the first row, not before: a refused resume must print its one line only
+        if not reported:
+            reported.append(row)
+            print(f"training {task!r} with {estimator[0]} ...", file=sys.stderr, flush=True)
         print(f"  iteration {row['iteration']:>4}: return before {row['return_before']:.4g}, "
               f"after {row['return_after']:.4g}", file=sys.stderr, flush=True)
 
-    print(f"training {task!r} with {estimator[0]} ...", file=sys.stderr, flush=True)
+    # a bar on a terminal; elsewhere (CI logs) one line per iteration, so a log shows life
+    progress = True if wanted(args.quiet) else None if args.quiet else report
     try:
         result = train(task, estimator[0], iterations=args.iterations,
                        meta_batch=args.meta_batch, n_inner=args.n_inner, n_outer=args.n_outer,
                        inner_lr=args.inner_lr, outer_lr=args.outer_lr,
                        optimizer=args.optimizer, seed=args.seed, jsonl=args.json, plot=plot,
-                       progress=report)
+                       progress=progress)
     except KeyboardInterrupt:
-        print(f"metarl-bench: interrupted; finished iterations kept in {args.json}",
-              file=sys.stderr)
+        print(f"metarl-bench: interrupted; {finished_iterations(args.json)} finished iterations "
+              f"kept in {args.json}: the same command resumes", file=sys.stderr)
         return 130
     first, last = result.iterations[0], result.iterations[-1]
     print(f"return after adaptation: {first['return_after']:.4g} (iteration 0) -> "

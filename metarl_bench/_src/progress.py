@@ -19,16 +19,22 @@ def wanted(quiet: bool = False) -> bool:
 class Progress:
     """A tqdm bar (or nothing when disabled); ``advance(n)`` adds ``n`` units of work."""
 
-    def __init__(self, total: float | None, desc: str, *, enabled: bool, unit: str = "it"):
+    def __init__(self, total: float | None, desc: str, *, enabled: bool, unit: str = "it",
+                 initial: float = 0, unit_scale: bool = True):
+        """``initial``: work already done before (e.g. by a resumed run): shown as done,
+        but not counted in the rate that the ETA is computed from."""
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-                            dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=sys.stderr,
+                            dynamic_ncols=True, leave=False, initial=initial)
 
-    def advance(self, n: float = 1) -> None:
+    def advance(self, n: float = 1, **postfix: Any) -> None:
+        """Add ``n`` units; ``postfix`` (e.g. the latest return) is shown after the bar."""
         if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(n)
 
     def set(self, done: float, total: float) -> None:

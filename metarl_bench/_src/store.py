@@ -120,7 +120,7 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     for number, raw in enumerate(pieces, 1):
         if not raw.strip():
             continue
-        if number == len(pieces) and _torn(raw):  # the last line, cut short by a crash
+        if number == len(pieces) and torn_line(raw):  # the last line, cut short by a crash
             return
         yield number, _parse(path, number, raw)
 
@@ -129,9 +129,10 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
 _OPENING = b'{"schema": "metarl-bench/results", '
 
 
-def _torn(raw: bytes) -> bool:
-    """Whether a last line with no newline is a results line cut short (not a whole one)."""
-    if not (_OPENING.startswith(raw) or raw.startswith(_OPENING)):
+def torn_line(raw: bytes, opening: bytes = _OPENING) -> bool:
+    """Whether a last line with no newline is a line cut short (not a whole one) of a file
+    whose every line begins with ``opening``."""
+    if not (opening.startswith(raw) or raw.startswith(opening)):
         return False
     try:
         json.loads(raw)
@@ -250,7 +251,7 @@ def _drop_torn_tail(fd: int) -> None:
             end = start + newline + 1
             break
         end = start
-    if _torn(os.pread(fd, info.st_size - end, end)):
+    if torn_line(os.pread(fd, info.st_size - end, end)):
         os.ftruncate(fd, end)
     else:  # a whole line whose newline is missing (written by hand): end it, keep it
         os.write(fd, b"\n")

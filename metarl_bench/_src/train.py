@@ -12,11 +12,15 @@ Output: JSON lines (schema below), and a PNG learning curve drawn with matplotli
 backend. Schema (``SCHEMA_VERSION``): one ``{"type": "header", ...}`` line with the
 configuration, then one ``{"type": "iteration", "iteration", "return_before",
 "return_after", "grad_norm", "seconds"}`` line per iteration, flushed as it finishes.
+
+Resume: beside the log ``train.jsonl`` a JSON checkpoint ``train.state.json`` is written
+atomically after every iteration (theta, the optimiser's and the generator's state), before
+the iteration's log line. The same call again continues where a crash, Ctrl-C or SIGKILL
+stopped it, bit for bit; on a finished log it does no work. See ``train_state``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,14 +28,16 @@ from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src import validation
+from metarl_bench._src import train_state, validation
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.evaluate import plain
+from metarl_bench._src.progress import Progress
 from metarl_bench._src.registry import estimator_spec
+from metarl_bench._src.store import check_path
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.trajectories import Trajectories
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = train_state.LOG_SCHEMA_VERSION
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -52,12 +58,19 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
           outer_lr: float = 0.01, optimizer: str = "adam", seed: int = 0,
           theta: torch.Tensor | None = None, options: dict[str, Any] | None = None,
           jsonl: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
-          progress: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          progress: bool | Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Meta-train theta for ``iterations`` steps; see the module docstring.
 
     ``estimator``: any registered estimator with a from-samples form (all built-in ones but
     ``exact``; ``loo`` only on tasks with a model). ``optimizer``: ``"adam"`` or ``"sgd"``
     with step size ``outer_lr``. Same seed, bit-identical run.
+
+    ``jsonl``: the log; with it, a checkpoint ``<log without suffix>.state.json`` is kept
+    beside it, and calling again with the same arguments resumes an interrupted run (and
+    returns a finished one's result without work). A log of another configuration is
+    refused (ParameterError) and left as it is. ``progress``: ``True`` for a tqdm bar on
+    stderr with an ETA and the latest returns, or a callable given each row finished in
+    this call.
     """
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
@@ -76,6 +89,9 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     if optimizer not in OPTIMIZERS:
         raise ParameterError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                              f"{optimizer!r}")
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise ParameterError(f"progress must be True, False, None or a callable, got "
+                             f"{type(progress).__name__}")
     options = dict(options or {})
     for key in options:
         if key not in spec.options:
@@ -84,6 +100,8 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     if theta is None:
         theta = task.initial_params()
     validation.params_tensor(theta, task.param_shape, task.name)
+    if plot is not None:
+        check_path(plot, "plot")
     config = dict(task=task.name, task_params=task.params, estimator=estimator,
                   iterations=iterations, meta_batch=meta_batch, n_inner=n_inner,
                   n_outer=n_outer, inner_lr=inner_lr, outer_lr=outer_lr, optimizer=optimizer,
@@ -93,27 +111,35 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     make = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
     step = make([parameter], lr=outer_lr)
     generator = torch.Generator(device=theta.device).manual_seed(seed)
-    stream = open(jsonl, "w") if jsonl is not None else None
+    # every check above and the files' (in TrainingFiles) come before anything is written
+    files = train_state.TrainingFiles(jsonl, config, theta) if jsonl is not None else None
     try:
-        if stream is not None:
-            _emit(stream, {"type": "header", "schema_version": SCHEMA_VERSION, **config})
-        for iteration in range(iterations):
-            started = time.perf_counter()
-            row = _iteration(task, spec, parameter.detach(), meta_batch, n_inner, n_outer,
-                             inner_lr, options, generator)
-            step.zero_grad()
-            parameter.grad = -row.pop("meta_gradient")
-            step.step()
-            row = plain(dict(iteration=iteration, **row,
-                             seconds=time.perf_counter() - started))
-            result.iterations.append(row)
-            if stream is not None:
-                _emit(stream, {"type": "iteration", **row})
-            if progress is not None:
-                progress(row)
+        finished = 0
+        if files is not None:
+            finished, result.iterations = files.resume.finished, list(files.resume.rows)
+            files.restore(parameter, step, generator)
+            files.start()
+        with Progress(iterations, "train", enabled=progress is True, initial=finished,
+                      unit_scale=False) as bar:
+            for iteration in range(finished, iterations):
+                started = time.perf_counter()
+                row = _iteration(task, spec, parameter.detach(), meta_batch, n_inner, n_outer,
+                                 inner_lr, options, generator)
+                step.zero_grad()
+                parameter.grad = -row.pop("meta_gradient")
+                step.step()
+                row = plain(dict(iteration=iteration, **row,
+                                 seconds=time.perf_counter() - started))
+                result.iterations.append(row)
+                if files is not None:
+                    files.record(iteration + 1, parameter.detach(), step, generator, row)
+                bar.advance(1, before=f"{row['return_before']:.4g}",
+                            after=f"{row['return_after']:.4g}")
+                if callable(progress):
+                    progress(row)
     finally:
-        if stream is not None:
-            stream.close()
+        if files is not None:
+            files.close()
     result.theta = parameter.detach().clone()
     if plot is not None:
         plot_learning_curves({estimator: result}, plot)
@@ -146,32 +172,19 @@ def _iteration(task: Task, spec: Any, theta: torch.Tensor, meta_batch: int, n_in
                 grad_norm=float(meta_gradient.norm()))
 
 
-def _emit(stream: Any, line: dict[str, Any]) -> None:
-    stream.write(json.dumps(plain(line), allow_nan=False) + "\n")
-    stream.flush()
-
-
 def load_training(path: str | os.PathLike) -> TrainResult:
-    """Read the JSON lines written by ``train(jsonl=...)``."""
-    result: TrainResult | None = None
-    with open(path) as handle:
-        for number, text in enumerate(handle, 1):
-            if not text.strip():
-                continue
-            line = json.loads(text)
-            kind = line.pop("type", None)
-            if kind == "header":
-                if line.pop("schema_version", None) != SCHEMA_VERSION:
-                    raise ParameterError(f"{path}: not a training log of schema "
-                                         f"{SCHEMA_VERSION}")
-                result = TrainResult(config=line)
-            elif result is None:
-                raise ParameterError(f"{path}:{number}: an {kind!r} line before the header")
-            elif kind == "iteration":
-                result.iterations.append(line)
-    if result is None:
+    """Read the JSON lines written by ``train(jsonl=...)`` (a torn last line, cut short by
+    a crash, is ignored)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ParameterError(f"cannot read training log {path}: {exc.strerror}") from None
+    contents = train_state.parse_log(path, data)
+    if contents.header is None:
         raise ParameterError(f"{path}: no header line")
-    return result
+    return TrainResult(config=contents.header, iterations=contents.rows)
 
 
 def plot_learning_curves(results: dict[str, TrainResult], path: str | os.PathLike) -> None:
