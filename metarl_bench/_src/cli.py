@@ -107,14 +107,19 @@ def _add_guards(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="recompute cells already in the results file (appended again; "
                              "the latest line wins when read)")
+    _add_limits(parser, "a cell")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (shown on a terminal by default)")
+
+
+def _add_limits(parser: argparse.ArgumentParser, unit: str) -> None:
+    """The memory and work guards' flags; ``unit``: what one memory estimate is of."""
     parser.add_argument("--max-memory", type=_size, metavar="SIZE",
-                        help="refuse a cell estimated to need more memory, e.g. 8GiB "
-                             "(default: half of the available memory)")
+                        help=f"refuse {unit} estimated to need more memory, e.g. 8GiB "
+                             f"(default: half of the available memory)")
     parser.add_argument("--no-work-limit", action="store_true",
                         help="run even when the planned trajectory steps exceed the guard "
                              "(1e10 by default)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar (shown on a terminal by default)")
 
 
 def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
@@ -228,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true",
                        help="no progress bar (shown on a terminal by default) and no "
                             "per-iteration lines")
+    _add_limits(train, "a run whose one iteration is")
     check = commands.add_parser(
         "check", help="compare the working tree with a baseline: statistics, time, memory",
         description="Measure every estimator on a fixed seeded grid, here and in a baseline "
@@ -417,9 +423,10 @@ def _width(value: float | None) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from metarl_bench._src import resources
     from metarl_bench._src.progress import wanted
     from metarl_bench._src.registry import make_task
-    from metarl_bench._src.train import train
+    from metarl_bench._src.train import check_plot_path, train
     from metarl_bench._src.train_state import checkpoint_path, finished_iterations
 
     entries = _estimator_entries(args.estimator)
@@ -427,10 +434,11 @@ def _train(args: argparse.Namespace) -> int:
         raise ParameterError(f"--estimator names one estimator (no options), got "
                              f"{args.estimator!r}")
     estimator = [entries[0].spec.name]
-    plot = args.plot or os.path.splitext(args.json)[0] + ".png"
+    # an empty --plot is refused like an empty --json, not read as "the default"
+    plot = args.plot if args.plot is not None else os.path.splitext(args.json)[0] + ".png"
     _writable(args.json, "--json")
     _writable(checkpoint_path(args.json), "--json's checkpoint")
-    _writable(plot, "--plot")
+    check_plot_path(plot, "--plot", log=args.json)
     task = make_task(args.task, **dict(args.task_param))
     reported: list[dict[str, Any]] = []
 
@@ -449,7 +457,8 @@ def _train(args: argparse.Namespace) -> int:
                        meta_batch=args.meta_batch, n_inner=args.n_inner, n_outer=args.n_outer,
                        inner_lr=args.inner_lr, outer_lr=args.outer_lr,
                        optimizer=args.optimizer, seed=args.seed, jsonl=args.json, plot=plot,
-                       progress=progress)
+                       progress=progress, max_memory=args.max_memory,
+                       max_work=None if args.no_work_limit else resources.DEFAULT_MAX_WORK)
     except KeyboardInterrupt:
         print(f"metarl-bench: interrupted; {finished_iterations(args.json)} finished iterations "
               f"kept in {args.json}: the same command resumes", file=sys.stderr)

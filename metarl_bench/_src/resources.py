@@ -135,11 +135,25 @@ def bytes_per_row(task: Any, exact_value: bool, itemsize: int) -> float:
     return itemsize * out
 
 
+def _policy_width(task: Any) -> int:
+    """Numbers per step that a Gaussian or MLP policy's forward pass keeps for the autograd
+    graph (the observation, every hidden layer, the action's mean and log-std); 0 for the
+    tabular policies, whose per-step cost is the sampling temporaries."""
+    spec = getattr(getattr(task, "policy", None), "spec", None)
+    if not isinstance(spec, dict) or "observation_dim" not in spec:
+        return 0
+    actions = int(spec.get("action_dim", spec.get("n_actions", 1)))
+    return int(spec["observation_dim"]) + sum(map(int, spec.get("hidden", []))) + 2 * actions
+
+
 def bytes_per_trajectory(task: Any, itemsize: int) -> float:
-    """One trajectory: states, actions, rewards, log-probabilities and returns per step, and
-    the per-step sampling temporaries (a CDF row over actions or next states)."""
+    """One trajectory: states, actions, rewards, log-probabilities and returns per step, the
+    per-step sampling temporaries (a CDF row over actions or next states), and for a policy
+    with layers their activations, counted four times (the forward pass, the gradient and
+    the gradient's own graph; 2 to 3 times measured on navigation2d, see docs/training.md)."""
     _, n_states, n_actions = _shape(task)
-    return 8 * 8 * horizon_of(task) + itemsize * 3 * max(n_states, n_actions)
+    return (8 * 8 * horizon_of(task) + itemsize * 3 * max(n_states, n_actions)
+            + itemsize * 4 * horizon_of(task) * _policy_width(task))
 
 
 def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtype) -> int:
@@ -158,7 +172,8 @@ def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtyp
 
 #: The API argument and the CLI flag that set each size a memory estimate depends on.
 FLAGS = {"n_inner": "n_inner (--n-inner)", "n_outer": "n_outer (--n-outer)",
-         "n_trials": "n_trials (--trials)", "truth_samples": "truth_samples (--truth-samples)"}
+         "n_trials": "n_trials (--trials)", "truth_samples": "truth_samples (--truth-samples)",
+         "meta_batch": "meta_batch (--meta-batch)"}
 
 
 def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
@@ -195,6 +210,27 @@ def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
     if truth_samples is not None:
         steps += truth_samples * task.n_tasks * n_inner * horizon_of(task)
     return float(steps)
+
+
+def training_memory(task: Any, *, meta_batch: int, n_inner: int, n_outer: int,
+                    trajectories: int, dtype: torch.dtype) -> tuple[float, str]:
+    """Estimated peak bytes of one meta-training iteration, and the argument that drives it.
+
+    An iteration holds ``meta_batch`` rows at once, each with its ``trajectories`` (the
+    estimator's n_inner inner and n_outer outer ones) and one parameter copy with its
+    autograd graph, the outer value sampled (no exact value per row). The driver named is the
+    largest of the three counts: each one multiplies the estimate."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    needed = meta_batch * (trajectories * bytes_per_trajectory(task, itemsize)
+                           + bytes_per_row(task, False, itemsize))
+    counts = {"meta_batch": meta_batch, "n_inner": n_inner, "n_outer": n_outer}
+    return needed, FLAGS[max(counts, key=counts.get)]
+
+
+def training_work(task: Any, *, iterations: int, meta_batch: int, trajectories: int) -> float:
+    """Trajectory steps a meta-training run samples: per iteration, ``trajectories`` per
+    task of the meta-batch."""
+    return float(iterations * meta_batch * trajectories * horizon_of(task))
 
 
 class PeakMemory:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src import train_state, validation
+from metarl_bench._src import resources, train_state, validation
 from metarl_bench._src.errors import ParameterError, UnsupportedError
 from metarl_bench._src.evaluate import plain
 from metarl_bench._src.progress import Progress
@@ -39,6 +39,8 @@ from metarl_bench._src.trajectories import Trajectories
 
 SCHEMA_VERSION = train_state.LOG_SCHEMA_VERSION
 OPTIMIZERS = ("adam", "sgd")
+#: The first 8 bytes of every PNG file: what a learning curve may replace.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -58,7 +60,9 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
           outer_lr: float = 0.01, optimizer: str = "adam", seed: int = 0,
           theta: torch.Tensor | None = None, options: dict[str, Any] | None = None,
           jsonl: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
-          progress: bool | Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          progress: bool | Callable[[dict[str, Any]], None] | None = None,
+          max_memory: int | str | None = None,
+          max_work: float | None = resources.DEFAULT_MAX_WORK) -> TrainResult:
     """Meta-train theta for ``iterations`` steps; see the module docstring.
 
     ``estimator``: any registered estimator with a from-samples form (all built-in ones but
@@ -68,9 +72,17 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     ``jsonl``: the log; with it, a checkpoint ``<log without suffix>.state.json`` is kept
     beside it, and calling again with the same arguments resumes an interrupted run (and
     returns a finished one's result without work). A log of another configuration is
-    refused (ParameterError) and left as it is. ``progress``: ``True`` for a tqdm bar on
+    refused (ParameterError) and left as it is. ``plot``: a PNG learning curve written at
+    the end; an existing file there must be a PNG (a previous curve) or empty, so that a
+    results file is never replaced by a picture. ``progress``: ``True`` for a tqdm bar on
     stderr with an ETA and the latest returns, or a callable given each row finished in
     this call.
+
+    ``max_memory`` (bytes or ``"8GiB"``; default half the available memory) and ``max_work``
+    (trajectory steps of the whole run; None lifts it) refuse, before anything runs, a run
+    whose one iteration is estimated to need more memory (``resources.training_memory``) or
+    that plans more work (ResourceError). Every argument is checked before any file is
+    written.
     """
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
@@ -97,11 +109,17 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
         if key not in spec.options:
             raise ParameterError(f"estimator {estimator!r} has no option {key!r}; options: "
                                  f"{', '.join(spec.options) or '(none)'}")
+    if max_work is not None:
+        max_work = validation.finite_float("max_work", max_work, positive=True)
     if theta is None:
         theta = task.initial_params()
     validation.params_tensor(theta, task.param_shape, task.name)
+    with resources.limit_memory(max_memory):
+        check_training_resources(task, spec, iterations=iterations, meta_batch=meta_batch,
+                                 n_inner=n_inner, n_outer=n_outer, options=options,
+                                 dtype=theta.dtype, max_work=max_work)
     if plot is not None:
-        check_path(plot, "plot")
+        check_plot_path(plot, "plot", log=jsonl)
     config = dict(task=task.name, task_params=task.params, estimator=estimator,
                   iterations=iterations, meta_batch=meta_batch, n_inner=n_inner,
                   n_outer=n_outer, inner_lr=inner_lr, outer_lr=outer_lr, optimizer=optimizer,
@@ -144,6 +162,64 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     if plot is not None:
         plot_learning_curves({estimator: result}, plot)
     return result
+
+
+def check_training_resources(task: Task, spec: Any, *, iterations: int, meta_batch: int,
+                             n_inner: int, n_outer: int, options: dict[str, Any],
+                             dtype: torch.dtype, max_work: float | None) -> None:
+    """Refuse, before anything is allocated, a run whose one iteration exceeds the memory
+    limit in force or whose iterations together exceed ``max_work`` trajectory steps."""
+    trajectories = spec.trajectories_per_task(n_inner, n_outer, options)
+    needed, driver = resources.training_memory(task, meta_batch=meta_batch, n_inner=n_inner,
+                                               n_outer=n_outer, trajectories=trajectories,
+                                               dtype=dtype)
+    resources.check_memory(
+        needed, f"one meta-training iteration of {spec.name} on {task.name} "
+        f"(meta_batch={meta_batch}, n_inner={n_inner}, n_outer={n_outer})",
+        f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
+    resources.check_work(
+        resources.training_work(task, iterations=iterations, meta_batch=meta_batch,
+                                trajectories=trajectories),
+        max_work, f"training {spec.name} on {task.name} ({iterations} iterations x "
+        f"meta_batch {meta_batch} x {trajectories} trajectories x horizon "
+        f"{resources.horizon_of(task)})", "lower iterations (--iterations), meta_batch (--meta-batch), n_inner "
+        "(--n-inner) or n_outer (--n-outer), or lift the guard (--no-work-limit, max_work=None)")
+
+
+def check_plot_path(path: Any, option: str = "plot", *,
+                    log: str | os.PathLike | None = None) -> str:
+    """A path the learning curve may be written to, checked without creating or changing
+    anything: writable, neither the log ``log`` nor its checkpoint, and, if a file is there,
+    a PNG (a previous curve, which is replaced) or empty. Any other file (a results store,
+    a log) is refused rather than overwritten with a picture."""
+    path = check_path(path, option)
+    if log is not None:
+        for other, what in ((log, "the training log"),
+                            (train_state.checkpoint_path(log), "the training checkpoint")):
+            if _same_file(path, os.fspath(other)):
+                raise ParameterError(f"{option} {path!r} is {what}; choose another path for "
+                                     f"the learning curve")
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(len(PNG_SIGNATURE))
+        except OSError as exc:
+            raise ParameterError(f"{option} {path!r} cannot be read to check that it is a PNG: "
+                                 f"{exc.strerror}") from None
+        if head != PNG_SIGNATURE:
+            raise ParameterError(f"{option} {path!r} exists and is not a PNG image; only a "
+                                 f"previous learning curve (a PNG) is replaced: choose another "
+                                 f"path, or remove the file")
+    return path
+
+
+def _same_file(first: str, second: str) -> bool:
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)  # hard links
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _iteration(task: Task, spec: Any, theta: torch.Tensor, meta_batch: int, n_inner: int,
