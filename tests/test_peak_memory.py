@@ -52,3 +52,25 @@ def test_unavailable_where_nothing_can_measure(monkeypatch):
     with resources.PeakMemory(torch.device("cpu")) as peak:
         pass
     assert peak.bytes is None and peak.method == "unavailable"
+
+
+@linux
+@pytest.mark.parametrize("task_id, params, n", [
+    ("tabular-v0", {}, 2000),                          # measured 57 MiB, estimated 67
+    ("navigation2d-v0", {"horizon": 20}, 24),          # measured 96 MiB, estimated 184
+], ids=["tabular", "navigation-mlp"])
+def test_the_training_guard_estimate_is_within_a_small_factor_of_an_iterations_peak(
+        task_id, params, n):
+    from metarl_bench._src.registry import estimator_spec
+    from metarl_bench._src.train import _iteration
+
+    task, spec = mb.make_task(task_id, **params), estimator_spec("lsf")
+    theta, generator = task.initial_params(), torch.Generator().manual_seed(0)
+    _iteration(task, spec, theta, 2, 2, 2, 0.01, {}, generator)  # libraries' own first use
+    with resources.PeakMemory(torch.device("cpu")) as peak:
+        _iteration(task, spec, theta, 20, n, n, 0.01, {}, generator)
+    estimate, driver = resources.training_memory(task, meta_batch=20, n_inner=n, n_outer=n,
+                                                 trajectories=2 * n, dtype=theta.dtype)
+    assert driver == "n_inner (--n-inner)"  # the largest count
+    # generous, never far below what one iteration holds (a few MiB of interpreter noise)
+    assert 0.8 * peak.bytes < estimate < 4 * peak.bytes, (peak.bytes, estimate)
