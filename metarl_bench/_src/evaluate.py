@@ -176,22 +176,6 @@ def _n_inner_grid(n_inner: int | Iterable[int]) -> list[int]:
     return [validation.positive_int("n_inner", n) for n in values]
 
 
-def check_device(device: Any) -> torch.device | None:
-    """A torch device that can hold tensors here, or a ParameterError saying why not."""
-    if device is None:
-        return None
-    try:
-        device = torch.device(device)
-        torch.empty(1, device=device) + 1
-    except (RuntimeError, AssertionError, TypeError, NotImplementedError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ParameterError(f"device {str(device)!r} is not available: {reason}") from None
-    if device.type == "meta":
-        raise ParameterError("device 'meta' holds no data, so nothing can be measured on it; "
-                             "use 'cpu' or 'cuda'")
-    return device
-
-
 def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner: int,
                 n_outer: int | None, inner_lr: float, n_trials: int, seed: int, truth: str,
                 truth_samples: int, exact: bool, n_boot: int, theta: list | None, dtype: str,
@@ -290,12 +274,12 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
                                f"enumeration of the inner samples at every N, which "
                                f"{task.name!r} does not have here; use truth='limit'")
     if theta is None:
-        device = check_device(device)
+        device = validation.check_device(device)
         theta_config = None
         theta = task.initial_params(dtype=dtype, device=device)
     else:
         validation.params_tensor(theta, task.param_shape, task.name)
-        check_device(theta.device)
+        validation.check_device(theta.device)
         theta_config = theta.detach().cpu().tolist()
     cells = {n: [cell_config(task, estimator=entry.spec.name, options=entry.options,
                              n_inner=n, n_outer=n_outer, inner_lr=inner_lr, n_trials=n_trials,
@@ -541,9 +525,14 @@ def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
     if tuple(out.shape) != expected:
         raise ShapeError(f"estimator {spec.name!r} returned shape {tuple(out.shape)}; expected "
                          f"{expected} (n_trials, *theta.shape)")
-    if not out.is_floating_point():
-        raise ShapeError(f"estimator {spec.name!r} returned dtype {out.dtype}; expected a "
-                         f"floating tensor")
+    if out.dtype != theta.dtype:
+        raise ShapeError(f"estimator {spec.name!r} returned dtype "
+                         f"{str(out.dtype).replace('torch.', '')}; expected theta's dtype "
+                         f"{str(theta.dtype).replace('torch.', '')} (a lower precision would "
+                         f"pass for the estimator's own error)")
+    if out.device != theta.device:
+        raise ShapeError(f"estimator {spec.name!r} returned a tensor on {out.device}; expected "
+                         f"theta's device {theta.device}")
     return out.detach()
 
 
@@ -582,18 +571,19 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
                                    + n * (n_steps - 1))
     target, cap = config.get("target_rel_ci"), planned_trials(config)
     parts: list[torch.Tensor] = []
-    seconds, peak_bytes, batch = 0.0, None, n_trials
+    seconds, batch, memory = 0.0, n_trials, None
     while True:
         start = time.perf_counter()
-        with resources.PeakMemory(theta.device) as peak:
+        # memory is measured on the first n_trials only, so cells of one run (adaptive
+        # or not) are measured on batches of one size and compare alike
+        with resources.PeakMemory(theta.device, enabled=memory is None) as peak:
             for lo in range(0, batch, per_chunk):
                 size = min(per_chunk, batch - lo)
                 parts.append(_call_estimator(spec, task, theta, size, generator=generator,
                                              **common))
                 advance(size * trajectories)
         seconds += time.perf_counter() - start
-        if peak.bytes is not None:
-            peak_bytes = max(peak_bytes or 0, peak.bytes)
+        memory = memory or peak
         estimates = torch.cat(parts)
         used = estimates.shape[0]
         n_nonfinite = int((~torch.isfinite(estimates.reshape(used, -1))).any(-1).sum())
@@ -617,7 +607,7 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
         n_nonfinite=n_nonfinite, problem=problem, n_trials_used=used, **adaptive,
-        seconds=seconds, peak_memory_bytes=peak_bytes, memory_method=peak.method,
+        seconds=seconds, peak_memory_bytes=memory.bytes, memory_method=memory.method,
         torch_version=torch.__version__))
 
 
