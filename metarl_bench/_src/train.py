@@ -182,8 +182,9 @@ def check_training_resources(task: Task, spec: Any, *, iterations: int, meta_bat
                                 trajectories=trajectories),
         max_work, f"training {spec.name} on {task.name} ({iterations} iterations x "
         f"meta_batch {meta_batch} x {trajectories} trajectories x horizon "
-        f"{resources.horizon_of(task)})", "lower iterations (--iterations), meta_batch (--meta-batch), n_inner "
-        "(--n-inner) or n_outer (--n-outer), or lift the guard (--no-work-limit, max_work=None)")
+        f"{resources.horizon_of(task)})",
+        "lower iterations (--iterations), meta_batch (--meta-batch), n_inner (--n-inner) or "
+        "n_outer (--n-outer), or lift the guard (--no-work-limit, max_work=None)")
 
 
 def check_plot_path(path: Any, option: str = "plot", *,
