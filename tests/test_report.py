@@ -77,3 +77,37 @@ def test_cli_report_and_its_errors(results, tmp_path, capsys):
     assert main(["reproduce", "tang2023"]) == 2
     err = capsys.readouterr().err
     assert "Did you mean 'tang2022'?" in err and err.count("\n") == 2
+
+
+def test_a_panel_with_nothing_above_zero_is_labelled_not_a_crash(tmp_path, capsys):
+    # unbiased alone with exact moments: every bias is zero, which a log axis cannot show
+    path = tmp_path / "u.jsonl"
+    code = main(["run", "--task", "bandit-v0", "--estimators", "unbiased", "--n-inner", "1,2,4",
+                 "--trials", "50", "--json", str(path), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    folder = tmp_path / "u-report"
+    assert sorted(os.listdir(folder)) == ["bandit-v0-cost.png", "bandit-v0-efficiency.png",
+                                          "bandit-v0-statistics.png", "index.html"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{store}", "-o", "{file}"], "-o/--out '{file}' exists and is not a folder"),
+    (["report", "{store}", "-o", ""], "-o/--out must be a folder path, got an empty string"),
+    (["reproduce", "tang2022", "-o", "{file}"], "exists and is not a folder"),
+    (["run", "--task", "bandit-v0", "--n-inner", "1", "--trials", "10", "--out", "{file}"],
+     "--out '{file}' exists and is not a folder"),
+    (["run", "--task", "bandit-v0", "--n-inner", "1", "--trials", "10", "--out", ""],
+     "--out must be a folder path"),
+    (["run", "--task", "bandit-v0", "--n-inner", "1", "--trials", "10", "--out", "{new}",
+      "--n-outer", "1000000000000"], "needs about"),
+])
+def test_a_bad_output_folder_is_one_line_and_nothing_is_created(results, tmp_path, capsys,
+                                                                 argv, message):
+    store, _ = results
+    names = dict(store=store, file=str(tmp_path / "afile"), new=str(tmp_path / "new"))
+    (tmp_path / "afile").write_text("keep")
+    code = main([a.format(**names) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message.format(**names) in err and err.count("\n") == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
+    assert (tmp_path / "afile").read_text() == "keep"

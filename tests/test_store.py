@@ -3,6 +3,7 @@ reads. Deterministic tests (fixed seeds, exact equality) except where stated."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,6 +105,7 @@ def test_a_torn_last_line_is_ignored_and_removed_before_the_next_append(tmp_path
     (b'{"hello": "world"}\n', ":1: not a metarl-bench results line"),
     (b'\n{"schema": "metarl-bench/results", "schema_version": 3}\n', ":2: schema_version 3"),
     (b"not json at all\n", ":1: not a JSON line"),
+    (b'{"type": "header", "schema_version": 1, "meta_batch": 20}\n', ":1: a meta-training log"),
 ])
 def test_a_foreign_or_corrupted_file_is_one_error_naming_the_line(tmp_path, content, message):
     path = tmp_path / "foreign.jsonl"
@@ -113,6 +115,23 @@ def test_a_foreign_or_corrupted_file_is_one_error_naming_the_line(tmp_path, cont
     with pytest.raises(mb.ResultsFileError, match=message):
         mb.evaluate(bandit(), ["lsf"], **SMALL, jsonl=path)
     assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda result: result.update(variance="abc"), "'variance' is 'abc'; expected a finite"),
+    (lambda result: result.pop("variance"), "the result has no 'variance'"),
+    (lambda result: result.update(bias=float("nan")), "'bias' is nan"),
+    (lambda result: result.update(mse_ci=[1.0]), "'mse_ci' is [1.0]"),
+])
+def test_a_line_with_broken_fields_is_one_error_naming_it(tmp_path, edit, message):
+    path = tmp_path / "r.jsonl"
+    mb.evaluate(bandit(), ["lsf"], n_inner=[2], n_trials=20, jsonl=path)
+    line = json.loads(path.read_text())
+    edit(line["result"])
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(mb.ResultsFileError, match=re.escape("r.jsonl:1: ")) as info:
+        mb.load_results(path)
+    assert message in str(info.value)
 
 
 def test_an_edited_line_is_caught_by_its_key(tmp_path):
@@ -296,7 +315,9 @@ def test_a_nan_estimate_is_counted(monkeypatch):
      r"returned shape \(1, 7\); expected \(1, 3\)"),
     (lambda n, theta: [0.0] * n, mb.ShapeError, "returned a list"),
     (lambda n, theta: theta.new_zeros(n, 3, dtype=torch.long), mb.ShapeError,
-     "returned dtype torch.int64"),
+     "returned dtype int64; expected theta's dtype float64"),
+    (lambda n, theta: theta.new_zeros(n, 3, dtype=torch.float32), mb.ShapeError,
+     "returned dtype float32; expected theta's dtype float64"),
 ])
 def test_an_estimator_returning_the_wrong_thing_is_named(returned, error, message):
     def broken(task, theta, *, n_inner, inner_lr, n_trials, n_outer=None, generator=None):
@@ -309,6 +330,16 @@ def test_an_estimator_returning_the_wrong_thing_is_named(returned, error, messag
     finally:
         from metarl_bench._src import registry
         registry.ESTIMATORS.pop("broken")
+
+
+@pytest.mark.parametrize("name", ["a:b", "c,d", "e=f", "g h", ""])
+def test_a_name_the_entry_grammar_cannot_reach_is_refused(name):
+    def estimator(task, theta, *, n_inner, inner_lr, n_trials, n_outer=None, generator=None):
+        return theta.new_zeros(n_trials, *theta.shape)
+
+    with pytest.raises(mb.RegistrationError, match="estimator name"):
+        mb.register_estimator(name, estimator)
+    assert name not in mb.list_estimators()
 
 
 def test_an_estimator_with_the_wrong_signature_is_named():

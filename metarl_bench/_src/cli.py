@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     report = commands.add_parser(
         "report", help="PNG figures and a self-contained HTML page of a results file",
-        description="Plot bias, variance and MSE against N (log-log, with 95%% bands and "
+        description="Plot bias, variance and MSE against N (log-log, with 95% bands and "
                     "fitted slopes), efficiency per unit of work and cost, and write them with "
                     "the tables into one HTML page that needs no network.")
     report.add_argument("results", metavar="RESULTS", help="results file (JSON lines)")
@@ -336,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluate import check_resources, pending, plan, results_of, run_plan
     from metarl_bench._src.progress import Progress, wanted
     from metarl_bench._src.registry import make_task
-    from metarl_bench._src.store import Store, cell_key
+    from metarl_bench._src.store import Store, cell_key, check_folder, make_folder
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
@@ -359,12 +359,20 @@ def _run(args: argparse.Namespace) -> int:
         if args.out is None:
             args.out = (DEFAULT_OUT if args.json is None
                         else os.path.splitext(args.json)[0] + "-report")
-        if args.json is None:
-            os.makedirs(args.out, exist_ok=True)
+        check_folder(args.out, "--out")
+        in_out = args.json is None
+        if in_out:
             args.json = os.path.join(args.out, "results.jsonl")
-        store = Store(args.json, option="--json") if args.json is not None else None
+        # the default store lives in --out; if that folder is still to be made the store is
+        # empty, and the folder is created only once every check has passed, so a refused
+        # command leaves no folder behind
+        store = (None if in_out and not os.path.isdir(args.out)
+                 else Store(args.json, option="--json"))
         totals = [check_resources(p.task, pending(p, store, args.force), max_work)
                   for p in plans]
+        if store is None:
+            make_folder(args.out, "--out")
+            store = Store(args.json, option="--json")
     finished = 0
     keys = [cell_key(config) for checked in plans for config in checked.configs]
     stored_before = sum(key in store for key in keys) if store is not None else 0
@@ -472,13 +480,15 @@ def _train(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluate import load_results
     from metarl_bench._src.html_report import write_report
+    from metarl_bench._src.store import make_folder
 
     if not os.path.isfile(args.results):
         raise ParameterError(f"no results file {args.results!r}")
     results = load_results(args.results)
     if not any(result.records for result in results):
         raise ParameterError(f"{args.results!r} holds no results to report")
-    folder = args.out or os.path.splitext(args.results)[0] + "-report"
+    folder = make_folder(os.path.splitext(args.results)[0] + "-report" if args.out is None
+                         else args.out, "-o/--out")
     page = write_report(results, folder, source=args.results)
     print(f"report: {page} (figures in {folder})")
     return 0
@@ -486,11 +496,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from metarl_bench._src.errors import unknown_name
+    from metarl_bench._src.progress import wanted
+    from metarl_bench._src.store import check_folder
 
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
-    folder = args.out or f"reproduce-{args.name}"
-    from metarl_bench._src.progress import wanted
+    folder = check_folder(f"reproduce-{args.name}" if args.out is None else args.out,
+                          "-o/--out")
 
     page = reproductions.reproduce(args.name, folder, progress=wanted(args.quiet))
     print(f"report: {page}")

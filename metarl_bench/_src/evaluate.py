@@ -176,22 +176,6 @@ def _n_inner_grid(n_inner: int | Iterable[int]) -> list[int]:
     return [validation.positive_int("n_inner", n) for n in values]
 
 
-def check_device(device: Any) -> torch.device | None:
-    """A torch device that can hold tensors here, or a ParameterError saying why not."""
-    if device is None:
-        return None
-    try:
-        device = torch.device(device)
-        torch.empty(1, device=device) + 1
-    except (RuntimeError, AssertionError, TypeError, NotImplementedError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ParameterError(f"device {str(device)!r} is not available: {reason}") from None
-    if device.type == "meta":
-        raise ParameterError("device 'meta' holds no data, so nothing can be measured on it; "
-                             "use 'cpu' or 'cuda'")
-    return device
-
-
 def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner: int,
                 n_outer: int | None, inner_lr: float, n_trials: int, seed: int, truth: str,
                 truth_samples: int, exact: bool, n_boot: int, theta: list | None, dtype: str,
@@ -290,12 +274,12 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
                                f"enumeration of the inner samples at every N, which "
                                f"{task.name!r} does not have here; use truth='limit'")
     if theta is None:
-        device = check_device(device)
+        device = validation.check_device(device)
         theta_config = None
         theta = task.initial_params(dtype=dtype, device=device)
     else:
         validation.params_tensor(theta, task.param_shape, task.name)
-        check_device(theta.device)
+        validation.check_device(theta.device)
         theta_config = theta.detach().cpu().tolist()
     cells = {n: [cell_config(task, estimator=entry.spec.name, options=entry.options,
                              n_inner=n, n_outer=n_outer, inner_lr=inner_lr, n_trials=n_trials,
@@ -541,9 +525,14 @@ def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
     if tuple(out.shape) != expected:
         raise ShapeError(f"estimator {spec.name!r} returned shape {tuple(out.shape)}; expected "
                          f"{expected} (n_trials, *theta.shape)")
-    if not out.is_floating_point():
-        raise ShapeError(f"estimator {spec.name!r} returned dtype {out.dtype}; expected a "
-                         f"floating tensor")
+    if out.dtype != theta.dtype:
+        raise ShapeError(f"estimator {spec.name!r} returned dtype "
+                         f"{str(out.dtype).replace('torch.', '')}; expected theta's dtype "
+                         f"{str(theta.dtype).replace('torch.', '')} (a lower precision would "
+                         f"pass for the estimator's own error)")
+    if out.device != theta.device:
+        raise ShapeError(f"estimator {spec.name!r} returned a tensor on {out.device}; expected "
+                         f"theta's device {theta.device}")
     return out.detach()
 
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 #: (record key, axis label) of the three statistics panels
 STATISTICS = (("bias", "bias (noise-corrected)"), ("variance", "variance (trace)"),
               ("mse", "MSE"))
@@ -112,10 +114,23 @@ def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Fig
     return figures
 
 
+def _has_positive(axis) -> bool:
+    """Whether a line or band of the axis has a finite value above 0."""
+    values = [np.asarray(line.get_ydata(), dtype=float) for line in axis.get_lines()]
+    values += [np.asarray(c.get_paths()[0].vertices[:, 1]) for c in axis.collections
+               if c.get_paths()]
+    return any(bool(np.any(np.isfinite(v) & (v > 0))) for v in values)
+
+
 def _log_axes(axis, title: str, fontsize: int | None = None) -> None:
     """Log-log axes against N, titled and gridded; with ``fontsize``, a legend too."""
     axis.set_xscale("log", base=2)
-    axis.set_yscale("log")
+    if _has_positive(axis):
+        axis.set_yscale("log")
+    else:  # a log axis has nothing to show (and matplotlib refuses to scale it)
+        axis.text(0.5, 0.5, "no value above zero to draw\n(all at noise level or 0)",
+                  transform=axis.transAxes, ha="center", va="center", color="0.4")
+        axis.set_yticks([])
     axis.set_xlabel("N (inner trajectories)")
     axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)

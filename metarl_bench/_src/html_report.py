@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from metarl_bench._src.figures import Figure, series_label, write_figures
 from metarl_bench._src.report import _num
+from metarl_bench._src.store import make_folder
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
@@ -134,7 +135,7 @@ def _config_line(config: dict[str, Any]) -> str:
 def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
                  title: str = "metarl_bench report", source: str | None = None) -> str:
     """Write the figures and ``index.html`` of ``results`` into ``folder``; returns its path."""
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder, "folder")
     figures = write_figures(results, folder)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>"

@@ -27,8 +27,8 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=sys.stderr,
-                            dynamic_ncols=True, leave=False, initial=initial)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale,
+                            file=sys.stderr, dynamic_ncols=True, leave=False, initial=initial)
 
     def advance(self, n: float = 1, **postfix: Any) -> None:
         """Add ``n`` units; ``postfix`` (e.g. the latest return) is shown after the bar."""

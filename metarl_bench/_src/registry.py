@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Protocol
@@ -215,6 +216,11 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
     """
     if not isinstance(name, str) or not name:
         raise RegistrationError(f"estimator name must be a non-empty string, got {name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise RegistrationError(f"estimator name {name!r} may hold letters, digits and _ . - "
+                                f"only: ':', ',', '=' and spaces separate options in "
+                                f"NAME:KEY=VALUE,... entries, so such a name could never be "
+                                f"asked for")
     _check_bias_claim(name, bias)
 
     def add(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

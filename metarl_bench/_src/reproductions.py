@@ -50,11 +50,12 @@ def reproduce(name: str, folder: str | os.PathLike, *, progress: Any = None) -> 
     from metarl_bench._src.errors import unknown_name
     from metarl_bench._src.evaluate import evaluate
     from metarl_bench._src.html_report import write_report
+    from metarl_bench._src.store import make_folder
 
     if name not in REPRODUCTIONS:
         raise unknown_name("reproduction", name, REPRODUCTIONS)
     entry = REPRODUCTIONS[name]
-    os.makedirs(folder, exist_ok=True)
+    folder = make_folder(folder, "folder")
     store = os.path.join(folder, "results.jsonl")
     results = [evaluate(jsonl=store, progress=progress, **kwargs) for kwargs in entry.runs()]
     return write_report(results, folder, title=entry.title, source=store)

@@ -13,9 +13,10 @@ same key, whoever wrote it and in whatever order. Rules:
   never truncated or rewritten. The one exception is a torn last line (a write cut short by a
   crash or a full disk): it holds no complete result and is removed before the next append,
   so that append cannot glue onto it.
-* Reading ignores a torn last line (a cut-short prefix of a results line), and stops with a one-line error naming the line on
-  anything else that is not a results line (binary or non-UTF-8 bytes, a JSON array, another
-  schema).
+* Reading ignores a torn last line (a cut-short prefix of a results line), and stops with a
+  one-line error naming the line on anything else that is not a results line (binary or
+  non-UTF-8 bytes, a JSON array, another schema, a line whose statistics are missing or
+  not numbers).
 * A key written twice (a forced re-run) is read as its latest line: latest wins, in the
   position where the key first appeared.
 * Derived numbers (log-log slopes) are not stored: they are fitted on reading, so a resumed
@@ -95,6 +96,37 @@ def check_path(path: Any, option: str = "jsonl", what: str = "a results file") -
     return path
 
 
+def check_folder(path: Any, option: str = "out") -> str:
+    """A folder that exists or can be created, checked without creating anything."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ParameterError(f"{option} must be a folder path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not path.strip():
+        raise ParameterError(f"{option} must be a folder path, got an empty string")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ParameterError(f"{option} {path!r} exists and is not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ParameterError(f"{option} {path!r} cannot be created: {existing!r} is not a "
+                             f"folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ParameterError(f"{option} {path!r} cannot be written: permission denied in "
+                             f"{existing!r}")
+    return path
+
+
+def make_folder(path: Any, option: str = "out") -> str:
+    """Create the folder ``path`` (checked first) and its parents; one line if it cannot be."""
+    path = check_folder(path, option)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(f"{option} {path!r} cannot be created: {exc.strerror}") from None
+    return path
+
+
 def _is_regular(path: str) -> bool:
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
@@ -162,6 +194,10 @@ def _parse(path: str, number: int, raw: bytes) -> dict[str, Any]:
         raise ResultsFileError(f"{where}: a JSON {type(line).__name__}, but a results file "
                                f"holds one JSON object per line")
     if line.get("schema") != SCHEMA:
+        if line.get("type") in ("header", "iteration") and "return_after" in line or (
+                line.get("type") == "header" and "meta_batch" in line):
+            raise ResultsFileError(f"{where}: a meta-training log (metarl-bench train), not a "
+                                   f"results file")
         if line.get("type") == "header" or "schema_version" in line:
             version = line.get("schema_version")
             raise ResultsFileError(f"{where}: results of schema_version {version!r} (an older "
@@ -179,7 +215,46 @@ def _parse(path: str, number: int, raw: bytes) -> dict[str, Any]:
     if cell_key(line["config"]) != line["key"]:
         raise ResultsFileError(f"{where}: key {line['key']!r} does not match its config (was "
                                f"the line edited?)")
+    _check_fields(where, line)
     return line
+
+
+#: Fields every line has, with the JSON types each may take (``None``: null).
+_CONFIG_FIELDS = {"task": (str,), "estimator": (str,), "options": (dict,), "n_inner": (int,),
+                  "n_trials": (int,), "seed": (int,), "dtype": (str,)}
+
+
+def _number_or_null(value: Any) -> bool:
+    """What a statistic may be: null, or a finite number (JSON's NaN and Infinity are not
+    JSON, and the store never writes them)."""
+    if value is None:
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
+
+
+def _check_fields(where: str, line: dict[str, Any]) -> None:
+    """Refuse a line whose fields a reader would trip over later (a hand-edited or foreign
+    line that kept the schema tag): a missing statistic, text where a number belongs."""
+    from metarl_bench._src.stats import METRICS
+
+    for name, types in _CONFIG_FIELDS.items():
+        value = line["config"].get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ResultsFileError(f"{where}: config field {name!r} is {value!r}; expected "
+                                   f"{' or '.join(t.__name__ for t in types)}")
+    result = line["result"]
+    for name in (*METRICS, "seconds"):
+        if name not in result:
+            raise ResultsFileError(f"{where}: the result has no {name!r}")
+        if not _number_or_null(result[name]):
+            raise ResultsFileError(f"{where}: result field {name!r} is {result[name]!r}; "
+                                   f"expected a finite number or null")
+        interval = result.get(f"{name}_ci", [None, None])
+        if not (isinstance(interval, list) and len(interval) == 2
+                and all(map(_number_or_null, interval))):
+            raise ResultsFileError(f"{where}: result field {name + '_ci'!r} is {interval!r}; "
+                                   f"expected [low, high] numbers or nulls")
 
 
 def latest(lines: Iterable[tuple[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

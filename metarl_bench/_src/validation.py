@@ -54,6 +54,9 @@ def params_tensor(theta: Any, param_shape: tuple[int, ...], task_name: str) -> t
         )
     if not theta.is_floating_point():
         raise ShapeError(f"theta must be a floating tensor, got dtype {theta.dtype}")
+    if theta.device.type == "meta":
+        raise ParameterError("theta is on device 'meta', which holds no data, so nothing can "
+                             "be computed from it; use a 'cpu' or 'cuda' tensor")
     if not torch.isfinite(theta).all():
         raise ParameterError("theta contains NaN or infinite entries")
     return theta
@@ -69,3 +72,21 @@ def interval(low_name: str, low: Any, high_name: str, high: Any) -> tuple[float,
     if not low < high:
         raise ParameterError(f"{low_name} must be below {high_name}, got {low} and {high}")
     return low, high
+
+
+def check_device(device: Any) -> torch.device | None:
+    """A torch device that can hold tensors here, or a ParameterError saying why not."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+        torch.empty(1, device=device) + 1
+    except (RuntimeError, AssertionError, TypeError, NotImplementedError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(reason) > 160:  # torch's dispatcher lists every backend it knows of
+            reason = reason[:157] + "..."
+        raise ParameterError(f"device {str(device)!r} is not available: {reason}") from None
+    if device.type == "meta":
+        raise ParameterError("device 'meta' holds no data, so nothing can be measured on it; "
+                             "use 'cpu' or 'cuda'")
+    return device

@@ -231,18 +231,28 @@ def log_multinomial(counts: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(n_total + 1) - torch.lgamma(counts + 1).sum(-1) + terms.sum(-1)
 
 
-def _arm_values(name: str, value: Any, n_tasks: int, n_arms: int, seed: int,
+def _arm_values(name: str, value: Any, n_tasks: int, n_arms: int | None, seed: int | None,
                 params: dict[str, Any], low: float | None = None,
                 high: float | None = None) -> torch.Tensor:
-    """Per-arm numbers (n_tasks, K): an array (K,) or (n_tasks, K), or ``"random"``: U[0,1)."""
+    """Per-arm numbers (n_tasks, K): an array (K,) or (n_tasks, K), or ``"random"``: U[0,1)
+    of shape (n_tasks, n_arms) drawn from ``seed``. ``n_arms`` and ``seed`` (None when not
+    given) only shape the random draw: given with an array, a seed is refused and an
+    n_arms must agree with the array, so that no argument is silently ignored."""
     if isinstance(value, str):
         if value != "random":
             raise ParameterError(f"{name} must be an array of numbers or 'random', got {value!r}")
-        n_arms = validation.positive_int("n_arms", n_arms, minimum=2)
+        n_arms = validation.positive_int("n_arms", 3 if n_arms is None else n_arms, minimum=2)
+        seed = validation.positive_int("seed", 0 if seed is None else seed, minimum=0)
         rng = np.random.default_rng(seed)
         params.update({name: "random", "n_arms": n_arms, "seed": seed})
         return torch.as_tensor(rng.uniform(0.0, 1.0, size=(n_tasks, n_arms)))
+    if seed is not None:
+        raise ParameterError(f"seed draws {name}='random'; with {name} given as numbers it "
+                             f"would be ignored, so leave it out")
     out = as_tensor(name, value, [(-1,), (n_tasks, -1)])
+    if n_arms is not None and n_arms != out.shape[-1]:
+        raise ParameterError(f"n_arms={n_arms!r} disagrees with {name}, which has "
+                             f"{out.shape[-1]} arms; n_arms sizes {name}='random' only")
     if out.dim() == 1:
         out = out.expand(n_tasks, -1).clone()
     if out.shape[-1] < 2:
@@ -263,15 +273,15 @@ def _initial_logits(init_logits: Any, n_arms: int, params: dict[str, Any]) -> to
 
 
 def make_bandit(*, rewards: Any = (1.0, 0.0, 0.5), init_logits: Any = None, n_tasks: int = 1,
-                n_arms: int = 3, seed: int = 0) -> BanditTask:
+                n_arms: int | None = None, seed: int | None = None) -> BanditTask:
     """K-armed bandit(s) with deterministic rewards and a softmax policy (``bandit-v0``).
 
     ``rewards``: the per-arm rewards, shape (K,) or (n_tasks, K), or ``"random"`` for
-    U[0,1) rewards of shape (n_tasks, n_arms) drawn from ``seed``. ``init_logits``: the
+    U[0,1) rewards of shape (n_tasks, n_arms) drawn from ``seed`` (default 3 arms, seed 0;
+    both only for ``"random"``). ``init_logits``: the
     initial logits (K,), zeros (uniform policy) by default.
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
-    seed = validation.positive_int("seed", seed, minimum=0)
     params: dict[str, Any] = dict(n_tasks=n_tasks)
     rewards_t = _arm_values("rewards", rewards, n_tasks, n_arms, seed, params)
     init_t = _initial_logits(init_logits, rewards_t.shape[-1], params)
@@ -279,8 +289,8 @@ def make_bandit(*, rewards: Any = (1.0, 0.0, 0.5), init_logits: Any = None, n_ta
 
 
 def make_bernoulli_bandit(*, success_probs: Any = (0.9, 0.1, 0.5), init_logits: Any = None,
-                          n_tasks: int = 1, n_arms: int = 3, seed: int = 0
-                          ) -> BernoulliBanditTask:
+                          n_tasks: int = 1, n_arms: int | None = None,
+                          seed: int | None = None) -> BernoulliBanditTask:
     """K-armed Bernoulli bandit(s), softmax policy (``bernoulli-bandit-v0``).
 
     Pulling arm k pays 1 with probability p_k and 0 otherwise, as in MAML-RL's
@@ -289,7 +299,6 @@ def make_bernoulli_bandit(*, success_probs: Any = (0.9, 0.1, 0.5), init_logits: 
     (MAML-RL's task distribution). ``init_logits``: the initial logits (K,), zeros by default.
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
-    seed = validation.positive_int("seed", seed, minimum=0)
     params: dict[str, Any] = dict(n_tasks=n_tasks)
     probs_t = _arm_values("success_probs", success_probs, n_tasks, n_arms, seed, params,
                           low=0.0, high=1.0)
@@ -298,8 +307,9 @@ def make_bernoulli_bandit(*, success_probs: Any = (0.9, 0.1, 0.5), init_logits: 
 
 
 def make_gaussian_bandit(*, means: Any = (1.0, 0.0, 0.5), stds: Any = 1.0,
-                         init_logits: Any = None, n_tasks: int = 1, n_arms: int = 3,
-                         seed: int = 0) -> GaussianBanditTask:
+                         init_logits: Any = None, n_tasks: int = 1,
+                         n_arms: int | None = None, seed: int | None = None
+                         ) -> GaussianBanditTask:
     """K-armed Gaussian bandit(s), softmax policy (``gaussian-bandit-v0``).
 
     Pulling arm k pays a N(mean_k, std_k**2) reward. ``means``: shape (K,) or (n_tasks, K),
@@ -308,7 +318,6 @@ def make_gaussian_bandit(*, means: Any = (1.0, 0.0, 0.5), stds: Any = 1.0,
     rewards are continuous): the finite-N truth is estimated, the exact V is softmax . means.
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
-    seed = validation.positive_int("seed", seed, minimum=0)
     params: dict[str, Any] = dict(n_tasks=n_tasks)
     means_t = _arm_values("means", means, n_tasks, n_arms, seed, params)
     n_arms = means_t.shape[-1]

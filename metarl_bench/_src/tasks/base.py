@@ -8,6 +8,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from metarl_bench._src import validation
 from metarl_bench._src.draws import inverse_cdf, normal, uniform  # noqa: F401 (re-exported)
 from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.policies import Policy
@@ -42,6 +43,7 @@ class Task:
         """The policy's initial parameters, shape ``param_shape``."""
         if self.policy is None:
             raise NotImplementedError
+        device = validation.check_device(device)
         return self.policy.initial_params(dtype=dtype, device=device).reshape(self.param_shape)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
