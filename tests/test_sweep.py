@@ -4,11 +4,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 import metarl_bench as mb
+from conftest import signal_when_written
 from metarl_bench._src.cli import main
 from metarl_bench._src.store import TIMING_FIELDS
 
@@ -221,19 +221,9 @@ def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_completes_them(tmp
     interrupted, whole = tmp_path / "interrupted.jsonl", tmp_path / "whole.jsonl"
     command = [sys.executable, "-c", INTERRUPTIBLE, "sweep", str(spec), "--json",
                str(interrupted), "--serial", "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            if interrupted.exists() and interrupted.read_bytes().count(b"\n") >= 1:
-                break
-            time.sleep(0.01)
-        process.send_signal(signal.SIGINT)
-        err = process.communicate(timeout=60)[1].decode()
-    finally:
-        process.kill()
+    code, err = signal_when_written(command, interrupted, 1, signal.SIGINT)
     kept = interrupted.read_bytes().count(b"\n")
-    assert process.returncode == 130 and 1 <= kept < 16, (process.returncode, kept, err)
+    assert code == 130 and 1 <= kept < 16, (code, kept, err)
     assert err == (f"metarl-bench: interrupted; {kept} finished cells of this run kept in "
                    f"{interrupted}: the same command resumes\n")
     done = subprocess.run(command, capture_output=True, timeout=300)
