@@ -148,7 +148,8 @@ def test_n_steps_is_a_sweep_axis_in_the_cell_key_only_beyond_one_step(tmp_path, 
     assert "n_steps must be" in capsys.readouterr().err
 
 
-SMALL_SPEC = "estimators = ['lsf']\nn_inner = [2, 4]\nn_trials = 20\n[[tasks]]\nname = 'bandit-v0'\n"
+SMALL_SPEC = ("estimators = ['lsf']\nn_inner = [2, 4]\nn_trials = 20\n"
+              "[[tasks]]\nname = 'bandit-v0'\n")
 
 
 @pytest.mark.parametrize("argv, message", [

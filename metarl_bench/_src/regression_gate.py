@@ -555,8 +555,9 @@ def describe(baseline: dict[str, Any] | None, now: dict[str, Any], *, z: float,
 
 
 def _commit(spec: str) -> tuple[str, str]:
-    """The checkout's top folder and the commit a ``--baseline`` names; an existing path that is not a regular file (a
-    directory, /dev/null) is named as what it is, not as a missing revision."""
+    """The checkout's top folder and the commit a ``--baseline`` names. An existing path
+    that is not a regular file (a directory, /dev/null) is named as what it is, not as a
+    missing revision."""
     from metarl_bench._src.errors import ParameterError
 
     kind = _path_kind(spec)
