@@ -52,3 +52,14 @@ def test_unavailable_where_nothing_can_measure(monkeypatch):
     with resources.PeakMemory(torch.device("cpu")) as peak:
         pass
     assert peak.bytes is None and peak.method == "unavailable"
+
+
+@linux
+def test_adaptive_cells_are_measured_on_their_first_batch():
+    task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    run = lambda **kw: mb.evaluate(task, ["lsf"], n_inner=[256], truth="limit",  # noqa: E731
+                                   **kw).records[0]
+    adaptive = run(n_trials=200, target_rel_ci=1e-6, max_trials=2000)
+    assert adaptive["n_trials_used"] == 2000
+    # 2000 estimates at once hold about 10 times the memory of the first 200
+    assert adaptive["peak_memory_bytes"] < run(n_trials=2000)["peak_memory_bytes"] / 4

@@ -571,18 +571,19 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
                                    + n * (n_steps - 1))
     target, cap = config.get("target_rel_ci"), planned_trials(config)
     parts: list[torch.Tensor] = []
-    seconds, peak_bytes, batch = 0.0, None, n_trials
+    seconds, batch, memory = 0.0, n_trials, None
     while True:
         start = time.perf_counter()
-        with resources.PeakMemory(theta.device) as peak:
+        # memory is measured on the first n_trials only, so cells of one run (adaptive
+        # or not) are measured on batches of one size and compare alike
+        with resources.PeakMemory(theta.device, enabled=memory is None) as peak:
             for lo in range(0, batch, per_chunk):
                 size = min(per_chunk, batch - lo)
                 parts.append(_call_estimator(spec, task, theta, size, generator=generator,
                                              **common))
                 advance(size * trajectories)
         seconds += time.perf_counter() - start
-        if peak.bytes is not None:
-            peak_bytes = max(peak_bytes or 0, peak.bytes)
+        memory = memory or peak
         estimates = torch.cat(parts)
         used = estimates.shape[0]
         n_nonfinite = int((~torch.isfinite(estimates.reshape(used, -1))).any(-1).sum())
@@ -606,7 +607,7 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
         n_nonfinite=n_nonfinite, problem=problem, n_trials_used=used, **adaptive,
-        seconds=seconds, peak_memory_bytes=peak_bytes, memory_method=peak.method,
+        seconds=seconds, peak_memory_bytes=memory.bytes, memory_method=memory.method,
         torch_version=torch.__version__))
 
 

@@ -232,19 +232,23 @@ class PeakMemory:
     writing 5 to ``/proc/self/clear_refs``), less the resident set at its start, with the C
     heap trimmed first (``malloc_trim``) so that memory freed earlier and still held by the
     allocator does not hide this block's own. Elsewhere (or where ``/proc`` refuses the
-    reset) ``bytes`` stays None and ``method`` says why. The figure counts what the block
-    holds at its peak (its tensors, autograd graphs and temporaries); it is approximate on
-    CPUs, to a page, and measures a process: run one cell at a time to read it.
+    reset), or with ``enabled=False``, ``bytes`` stays None and ``method`` says why. The
+    figure counts what the block holds at its peak (its tensors, autograd graphs and
+    temporaries); it is approximate on CPUs, to a page, and measures a process: run one cell
+    at a time to read it.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, *, enabled: bool = True):
         self.device = device
+        self.enabled = enabled
         self.bytes: int | None = None
         self.method = "unavailable"
         self._base = 0
 
     def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
+        if not self.enabled:
+            self.method = "not measured"
+        elif self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
