@@ -1,6 +1,9 @@
 """Shared fixtures. Randomized tests use fixed seeds; each states its tolerance and how
 it may fail (a seed may change only with a note in the commit saying why)."""
 
+import subprocess
+import time
+
 import pytest
 import torch
 
@@ -24,3 +27,20 @@ def small_mdp():
 
 def generator(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def signal_when_written(command, path, lines, signum, seconds=60):
+    """Start ``command``, send it ``signum`` once ``path`` holds ``lines`` complete lines (or
+    after ``seconds``, or at once if it has ended), wait for it; (return code, stderr)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and process.poll() is None:
+            if path.exists() and path.read_bytes().count(b"\n") >= lines:
+                break
+            time.sleep(0.01)
+        process.send_signal(signum)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    return process.returncode, stderr.decode(errors="replace")

@@ -245,9 +245,112 @@ def test_cli_check_bad_input(argv, message, monkeypatch, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_cli_check_rejects_a_thread_count_below_one(capsys):
+@pytest.mark.parametrize("threads", ["0", str((os.cpu_count() or 1) + 1), "100000"])
+def test_cli_check_takes_one_thread_to_one_per_cpu(capsys, threads):
     with pytest.raises(SystemExit) as exit_info:
-        main(["check", "--baseline", "HEAD", "--threads", "0"])
+        main(["check", "--baseline", "HEAD", "--threads", threads])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "expected a positive integer" in err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert f"expected an integer from 1 to {os.cpu_count() or 1} (the CPUs" in err
+
+
+@pytest.mark.parametrize("inside_git", [True, False])
+@pytest.mark.parametrize("path, kind", [("folder", "a directory"),
+                                        ("/dev/null", "a character device")])
+def test_a_baseline_path_that_is_not_a_file_is_named_as_what_it_is(
+        tmp_path, monkeypatch, capsys, inside_git, path, kind):
+    if path == "folder":
+        path = str(tmp_path)
+    elif not os.path.exists(path):
+        pytest.skip(f"needs {path}")
+    monkeypatch.chdir(REPO if inside_git else tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # tmp_path: no git
+    assert main(["check", "--baseline", path, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--baseline {path!r} is {kind}, not a suite JSON file" in err
     assert err.count("\n") == 1
+
+
+# ---- --save: checked before measuring, written whole or not at all --------------------------
+# Measuring is replaced by a fixed suite here: these tests are about the file.
+
+SUITE = {"suite_version": 2, "statistics": [STAT], "memory": [], "times": []}
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """``measure`` returns a fixed suite and counts its calls."""
+    from metarl_bench._src import regression_gate
+
+    calls = []
+
+    def fixed(trees, *args, **kwargs):
+        calls.append(trees)
+        return [copy.deepcopy(SUITE) for _ in trees]
+
+    monkeypatch.setattr(regression_gate, "measure", fixed)
+    return calls
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"schema": "metarl-bench/results", "key": "0"}\n{"schema": "metarl-bench/results"}\n',
+     "not JSON"),
+    (b'{"schema": "metarl-bench/results", "key": "0"}\n', "a JSON object with no suite_version"),
+    (b"some notes\n", "not JSON"),
+    (bytes(range(256)), "binary"),
+    (json.dumps({"suite_version": 99}).encode(), "has suite_version 99"),
+])
+def test_save_refuses_an_existing_file_that_is_not_a_suite_before_measuring(
+        tmp_path, capsys, measured, content, problem):
+    keep = tmp_path / "keep.jsonl"
+    keep.write_bytes(content)
+    assert main(["check", "--estimators", "lsf", "--save", str(keep), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--save {str(keep)!r} already exists and" in err and problem in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert keep.read_bytes() == content and measured == []
+
+
+def test_save_replaces_a_suite_whole_or_not_at_all(tmp_path, capsys, measured, monkeypatch):
+    saved = tmp_path / "suite.json"
+    saved.write_text(json.dumps(dict(SUITE, statistics=[])))
+    assert main(["check", "--save", str(saved), "--quiet"]) == 0
+    assert json.loads(saved.read_text()) == SUITE and os.listdir(tmp_path) == ["suite.json"]
+    assert oct(saved.stat().st_mode & 0o777) != oct(0o600)  # not the temporary file's mode
+    before = saved.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert main(["check", "--baseline", str(saved), "--save", str(saved), "--quiet"]) == 2
+    monkeypatch.undo()
+    captured = capsys.readouterr()
+    assert "no regression" in captured.out    # the comparison is not lost with the file
+    assert captured.err == (f"metarl-bench: error: cannot write the suite to {saved}: No space "
+                            f"left on device; this run's measurements are not saved, and "
+                            f"nothing else is lost (a file already there is unchanged)\n")
+    assert saved.read_bytes() == before and os.listdir(tmp_path) == ["suite.json"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_save_to_dev_full_is_one_line_and_keeps_the_device(capsys, measured):
+    assert main(["check", "--save", "/dev/full", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the suite to /dev/full: No space left on device" in err
+    assert err.count("\n") == 1 and not os.path.isfile("/dev/full")
+
+
+@pytest.mark.parametrize("init, message", [
+    ("import sys\nprint('broken tree: no estimators here', file=sys.stderr)\nsys.exit(3)\n",
+     "its worker exited with status 3: broken tree: no estimators here"),
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+     "its worker was killed by SIGSEGV, with nothing on stderr"),
+], ids=["exit-status-and-message", "segfault"])
+def test_a_worker_that_dies_is_named_with_how_and_its_last_stderr_line(tmp_path, init,
+                                                                       message):
+    (tmp_path / "metarl_bench").mkdir()
+    (tmp_path / "metarl_bench" / "__init__.py").write_text(init)
+    with pytest.raises(mb.MetaRLBenchError) as error:
+        measure([str(tmp_path)], ["lsf"])
+    assert str(error.value) == f"the check suite failed on {tmp_path}: {message}"

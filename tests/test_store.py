@@ -7,12 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import metarl_bench as mb
+from conftest import signal_when_written
 from metarl_bench._src import store as store_module
 from metarl_bench._src.cli import main
 
@@ -180,20 +180,9 @@ def test_sigkill_then_the_same_command_gives_the_uninterrupted_file(tmp_path):
                "--n-inner", "1,2,3,4,5,6,7,8", "--trials", "200",
                "--truth", "limit", "--quiet"]
     killed, whole = tmp_path / "killed.jsonl", tmp_path / "whole.jsonl"
-    process = subprocess.Popen(command + ["--json", str(killed)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            if killed.exists() and killed.read_bytes().count(b"\n") >= 2:
-                break
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        process.kill()
+    code, _ = signal_when_written(command + ["--json", str(killed)], killed, 2, signal.SIGKILL)
     n_before = killed.read_bytes().count(b"\n")
-    assert process.returncode == -signal.SIGKILL and 2 <= n_before < 16
+    assert code == -signal.SIGKILL and 2 <= n_before < 16
     done = subprocess.run(command + ["--json", str(killed)], capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert main(command[3:] + ["--json", str(whole)]) == 0       # uninterrupted, in-process

@@ -1,10 +1,14 @@
 """Sweeps: spec checking, and the same bits on a 2-process Dask cluster as serially."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 
 import metarl_bench as mb
+from conftest import signal_when_written
 from metarl_bench._src.cli import main
 from metarl_bench._src.store import TIMING_FIELDS
 
@@ -88,7 +92,12 @@ def test_yaml_and_toml_specs_expand_to_the_same_cells(tmp_path):
     ("[[tasks]]\nname = 'bandit-v0'\nestimator = ['lsf']\n",
      "unknown key 'estimator'. Did you mean 'estimators'?"),
     ("n_inner = [2]\n", "'tasks' must list at least one task"),
-    ("[[tasks]]\nname = 'bandit'\n", "Did you mean 'bandit-v0'?"),
+    ("[[tasks]]\nname = 'bandit'\n", "spec.toml: tasks[1]: unknown task 'bandit'. Did you mean "
+                                   "'bandit-v0'?"),
+    ("[[tasks]]\nname = 'bandit-v0'\n[[tasks]]\nname = 'bandit-v0'\nparams = { nope = 1 }\n",
+     "spec.toml: tasks[2]: unknown parameter 'nope' for task 'bandit-v0'"),
+    ("[[tasks]]\nname = 'tabular-v0'\nparams = { n_states = 0 }\n",
+     "spec.toml: tasks[1]: n_states must be"),
     ("n_outer = ['sampled']\n[[tasks]]\nname = 'bandit-v0'\n", "n_outer values must be"),
     ("inner_lr = [nan]\n[[tasks]]\nname = 'bandit-v0'\n", "inner_lr must be finite"),
     ("n_trials = 1\n[[tasks]]\nname = 'bandit-v0'\n", "n_trials must be an integer >= 2"),
@@ -137,3 +146,89 @@ def test_n_steps_is_a_sweep_axis_in_the_cell_key_only_beyond_one_step(tmp_path, 
     spec.write_text(spec.read_text().replace("n_steps = [1, 2]", "n_steps = [0]"))
     assert run([str(spec), "--json", str(tmp_path / "bad.jsonl"), "--serial"]) == 2
     assert "n_steps must be" in capsys.readouterr().err
+
+
+SMALL_SPEC = ("estimators = ['lsf']\nn_inner = [2, 4]\nn_trials = 20\n"
+              "[[tasks]]\nname = 'bandit-v0'\n")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "100000"], "--workers 100000: a local cluster takes at most 4 worker "
+                              "processes per CPU"),
+    (["--workers", "2", "--max-memory", "1KiB"],
+     "more than 512 B (--max-memory 1 KiB shared by 2 workers)"),
+    (["--serial", "--max-memory", "1KiB"], "more than 1 KiB (the limit set by --max-memory)"),
+])
+def test_workers_and_memory_refusals_are_one_line_and_write_nothing(tmp_path, capsys, argv,
+                                                                   message):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SMALL_SPEC)
+    store = tmp_path / "store.jsonl"
+    assert run([str(spec), "--json", str(store), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not store.exists()
+
+
+def test_the_default_memory_limit_says_it_is_shared(tmp_path, capsys, monkeypatch):
+    from metarl_bench._src import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 2048)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SMALL_SPEC)
+    assert run([str(spec), "--json", str(tmp_path / "store.jsonl"), "--workers", "2"]) == 2
+    assert ("more than 512 B (50% of the available memory, shared by 2 workers)"
+            in capsys.readouterr().err)
+
+
+def test_a_local_cluster_has_no_more_workers_than_cells_to_compute(tmp_path, monkeypatch):
+    from metarl_bench._src import sweep as sweep_module
+    from metarl_bench._src.store import Store
+
+    started = []
+    monkeypatch.setattr(sweep_module, "_run_on_dask",
+                        lambda sweep, todo, store, scheduler, workers, *rest:
+                        started.append(workers))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SMALL_SPEC)
+    checked = sweep_module.build(sweep_module.read_spec(str(spec)))
+    store = Store(tmp_path / "store.jsonl")
+    sweep_module.run_sweep(checked, store, workers=8)
+    assert started == [2]     # two cells: two processes, not eight
+
+
+INTERRUPTED_SPEC = """
+estimators = ["lsf", "maml"]
+n_inner = [1, 2, 3, 4, 5, 6, 7, 8]
+n_trials = 1000
+truth = "limit"
+
+[[tasks]]
+name = "tabular-v0"
+params = { n_states = 3, n_actions = 2, horizon = 3 }
+"""
+#: The child answers SIGINT with KeyboardInterrupt even when started from a shell that
+#: ignores it (background jobs of a non-interactive shell inherit SIG_IGN).
+INTERRUPTIBLE = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "from metarl_bench._src.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_completes_them(tmp_path):
+    """SIGINT after the first cell lands: exit 130 with one line counting the cells kept;
+    the same command again gives the file an uninterrupted sweep writes (timing aside).
+    Bounded: 60 s to see the first cell."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(INTERRUPTED_SPEC)
+    interrupted, whole = tmp_path / "interrupted.jsonl", tmp_path / "whole.jsonl"
+    command = [sys.executable, "-c", INTERRUPTIBLE, "sweep", str(spec), "--json",
+               str(interrupted), "--serial", "--quiet"]
+    code, err = signal_when_written(command, interrupted, 1, signal.SIGINT)
+    kept = interrupted.read_bytes().count(b"\n")
+    assert code == 130 and 1 <= kept < 16, (code, kept, err)
+    assert err == (f"metarl-bench: interrupted; {kept} finished cells of this run kept in "
+                   f"{interrupted}: the same command resumes\n")
+    done = subprocess.run(command, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{16 - kept} cells computed, {kept} already in the store" in done.stdout.decode()
+    assert run([str(spec), "--json", str(whole), "--serial"]) == 0
+    assert lines_by_key(interrupted) == lines_by_key(whole)

@@ -64,14 +64,15 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= ``minimum``, described as ``what`` in errors."""
+def _int_at_least(minimum: int, what: str, maximum: float = math.inf):
+    """An argparse type: an integer from ``minimum`` to ``maximum``, described as ``what`` in
+    errors."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
+        if not minimum <= value <= maximum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
 
@@ -80,6 +81,10 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _seed = _int_at_least(0, "an integer >= 0")
+#: More threads than CPUs only makes the timed calls fight over them (and torch crashes on
+#: absurd counts such as 100000).
+_threads = _int_at_least(1, f"an integer from 1 to {os.cpu_count() or 1} (the CPUs of this "
+                            f"machine)", os.cpu_count() or 1)
 
 
 def _float(text: str) -> float:
@@ -251,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--rounds", type=_positive_int, default=5,
                        help="interleaved timed rounds per estimator; the median of the "
                             "per-round ratios is compared (default: 5)")
-    check.add_argument("--threads", type=_positive_int, default=1,
-                       help="torch intra-op threads while measuring (default: 1)")
+    check.add_argument("--threads", type=_threads, default=1,
+                       help="torch intra-op threads while measuring, at most the CPUs "
+                            "(default: 1)")
     check.add_argument("--factor", type=_float, default=2.0,
                        help="time/memory ratio that fails (default: 2.0)")
     check.add_argument("--z", type=_float, default=3.0,
@@ -291,7 +297,9 @@ def _check(args: argparse.Namespace) -> int:
     if not args.z > 0:
         raise ParameterError(f"--z must be > 0, got {args.z}")
     if args.save:
-        _writable(args.save, "--save")
+        from metarl_bench._src.regression_gate import check_save
+
+        check_save(args.save)
     estimators = ([entry.label for entry in _estimator_entries(args.estimators)]
                   if args.estimators else None)
     from metarl_bench._src.progress import wanted

@@ -30,11 +30,14 @@ a script it must run against an old tree whose internals may differ.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
 import os
 import shutil
+import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -241,7 +244,7 @@ class _Worker:
         # sys.path, and must hold nothing that could shadow a module of the measured tree)
         folder = tempfile.mkdtemp(dir=scratch)
         script = shutil.copy(os.path.abspath(__file__), os.path.join(folder, "check_suite.py"))
-        self.log_path = os.path.join(folder, "worker.log")
+        self.stderr_path = os.path.join(folder, "worker.stderr")
         read_end, write_end = os.pipe()
         command = [sys.executable, script, "--reply-fd", str(write_end),
                    "--threads", str(threads)]
@@ -250,9 +253,9 @@ class _Worker:
         thread_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env = dict(os.environ, **thread_env, PYTHONPATH=os.pathsep.join(
             [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        with open(self.log_path, "w") as log:
+        with open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.PIPE,
-                                            stdout=log, stderr=subprocess.STDOUT, text=True,
+                                            stdout=subprocess.DEVNULL, stderr=stderr, text=True,
                                             pass_fds=(write_end,))
         os.close(write_end)
         self.replies = os.fdopen(read_end)
@@ -272,14 +275,27 @@ class _Worker:
     def receive(self) -> Any:
         line = self.replies.readline()
         if not line:
-            self.process.wait()
-            with open(self.log_path) as log:
-                last = (log.read().strip().splitlines() or ["(no output)"])[-1]
-            raise self.error(f"the check suite failed on {self.tree}: {last}")
+            raise self.error(f"the check suite failed on {self.tree}: {self.death()}")
         message = json.loads(line)
         if "error" in message:
             raise self.error(f"the check suite failed on {self.tree}: {message['error']}")
         return message["ok"]
+
+    def death(self) -> str:
+        """How the worker ended, with the last line of its stderr (a crash in native code,
+        e.g. a segmentation fault, prints none)."""
+        code = self.process.wait()
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        with open(self.stderr_path, errors="replace") as stderr:
+            lines = stderr.read().strip().splitlines()
+        return f"its worker {how}" + (f": {lines[-1].strip()}" if lines else
+                                      ", with nothing on stderr")
 
     def request(self, op: str, **arguments: Any) -> Any:
         self.send(op, **arguments)
@@ -538,6 +554,29 @@ def describe(baseline: dict[str, Any] | None, now: dict[str, Any], *, z: float,
 # -- the command -------------------------------------------------------------------------
 
 
+def _commit(spec: str) -> tuple[str, str]:
+    """The checkout's top folder and the commit a ``--baseline`` names. An existing path
+    that is not a regular file (a directory, /dev/null) is named as what it is, not as a
+    missing revision."""
+    from metarl_bench._src.errors import ParameterError
+
+    kind = _path_kind(spec)
+    try:
+        top = _toplevel()
+        resolved = subprocess.run(["git", "rev-parse", "--verify", "--quiet",
+                                   f"{spec}^{{commit}}"], cwd=top, capture_output=True,
+                                  text=True)
+        if resolved.returncode != 0:
+            raise ParameterError(f"--baseline {spec!r} is neither a suite JSON file nor a "
+                                 f"commit of {top}")
+    except ParameterError:
+        if kind is None:
+            raise
+        raise ParameterError(f"--baseline {spec!r} is {kind}, not a suite JSON file (nor a "
+                             f"git revision)") from None
+    return top, resolved.stdout.strip()
+
+
 def _toplevel() -> str:
     from metarl_bench._src.errors import ParameterError
 
@@ -549,43 +588,109 @@ def _toplevel() -> str:
                              "inside the repository, or pass --baseline FILE.json") from None
 
 
-def read_suite(path: str) -> dict[str, Any]:
-    """A suite saved by ``check --save`` (version 1 files: statistics and memory only)."""
-    from metarl_bench._src.errors import ParameterError
-
+def _load_suite(path: str) -> tuple[dict[str, Any] | None, str]:
+    """(the suite in ``path``, "") or (None, what is wrong with it, to follow its name)."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except OSError as exc:
-        raise ParameterError(f"--baseline {path!r}: cannot be read: {exc.strerror}") from None
+        return None, f"cannot be read: {exc.strerror}"
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ParameterError(f"--baseline {path!r}: not a suite JSON file (binary, not UTF-8, "
-                             f"or not JSON)") from None
-    version = data.get("suite_version") if isinstance(data, dict) else None
-    if version == 1:
+        return None, "is not a suite JSON file (binary, not UTF-8, or not JSON)"
+    if not isinstance(data, dict) or "suite_version" not in data:
+        kind = {"dict": "object", "list": "array"}.get(type(data).__name__,
+                                                       type(data).__name__)
+        return None, f"is not a suite JSON file (a JSON {kind} with no suite_version)"
+    if data["suite_version"] not in (1, SUITE_VERSION):
+        return None, (f"has suite_version {data['suite_version']!r}, expected {SUITE_VERSION} "
+                      f"(or 1)")
+    return data, ""
+
+
+def read_suite(path: str) -> dict[str, Any]:
+    """A suite saved by ``check --save`` (version 1 files: statistics and memory only)."""
+    from metarl_bench._src.errors import ParameterError
+
+    data, problem = _load_suite(path)
+    if data is None:
+        raise ParameterError(f"--baseline {path!r} {problem}")
+    if data["suite_version"] == 1:
         # version 1 kept one median time and the peak bytes per call in "costs"
         costs = data.pop("costs", [])
         data["memory"] = [{k: c[k] for k in ("estimator", "task", "n_inner", "peak_bytes")}
                           for c in costs if c.get("peak_bytes") is not None]
         data["times"] = [{**{k: c[k] for k in ("estimator", "task", "n_inner")},
                           "seconds": [c["seconds"]], "cpu_seconds": []} for c in costs]
-    elif version != SUITE_VERSION:
-        raise ParameterError(f"--baseline {path!r}: suite_version {version!r}, expected "
-                             f"{SUITE_VERSION} (or 1)")
     return data
+
+
+def check_save(path: str) -> str:
+    """A ``--save`` path, checked before anything is measured: a new file, a device, an empty
+    file or a suite saved before may be written; anything else (a results store, any other
+    file) would be lost, and is refused."""
+    from metarl_bench._src.errors import ParameterError
+    from metarl_bench._src.store import check_path
+
+    path = check_path(path, "--save", "a suite JSON file")
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        suite, problem = _load_suite(path)
+        if suite is None:
+            raise ParameterError(f"--save {path!r} already exists and {problem}: it is left as "
+                                 f"it is; name a new file, or a suite saved before (replaced)")
+    return path
+
+
+def save_suite(suite: dict[str, Any], path: str) -> None:
+    """Write ``suite`` to ``path`` whole or not at all: into a temporary file beside it, then
+    renamed over it, so a full disk or a crash leaves the file that was there. A device
+    (e.g. /dev/null) is written in place: renaming over it would replace the device."""
+    from metarl_bench._src.errors import ResultsFileError
+
+    text = json.dumps(suite, indent=1) + "\n"
+    target = os.path.realpath(path)  # a symbolic link keeps pointing at the saved suite
+    try:
+        if os.path.exists(target) and not os.path.isfile(target):
+            with open(target, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
+        descriptor, temporary = tempfile.mkstemp(
+            dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is for its secrecy, not ours
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write the suite to {path}: {exc.strerror}; this run's "
+                               f"measurements are not saved, and nothing else is lost (a file "
+                               f"already there is unchanged)") from None
+
+
+def _path_kind(path: str) -> str | None:
+    """What an existing path that is not a regular file is; None for a file or no path."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    kinds = ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
 
 
 def revision_tree(spec: str, folder: str) -> str:
     """Extract the package of git revision ``spec`` into ``folder``; return its label."""
     from metarl_bench._src.errors import ParameterError
 
-    top = _toplevel()
-    resolved = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"],
-                              cwd=top, capture_output=True, text=True)
-    if resolved.returncode != 0:
-        raise ParameterError(f"--baseline {spec!r} is neither a suite JSON file nor a commit "
-                             f"of {top}")
-    commit = resolved.stdout.strip()
+    top, commit = _commit(spec)
     archive = subprocess.run(["git", "archive", commit, "metarl_bench"], cwd=top,
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
@@ -606,30 +711,38 @@ def run_check(baseline: str | None, *, estimators: list[str] | None = None, roun
     stderr."""
     from metarl_bench._src.progress import Progress
 
+    from metarl_bench._src.errors import ParameterError
+
     out = out or sys.stdout
+    if not 1 <= threads <= (os.cpu_count() or 1):
+        raise ParameterError(f"threads must be from 1 to {os.cpu_count() or 1} (the CPUs of "
+                             f"this machine), got {threads}")
+    if save:
+        save = check_save(save)
     here = current_tree()
     with tempfile.TemporaryDirectory() as folder, \
             Progress(None, "check", enabled=progress, unit="step") as bar:
         options = dict(rounds=rounds, threads=threads, progress=bar)
         if baseline is None:
             (now,), base, label = measure([here], estimators, **options), None, None
-        elif baseline.endswith(".json") or os.path.isfile(baseline):
+        elif os.path.isfile(baseline) or (baseline.endswith(".json")
+                                          and not os.path.exists(baseline)):
             base, label = read_suite(baseline), baseline
             (now,) = measure([here], estimators, **options)
         else:
             label = revision_tree(baseline, folder)
             base, now = measure([folder, here], estimators, **options)
-    if save:
-        with open(save, "w") as handle:
-            json.dump(now, handle, indent=1)
+    regressed = False
+    if base is not None:
+        rows = compare(base, now, z=z, factor=factor)
+        print(f"baseline: {label}\nnow:      {here}\n", file=out)
+        print(describe(base, now, z=z, factor=factor) + "\n", file=out)
+        print(format_rows(rows, show_all=show_all), file=out)
+        regressed = any(r["verdict"] in FAILING for r in rows)
+    if save:  # after the comparison: a failed write then loses nothing but the file
+        save_suite(now, save)
         print(f"suite saved to {save}", file=out)
-    if base is None:
-        return 0
-    rows = compare(base, now, z=z, factor=factor)
-    print(f"baseline: {label}\nnow:      {here}\n", file=out)
-    print(describe(base, now, z=z, factor=factor) + "\n", file=out)
-    print(format_rows(rows, show_all=show_all), file=out)
-    return 1 if any(r["verdict"] in FAILING for r in rows) else 0
+    return 1 if regressed else 0
 
 
 def _worker_main() -> int:

@@ -30,8 +30,10 @@ DEFAULT_MEMORY_FRACTION = 0.5
 #: about 1e10 runs for hours on one core (measured rates are in the README).
 DEFAULT_MAX_WORK = 10 ** 10
 
-_memory_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "metarl_bench_memory_limit", default=None)
+#: The limit in force: (bytes, or None for the default share of the available memory; the
+#: flag or argument that set it; the worker processes it is divided among).
+_memory_limit: contextvars.ContextVar[tuple[int | None, str, int]] = contextvars.ContextVar(
+    "metarl_bench_memory_limit", default=(None, "", 1))
 
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6,
           "g": 10 ** 9, "gb": 10 ** 9, "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10,
@@ -69,19 +71,44 @@ def available_memory() -> int:
 
 
 def memory_limit() -> tuple[int, str]:
-    """The limit in force, and how it was set (for messages)."""
-    limit = _memory_limit.get()
-    if limit is not None:
-        return limit, "the limit set by --max-memory / max_memory"
-    return (int(DEFAULT_MEMORY_FRACTION * available_memory()),
-            f"{DEFAULT_MEMORY_FRACTION:.0%} of the available memory")
+    """The limit in force, and how it was set (for messages): each worker's share, when it
+    is divided among workers (:func:`share_memory`)."""
+    limit, name, workers = _memory_limit.get()
+    if limit is None:
+        limit, source = (int(DEFAULT_MEMORY_FRACTION * available_memory()),
+                         f"{DEFAULT_MEMORY_FRACTION:.0%} of the available memory")
+        shared = f"{source}, shared by {workers} workers"
+    else:
+        source = f"the limit set by {name}"
+        shared = f"{name} {size(limit)} shared by {workers} workers"
+    if workers == 1:
+        return limit, source
+    # the whole limit, named as the user set it, and the share: a refusal that showed only
+    # the share would present a number the user never chose as theirs
+    return limit // workers, shared
+
+
+def limit_memory(limit: Any, *, name: str = "--max-memory / max_memory"
+                 ) -> contextlib.AbstractContextManager[None]:
+    """Use ``limit`` (bytes or text like ``"8GiB"``; None: the default) inside the block.
+
+    ``name``: the flag or argument that set it, as refusals should name it.
+    """
+    value = None if limit is None else parse_bytes("max_memory", limit)
+    before = _memory_limit.get()
+    return _in_force(before if value is None else (value, name, before[2]))
+
+
+def share_memory(workers: int) -> contextlib.AbstractContextManager[None]:
+    """Inside the block the limit in force is divided among ``workers`` processes that each
+    hold one cell at a time (a sweep's local cluster); refusals say so."""
+    limit, name, _ = _memory_limit.get()
+    return _in_force((limit, name, max(1, workers)))
 
 
 @contextlib.contextmanager
-def limit_memory(limit: Any) -> Iterator[None]:
-    """Use ``limit`` (bytes or text like ``"8GiB"``; None: the default) inside the block."""
-    value = None if limit is None else parse_bytes("max_memory", limit)
-    token = _memory_limit.set(value if value is not None else _memory_limit.get())
+def _in_force(setting: tuple[int | None, str, int]) -> Iterator[None]:
+    token = _memory_limit.set(setting)
     try:
         yield
     finally:

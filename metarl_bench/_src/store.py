@@ -71,15 +71,18 @@ def make_line(config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
             "config": plain(config), "result": plain(result)}
 
 
-def check_path(path: Any, option: str = "jsonl") -> str:
-    """A results path that can be appended to, checked without creating or changing it."""
+def check_path(path: Any, option: str = "jsonl", what: str = "a results file") -> str:
+    """A results path that can be appended to, checked without creating or changing it.
+
+    ``what``: the kind of file expected at ``path``, as refusals name it.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise ParameterError(f"{option} must be a file path, got {type(path).__name__}")
     path = os.fspath(path)
     if not path.strip():
         raise ParameterError(f"{option} must be a file path, got an empty string")
     if os.path.isdir(path):
-        raise ParameterError(f"{option} {path!r} is a directory, not a results file")
+        raise ParameterError(f"{option} {path!r} is a directory, not {what}")
     if os.path.exists(path):
         if not os.access(path, os.W_OK):
             raise ParameterError(f"{option} {path!r} cannot be written: permission denied")

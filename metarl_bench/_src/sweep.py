@@ -53,7 +53,7 @@ from metarl_bench._src.evaluate import (Plan, Truth, check_resources, compute_ce
                                         compute_truth, pending, plan, planned_trials,
                                         results_of, run_plan)
 from metarl_bench._src.progress import Progress
-from metarl_bench._src.store import Store, cell_key, make_line
+from metarl_bench._src.store import Store, cell_key, make_line, read_lines
 
 GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = dict(
     options={}, target_rel_ci=None, max_trials=None, target_metric="mse")
 TOP_KEYS = ("output", "tasks", *GRID_KEYS, *SHARED_KEYS)
 TASK_KEYS = ("name", "params", *GRID_KEYS, *SHARED_KEYS)
+#: Local worker processes allowed per CPU. Cells are single-threaded and CPU-bound, so one
+#: per CPU (the default) is the useful number; a few more are allowed (cells waiting on
+#: memory or a GPU), not the thousands of processes a typo would start.
+MAX_WORKERS_PER_CPU = 4
 
 
 def read_spec(path: str) -> dict[str, Any]:
@@ -163,8 +167,11 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
         if settings["dtype"] not in ("float32", "float64"):
             raise ParameterError(f"{where}: dtype must be 'float32' or 'float64', got "
                                  f"{settings['dtype']!r}")
-        task = make_task(entry["name"], **params)
         grid = {k: _as_list(where, k, settings[k]) for k in GRID_KEYS}
+        try:
+            task = make_task(entry["name"], **params)
+        except MetaRLBenchError as exc:
+            raise type(exc)(f"{where}: {exc}") from None
         for inner_lr, seed, n_outer, n_steps in itertools.product(
                 grid["inner_lr"], grid["seeds"], grid["n_outer"], grid["n_steps"]):
             try:
@@ -217,22 +224,39 @@ def cell_job(config: dict[str, Any], truth: Truth) -> dict[str, Any]:
         return compute_cell(task, theta, config, truth)
 
 
+def check_workers(workers: int | None, scheduler: str | None) -> None:
+    """Refuse more local worker processes than :data:`MAX_WORKERS_PER_CPU` per CPU."""
+    cpus = os.cpu_count() or 1
+    if workers is None or scheduler is not None or workers <= MAX_WORKERS_PER_CPU * cpus:
+        return
+    raise ParameterError(
+        f"--workers {workers}: a local cluster takes at most {MAX_WORKERS_PER_CPU} worker "
+        f"processes per CPU ({MAX_WORKERS_PER_CPU * cpus} on these {cpus} CPUs); each runs "
+        f"one single-threaded cell at a time, so more only crowd the same cores. For more, "
+        f"start a Dask cluster and pass --scheduler ADDRESS")
+
+
 def run_sweep(sweep: Sweep, store: Store, *, force: bool = False, serial: bool = False,
               scheduler: str | None = None, workers: int | None = None,
               max_work: float | None = resources.DEFAULT_MAX_WORK, progress: bool = False,
               log: Callable[[str], None] = lambda text: None) -> tuple[int, int]:
-    """Run the sweep's pending cells into ``store``; returns (computed, already there)."""
+    """Run the sweep's pending cells into ``store``; returns (computed, already there).
+
+    ``workers``: processes of the local cluster (default: one per CPU), never more than the
+    cells to compute, and at most :data:`MAX_WORKERS_PER_CPU` per CPU (ParameterError).
+    """
+    check_workers(workers, scheduler)
     todo = {id(p): pending(p, store, force) for p in sweep.plans}
     n_todo = sum(len(v) for v in todo.values())
     n_done = sum(len(p.configs) for p in sweep.plans) - n_todo
     if n_todo == 0:
         return 0, n_done
-    if workers is None:
-        workers = min(os.cpu_count() or 1, n_todo)
+    # a process with no cell to run would only cost its start-up (and its semaphores)
+    workers = min(workers or os.cpu_count() or 1, n_todo)
     serial = serial or (scheduler is None and workers < 2)
     concurrency = 1 if serial or scheduler is not None else workers
     # each worker holds one cell at a time: the memory guard applies to them together
-    with resources.limit_memory(resources.memory_limit()[0] // concurrency):
+    with resources.share_memory(concurrency):
         total = sum(check_resources(p.task, todo[id(p)], max_work) for p in sweep.plans)
     with Progress(total, "sweep", enabled=progress, unit="traj") as bar:
         if serial:
@@ -244,6 +268,18 @@ def run_sweep(sweep: Sweep, store: Store, *, force: bool = False, serial: bool =
         else:
             _run_on_dask(sweep, todo, store, scheduler, workers, bar, log, n_done)
     return n_todo, n_done
+
+
+def dask_setup(worker: Any) -> None:
+    """Run by Dask in each local worker process as it starts (``preload``).
+
+    Ctrl-C in a terminal reaches every process of the foreground group: the workers would
+    each die with a traceback of their own. Only the client should answer it (it keeps what
+    finished and closes the cluster), so the workers ignore it.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _rebuilt(checked: Plan) -> Plan:
@@ -270,7 +306,8 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
         # ":0": the scheduler's HTTP endpoint on any free port, never a clash with another
         # cluster on the default 8787
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.CRITICAL)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL,
+                               preload=[__name__])
         client = Client(cluster)
     where = scheduler or f"a local cluster of {workers} processes"
     n_todo = sum(len(v) for v in todo.values())
@@ -317,13 +354,15 @@ def sweep_results(sweep: Sweep, store: Store) -> list[Any]:
 def main_sweep(args: Any) -> int:
     """The ``sweep`` command."""
     max_work = None if args.no_work_limit else resources.DEFAULT_MAX_WORK
-    with resources.limit_memory(args.max_memory):
+    check_workers(args.workers, args.scheduler)
+    with resources.limit_memory(args.max_memory, name="--max-memory"):
         sweep = build(read_spec(args.spec), source=args.spec)
         output = args.json if args.json is not None else sweep.output
         if output is None:
             raise ParameterError(f"{args.spec}: no 'output' in the spec; name the results "
                                  f"store with --json PATH")
         store = Store(output, option="--json" if args.json is not None else "output")
+        lines_before = sum(1 for _ in read_lines(output))
 
         def log(text: str) -> None:
             if not args.quiet:
@@ -336,8 +375,11 @@ def main_sweep(args: Any) -> int:
                                        scheduler=args.scheduler, workers=args.workers,
                                        max_work=max_work, progress=wanted(args.quiet), log=log)
         except KeyboardInterrupt:
-            print(f"metarl-bench: interrupted; {store.added_since_open()} cells finished in "
-                  f"this run are kept in {output}", file=sys.stderr)
+            # read back what reached the file (lines, so that --force re-runs count too): an
+            # interrupt between a cell's write and any count kept here would miss that cell
+            finished = sum(1 for _ in read_lines(output)) - lines_before
+            print(f"metarl-bench: interrupted; {finished} finished cells of this run kept in "
+                  f"{output}: the same command resumes", file=sys.stderr)
             return 130
     for result in sweep_results(sweep, store):
         print(result.table() + "\n")
