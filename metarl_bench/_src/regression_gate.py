@@ -688,8 +688,6 @@ def _path_kind(path: str) -> str | None:
 
 def revision_tree(spec: str, folder: str) -> str:
     """Extract the package of git revision ``spec`` into ``folder``; return its label."""
-    from metarl_bench._src.errors import ParameterError
-
     top, commit = _commit(spec)
     archive = subprocess.run(["git", "archive", commit, "metarl_bench"], cwd=top,
                              capture_output=True, check=True).stdout
