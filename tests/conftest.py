@@ -2,7 +2,7 @@
 it may fail (a seed may change only with a note in the commit saying why)."""
 
 import subprocess
-import time
+import sys
 
 import pytest
 import torch
@@ -29,18 +29,44 @@ def generator(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def signal_when_written(command, path, lines, signum, seconds=60):
-    """Start ``command``, send it ``signum`` once ``path`` holds ``lines`` complete lines (or
-    after ``seconds``, or at once if it has ended), wait for it; (return code, stderr)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and process.poll() is None:
-            if path.exists() and path.read_bytes().count(b"\n") >= lines:
-                break
-            time.sleep(0.01)
-        process.send_signal(signum)
-        stderr = process.communicate(timeout=60)[1]
-    finally:
-        process.kill()
-    return process.returncode, stderr.decode(errors="replace")
+#: A child process running the command line that sends itself a signal right after the write
+#: that brings its output file to a given number of lines: a deterministic point, however
+#: fast or loaded the machine (a parent polling the file and signalling could land anywhere
+#: from "before the first line" to "after the last"). SIGINT gets Python's default handler,
+#: as in a terminal (a shell's background jobs inherit it ignored).
+SIGNAL_AFTER = """
+import os, signal, sys
+from metarl_bench._src.store import Store
+from metarl_bench._src.train_state import TrainingFiles
+
+signum, lines = int(sys.argv[1]), int(sys.argv[2])
+
+
+def signalling(write):
+    def wrapped(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        with open(self.path, "rb") as handle:
+            if handle.read().count(b"\\n") >= lines:
+                os.kill(os.getpid(), signum)
+    return wrapped
+
+
+Store.append = signalling(Store.append)
+TrainingFiles._append = signalling(TrainingFiles._append)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from metarl_bench._src.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def cli_command(argv):
+    """``metarl-bench ARGV`` as a subprocess command."""
+    return [sys.executable, "-m", "metarl_bench._src.cli", *argv]
+
+
+def signal_when_written(argv, lines, signum):
+    """Run ``metarl-bench ARGV`` in a child that sends itself ``signum`` once its results
+    store or training log holds ``lines`` lines; (return code, stderr)."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_AFTER, str(int(signum)), str(lines),
+                           *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return done.returncode, done.stderr.decode(errors="replace")

@@ -11,7 +11,7 @@ import metarl_bench as mb
 from metarl_bench._src.cli import main
 from metarl_bench._src.store import TIMING_FIELDS
 
-from conftest import generator
+from conftest import generator, signal_when_written
 
 
 def lsf_call(task, theta=None, **overrides):
@@ -284,28 +284,12 @@ def test_plugin_estimators_arrive_through_entry_points(tmp_path, monkeypatch):
 
 def test_ctrl_c_during_a_cli_run_keeps_every_finished_cell(tmp_path):
     import signal
-    import time
 
     path = tmp_path / "run.jsonl"
-    # a shell that starts jobs in the background (as CI may) leaves SIGINT ignored, and
-    # Python keeps an ignored SIGINT ignored: give the child the default, as a terminal would
-    process = subprocess.Popen(
-        [sys.executable, "-m", "metarl_bench._src.cli", "run", "--task", "tabular-v0",
-         "--estimators", "lsf,maml", "--n-inner", ",".join(map(str, [1, 2, 3, *range(256, 306)])),
-         "--truth", "limit", "--json", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if path.exists() and path.read_text().count("\n") >= 3:
-                break
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 130 and "finished cells kept in" in err
+    code, err = signal_when_written(
+        ["run", "--task", "tabular-v0", "--estimators", "lsf,maml",
+         "--n-inner", "1,2,3,4", "--truth", "limit", "--json", str(path)], 3, signal.SIGINT)
+    assert code == 130 and "finished cells kept in" in err
     assert "Traceback" not in err
     (partial,) = mb.load_results(path)
     kept = int(err.split("interrupted; ")[1].split(" finished")[0])

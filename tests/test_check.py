@@ -1,16 +1,15 @@
 """metarl-bench check: the gates catch injected regressions and pass unchanged code.
 
-Nothing here asserts how fast anything is: the tests check the gate's verdicts. The time
-gate's tests run while two processes keep the machine's CPUs busy, because a time gate that
-only holds on a quiet machine fails unchanged code on shared CI runners.
+Nothing here depends on how fast anything runs: statistics and memory are deterministic,
+and the time gate is tested on given numbers. Its verdicts on real, interleaved timings
+under load (unchanged code passes, a 3x slower estimator fails) read the clock, so they live
+with the benchmarks: benchmarks/pytest/test_bench_check_gate.py.
 """
 
 import copy
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -23,33 +22,6 @@ from metarl_bench._src.registry import ESTIMATORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = ["lsf", "unbiased", "fomaml"]
-#: Timed in the load tests: the two estimators the old gate misread under load (lsf
-#: "SLOWER" x4.84, unbiased "faster"), to keep the ten runs short.
-TIMED = ["lsf", "unbiased"]
-#: A busy process stops by itself when pytest is gone or after this many seconds, should the
-#: fixture's own clean-up never run (a killed pytest).
-BUSY_SECONDS = 1200
-BUSY = """
-import os, sys, time
-parent, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-while os.getppid() == parent and time.monotonic() < end:
-    pass
-"""
-
-
-@pytest.fixture(scope="module")
-def busy_machine():
-    """Two processes spinning on the CPU for the tests that use it; always stopped."""
-    spinners = [subprocess.Popen([sys.executable, "-c", BUSY, str(os.getpid()),
-                                  str(BUSY_SECONDS)]) for _ in range(2)]
-    try:
-        yield spinners
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
-
-
 def copied_tree(folder, extra_init=""):
     """A copy of the working tree's package under ``folder``, ``extra_init`` appended to its
     ``__init__.py`` (how a modified estimator is put into a tree measured in a subprocess)."""
@@ -150,62 +122,14 @@ def test_an_injected_variance_bug_fails_the_check():
     assert {name for name, *_ in failed} == {"lsf"}
 
 
-def test_unchanged_code_passes_ten_runs_out_of_ten_on_a_busy_machine(busy_machine, tmp_path):
-    """The gate ten times (default rounds and threads) with two CPU-bound processes
-    competing for the machine's cores. Statistics and memory are deterministic, so load
-    cannot move them: the first run includes them, the other nine time only."""
-    baseline = copied_tree(tmp_path)
-    ratios = []
-    for run in range(10):
-        assert all(spinner.poll() is None for spinner in busy_machine)
-        rows = compare(*measure([baseline, current_tree()], TIMED, memory=run == 0,
-                                statistics=run == 0))
-        assert {r["metric"] for r in rows} >= {"seconds", "cpu_seconds"}
-        assert not failing(rows), (run, failing(rows))
-        ratios.append({r["estimator"]: round(r["ratio"], 2) for r in rows
-                       if r["metric"] == "seconds"})
-    print("per-run median time ratios, unchanged code, busy machine:", ratios)
-
-
-def test_a_three_times_slower_estimator_fails_the_time_gate(busy_machine, tmp_path):
-    # lsf computes its estimate three times, from the same generator state each time:
-    # the same numbers, three times the work, so only the time rows may fail
-    slow = copied_tree(tmp_path, """
-        def _three_times(fn):
-            def slow(task, theta, *, generator=None, **kwargs):
-                state = None if generator is None else generator.get_state()
-                for _ in range(3):
-                    if state is not None:
-                        generator.set_state(state)
-                    estimate = fn(task, theta, generator=generator, **kwargs)
-                return estimate
-            return slow
-
-
-        _spec = estimator_spec("lsf")
-        register_estimator("lsf", _three_times(_spec.fn), from_samples=_spec.from_samples,
-                           reference=_spec.reference, needs_model=_spec.needs_model,
-                           count_determined=_spec.count_determined, overwrite=True)
-    """)
-    rows = compare(*measure([current_tree(), slow], TIMED, memory=False))
-    # every cell lsf is timed on fails: the tabular one, and the MuJoCo one where installed
-    timed_lsf = {(r["estimator"], r["task"], r["n_inner"], r["metric"]) for r in rows
-                 if r["estimator"] == "lsf" and r["metric"] in ("seconds", "cpu_seconds")}
-    assert {("lsf", "tabular", 32, "seconds"), ("lsf", "tabular", 32, "cpu_seconds")} <= timed_lsf
-    assert failing(rows) == timed_lsf
-    print("3x slower lsf: median time ratio",
-          round(by_metric(rows, "lsf", "seconds", "tabular")["ratio"], 2), "(wall),",
-          round(by_metric(rows, "lsf", "cpu_seconds", "tabular")["ratio"], 2), "(CPU)")
-
-
 def test_cli_check_against_a_revision_and_a_saved_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     saved = tmp_path / "suite.json"
-    # the plumbing of --baseline REV, --save, --threads and a file baseline; how tight the
-    # time gate is at its defaults is the busy-machine and 3x tests' job: two rounds with two
-    # threads on two shared cores give ratios too noisy for the default factor of 2
+    # the plumbing of --baseline REV, --save, --threads and a file baseline, not the time
+    # gate (benchmarks/pytest/test_bench_check_gate.py measures that under load): a factor
+    # no timing can reach, so the verdict cannot depend on how busy the machine is
     assert main(["check", "--baseline", "HEAD", "--estimators", "lsf,fomaml", "--rounds", "2",
-                 "--threads", "2", "--factor", "10", "--save", str(saved)]) == 0
+                 "--threads", "2", "--factor", "1e9", "--save", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "no regression" in out and "estimator" in out and "verdict" in out
     assert "interleaved" in out and "threads = 2" in out and "load average" in out

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from conftest import signal_when_written
+from conftest import cli_command, signal_when_written
 from metarl_bench._src import store as store_module
 from metarl_bench._src.cli import main
 
@@ -173,19 +173,18 @@ def test_dev_full_is_one_line_from_the_cli(capsys):
 
 def test_sigkill_then_the_same_command_gives_the_uninterrupted_file(tmp_path):
     """Kill -9 after the first cells are written, run the same command again: the file is
-    the one an uninterrupted run writes (timing aside). Bounded: 60 s to see the cells."""
-    command = [sys.executable, "-m", "metarl_bench._src.cli", "run", "--task", "tabular-v0",
-               "--task-param", "n_states=3", "--task-param", "n_actions=2",
-               "--task-param", "horizon=3", "--estimators", "lsf,maml",
-               "--n-inner", "1,2,3,4,5,6,7,8", "--trials", "200",
-               "--truth", "limit", "--quiet"]
+    the one an uninterrupted run writes (timing aside)."""
+    argv = ["run", "--task", "tabular-v0", "--task-param", "n_states=3",
+            "--task-param", "n_actions=2", "--task-param", "horizon=3",
+            "--estimators", "lsf,maml", "--n-inner", "1,2,3,4,5,6,7,8", "--trials", "200",
+            "--truth", "limit", "--quiet"]
     killed, whole = tmp_path / "killed.jsonl", tmp_path / "whole.jsonl"
-    code, _ = signal_when_written(command + ["--json", str(killed)], killed, 2, signal.SIGKILL)
+    code, _ = signal_when_written(argv + ["--json", str(killed)], 2, signal.SIGKILL)
     n_before = killed.read_bytes().count(b"\n")
     assert code == -signal.SIGKILL and 2 <= n_before < 16
-    done = subprocess.run(command + ["--json", str(killed)], capture_output=True, timeout=300)
+    done = subprocess.run(cli_command(argv + ["--json", str(killed)]), capture_output=True)
     assert done.returncode == 0, done.stderr
-    assert main(command[3:] + ["--json", str(whole)]) == 0       # uninterrupted, in-process
+    assert main(argv + ["--json", str(whole)]) == 0       # uninterrupted, in-process
     assert without_timing(killed) == without_timing(whole)
 
 

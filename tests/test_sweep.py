@@ -3,12 +3,11 @@
 import json
 import signal
 import subprocess
-import sys
 
 import pytest
 
 import metarl_bench as mb
-from conftest import signal_when_written
+from conftest import cli_command, signal_when_written
 from metarl_bench._src.cli import main
 from metarl_bench._src.store import TIMING_FIELDS
 
@@ -207,27 +206,19 @@ truth = "limit"
 name = "tabular-v0"
 params = { n_states = 3, n_actions = 2, horizon = 3 }
 """
-#: The child answers SIGINT with KeyboardInterrupt even when started from a shell that
-#: ignores it (background jobs of a non-interactive shell inherit SIG_IGN).
-INTERRUPTIBLE = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                 "from metarl_bench._src.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
 def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_completes_them(tmp_path):
     """SIGINT after the first cell lands: exit 130 with one line counting the cells kept;
-    the same command again gives the file an uninterrupted sweep writes (timing aside).
-    Bounded: 60 s to see the first cell."""
+    the same command again gives the file an uninterrupted sweep writes (timing aside)."""
     spec = tmp_path / "spec.toml"
     spec.write_text(INTERRUPTED_SPEC)
     interrupted, whole = tmp_path / "interrupted.jsonl", tmp_path / "whole.jsonl"
-    command = [sys.executable, "-c", INTERRUPTIBLE, "sweep", str(spec), "--json",
-               str(interrupted), "--serial", "--quiet"]
-    code, err = signal_when_written(command, interrupted, 1, signal.SIGINT)
+    argv = ["sweep", str(spec), "--json", str(interrupted), "--serial", "--quiet"]
+    code, err = signal_when_written(argv, 1, signal.SIGINT)
     kept = interrupted.read_bytes().count(b"\n")
     assert code == 130 and 1 <= kept < 16, (code, kept, err)
     assert err == (f"metarl-bench: interrupted; {kept} finished cells of this run kept in "
                    f"{interrupted}: the same command resumes\n")
-    done = subprocess.run(command, capture_output=True, timeout=300)
+    done = subprocess.run(cli_command(argv), capture_output=True)
     assert done.returncode == 0, done.stderr
     assert f"{16 - kept} cells computed, {kept} already in the store" in done.stdout.decode()
     assert run([str(spec), "--json", str(whole), "--serial"]) == 0

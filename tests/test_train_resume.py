@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -22,6 +20,8 @@ from metarl_bench._src.cli import main
 from metarl_bench._src.store import plain as mb_plain
 from metarl_bench._src.train import load_training, train
 from metarl_bench._src.train_state import checkpoint_path, decode_tensor
+
+from conftest import cli_command, signal_when_written
 
 TINY = ["--task", "navigation2d-v0", "--task-param", "horizon=5", "--task-param",
         "policy=linear", "--meta-batch", "2", "--n-inner", "2", "--n-outer", "2",
@@ -86,23 +86,14 @@ def test_interrupted_twice_then_resumed_equals_an_uninterrupted_run(tmp_path, op
 
 
 def test_sigkill_of_the_command_then_the_same_command_resumes(tmp_path):
-    # an iteration takes 5-30 ms here (two fsyncs each); the log is polled every 5 ms and
-    # the process killed once it holds two iterations, far from the 40th
+    # the command kills itself with SIGKILL right after its log holds two iterations
     path = tmp_path / "killed.jsonl"
-    command = [sys.executable, "-m", "metarl_bench._src.cli", "train", *TINY,
-               "--iterations", "40", "--json", str(path), "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (path.exists() and path.read_bytes().count(b"\n") >= 3):
-        assert process.poll() is None, process.stderr.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    process.stderr.close()
+    argv = ["train", *TINY, "--iterations", "40", "--json", str(path), "--quiet"]
+    code, _ = signal_when_written(argv, 3, signal.SIGKILL)
+    assert code == -signal.SIGKILL
     killed_at = len(without_seconds(path)) - 1
     assert 2 <= killed_at < 40
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(cli_command(argv), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     reference = tiny_train(None, iterations=40, seed=0)  # the command's settings, no files
     header, *rows = without_seconds(path)
