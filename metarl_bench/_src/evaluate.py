@@ -571,7 +571,7 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
                                    + n * (n_steps - 1))
     target, cap = config.get("target_rel_ci"), planned_trials(config)
     parts: list[torch.Tensor] = []
-    seconds, batch, memory = 0.0, n_trials, None
+    seconds, batch, memory, width = 0.0, n_trials, None, None
     while True:
         start = time.perf_counter()
         # memory is measured on the first n_trials only, so cells of one run (adaptive
@@ -589,7 +589,8 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
         n_nonfinite = int((~torch.isfinite(estimates.reshape(used, -1))).any(-1).sum())
         stats, problem = _statistics(task, theta, spec, config, options, estimates,
                                      n_nonfinite, truth)
-        if target is None or problem is not None:
+        if target is None or problem is not None:  # a cell without statistics has no width
+            width = None
             break
         width = relative_width(stats, config["target_metric"])
         if width <= target or used >= cap:
@@ -598,7 +599,6 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
     adaptive = {}
     if target is not None:
         advance((cap - used) * trajectories)  # the planned work this cell did not need
-        width = None if problem is not None else relative_width(stats, config["target_metric"])
         adaptive = dict(rel_ci=width, target_reached=width is not None and width <= target)
     mse = stats["mse"]
     return plain(dict(

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from metarl_bench._src.report import trials_used
+
 #: (record key, axis label) of the three statistics panels
 STATISTICS = (("bias", "bias (noise-corrected)"), ("variance", "variance (trace)"),
               ("mse", "MSE"))
@@ -122,6 +124,11 @@ def _has_positive(axis) -> bool:
     return any(bool(np.any(np.isfinite(v) & (v > 0))) for v in values)
 
 
+def _save(plt, fig, path: str) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _log_axes(axis, title: str, fontsize: int | None = None) -> None:
     """Log-log axes against N, titled and gridded; with ``fontsize``, a legend too."""
     axis.set_xscale("log", base=2)
@@ -173,8 +180,7 @@ def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figu
         axis.legend(fontsize=7, title="estimator (slope)", title_fontsize=7)
     fig.suptitle(f"{task}: statistics against N; {truth_note}; bands: 95% intervals")
     path = f"{stem}-statistics.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     caption = ("Log-log axes; slopes fitted over the values above noise are in the legends "
                "(none where fewer than 3 such values exist). A band reaching the bottom of "
                "a panel means the value cannot be told from zero there.")
@@ -191,23 +197,17 @@ def _efficiency_figure(plt, stem, task, series) -> Figure:
         axes[0].plot(n, _positive([r.get("mse_x_trajectories") for r in rows]), marker="o",
                      ms=3.5, label=name)
         axes[1].plot(n, _positive([(r.get("mse") or math.nan) * (r.get("seconds") or math.nan)
-                                   / _trials(r) for r in rows]),
+                                   / trials_used(r) for r in rows]),
                      marker="o", ms=3.5, label=name)
     for axis, title in zip(axes, ("MSE x trajectories per estimate",
                                   "MSE x seconds per estimate")):
         _log_axes(axis, title, fontsize=7)
     fig.suptitle(f"{task}: statistical efficiency per unit of work (lower is better)")
     path = f"{stem}-efficiency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return Figure(path, f"{task}: efficiency per unit of work",
                   "MSE times the trajectories (or the seconds) one estimate costs: to reach a "
                   "given MSE, the estimator with the lower curve needs less of that resource.")
-
-
-def _trials(record: dict) -> int:
-    """Estimates a cell computed (adaptive cells record how many they used)."""
-    return max(record.get("n_trials_used") or record.get("n_trials") or 1, 1)
 
 
 def _cost_figure(plt, stem, task, series) -> Figure:
@@ -216,7 +216,7 @@ def _cost_figure(plt, stem, task, series) -> Figure:
                              constrained_layout=True, squeeze=False)
     for name, rows in series.items():
         n = [r["n_inner"] for r in rows]
-        axes[0][0].plot(n, _positive([(r.get("seconds") or math.nan) * 1e6 / _trials(r)
+        axes[0][0].plot(n, _positive([(r.get("seconds") or math.nan) * 1e6 / trials_used(r)
                                       for r in rows]),
                         marker="o", ms=3.5, label=name)
         if has_memory:
@@ -225,12 +225,11 @@ def _cost_figure(plt, stem, task, series) -> Figure:
     titles = ["milliseconds per 1,000 estimates"] + (["peak memory (MiB)"] * has_memory)
     for axis, title in zip(axes[0], titles):
         _log_axes(axis, title, fontsize=7)
-    trials = sorted({_trials(r) for rows in series.values() for r in rows})
+    trials = sorted({trials_used(r) for rows in series.values() for r in rows})
     shown = (f"{trials[0]}" if len(trials) == 1 else f"{trials[0]} to {trials[-1]}")
     fig.suptitle(f"{task}: cost ({shown} estimates per cell)")
     path = f"{stem}-cost.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
     return Figure(path, f"{task}: time{' and memory' if has_memory else ''} per estimator",
                   "Wall time per 1,000 estimates (sampling included), measured in the run that "
                   "produced the results; time depends on the machine and its load."

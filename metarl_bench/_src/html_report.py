@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from metarl_bench._src.figures import Figure, series_label, write_figures
-from metarl_bench._src.report import _num
+from metarl_bench._src.report import _num, rel_ci_text, trials_used
 from metarl_bench._src.store import make_folder
 
 _STYLE = """
@@ -71,15 +71,11 @@ def _interval(value: Any, ci: Any) -> str:
     return f"{_num(value)} [{_num(ci[0])}, {_num(ci[1])}]"
 
 
-def _trials(record: dict[str, Any]) -> str:
-    """Estimates used; for adaptive cells with the interval width reached (starred when
-    the cap stopped the cell short of its target)."""
-    used = record.get("n_trials_used") or record.get("n_trials")
+def _trials_cell(record: dict[str, Any]) -> str:
+    """Estimates used; for adaptive cells with the relative interval width reached."""
     if record.get("target_rel_ci") is None or record.get("problem"):
-        return str(used)
-    width = record.get("rel_ci")
-    text = f"{used} (±{'inf' if width is None else f'{width:.2g}'})"
-    return text if record.get("target_reached") else text + "*"
+        return str(trials_used(record))
+    return f"{trials_used(record)} (±{rel_ci_text(record)})"
 
 
 def _records_table(records: Sequence[dict[str, Any]]) -> str:
@@ -94,7 +90,7 @@ def _records_table(records: Sequence[dict[str, Any]]) -> str:
                  _interval(r.get("mse"), r.get("mse_ci")), _num(r.get("cosine")),
                  _num(r.get("correlation")), _num(r.get("mse_x_trajectories")),
                  r.get("moments", "-"), f"{r.get('truth')} ({r.get('truth_kind')})",
-                 _trials(r),
+                 _trials_cell(r),
                  "-" if r.get("seconds") is None else f"{r['seconds'] * 1e3:.1f}",
                  "-" if r.get("peak_memory_bytes") is None
                  else f"{r['peak_memory_bytes'] / 2 ** 20:.3g}"]

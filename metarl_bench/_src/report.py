@@ -27,7 +27,12 @@ def _label(row: dict[str, Any]) -> str:
                                if options else "")
 
 
-def _rel_ci(record: dict[str, Any]) -> str:
+def trials_used(record: dict[str, Any]) -> int:
+    """Estimates behind a record (an adaptive cell records how many it used)."""
+    return max(record.get("n_trials_used") or record.get("n_trials") or 1, 1)
+
+
+def rel_ci_text(record: dict[str, Any]) -> str:
     """The relative interval width an adaptive cell reached, starred when short of target."""
     if record.get("problem"):
         return "-"
@@ -61,7 +66,7 @@ def format_result(result: Any) -> str:
                      _num(r.get("correlation")),
                      _num(r["mse_x_trajectories"]), r["moments"] or "-",
                      f"{r['seconds'] * 1e3:.1f}"]
-                    + ([r.get("n_trials_used", "-"), _rel_ci(r)] if adaptive else []))
+                    + ([trials_used(r), rel_ci_text(r)] if adaptive else []))
     header = ["estimator", "N", "bias", "bias 95% CI", "|mean-truth|", "noise", "variance", "mse",
               "cosine", "corr", "mse x traj", "moments", "ms"] + (
         ["trials", "rel CI"] if adaptive else [])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import re
 from typing import Any, Iterator
@@ -314,14 +315,23 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
-def _reset_high_water_mark() -> bool:
-    """Trim the C heap and reset the resident high-water mark; False where not possible."""
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None elsewhere (the figure may then include memory freed
+    earlier and kept by the allocator)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the figure may then include freed memory
-        pass
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _reset_high_water_mark() -> bool:
+    """Trim the C heap and reset the resident high-water mark; False where not possible."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")

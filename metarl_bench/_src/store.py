@@ -34,6 +34,7 @@ import stat
 from typing import Any, Iterable, Iterator
 
 from metarl_bench._src.errors import ParameterError, ResultsFileError
+from metarl_bench._src.stats import METRICS
 
 SCHEMA = "metarl-bench/results"
 SCHEMA_VERSION = 2
@@ -236,8 +237,6 @@ def _number_or_null(value: Any) -> bool:
 def _check_fields(where: str, line: dict[str, Any]) -> None:
     """Refuse a line whose fields a reader would trip over later (a hand-edited or foreign
     line that kept the schema tag): a missing statistic, text where a number belongs."""
-    from metarl_bench._src.stats import METRICS
-
     for name, types in _CONFIG_FIELDS.items():
         value = line["config"].get(name)
         if not isinstance(value, types) or isinstance(value, bool):
