@@ -60,7 +60,7 @@ def test_headless_chromium_renders_the_figures_offline(results, tmp_path):
                     "--disable-sync", "--proxy-server=http://127.0.0.1:9",
                     f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
                     "--window-size=1300,2600", "--hide-scrollbars", f"file://{page}"],
-                   check=True, capture_output=True, timeout=120)
+                   check=True, capture_output=True)
     pixels = (matplotlib.image.imread(shot)[..., :3] * 255).round()
     first_line = np.abs(pixels - FIRST_LINE_RGB).max(-1) <= 8
     # the page's own style has no such blue: these pixels are the figures' lines, so the
