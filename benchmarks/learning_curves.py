@@ -21,7 +21,7 @@ import statistics
 import sys
 
 import metarl_bench as mb
-from metarl_bench._src.train import TrainResult, plot_learning_curves, train
+from metarl_bench._src.training.train import TrainResult, plot_learning_curves, train
 
 #: The default comparison: Navigation2D with a linear Gaussian policy and the usual
 #: meta-training inner step (linear baseline, normalised advantages).

@@ -8,22 +8,22 @@ Public API (everything else lives in ``metarl_bench._src`` and may change)::
                                     n_trials=1000)
 """
 
-from metarl_bench._src import envs as _envs
+from metarl_bench._src.tasks import envs as _envs
 from metarl_bench._src import estimators as _estimators
-from metarl_bench._src.envs import set_tasks
-from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, RegistrationError,
+from metarl_bench._src.tasks.envs import set_tasks
+from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, RegistrationError,
                                       ResourceError, ResultsFileError, ShapeError,
                                       UnknownNameError, UnsupportedError)
 from metarl_bench._src.estimators.common import batched as batched_estimator
 from metarl_bench._src.estimators.decomposition import decomposed
-from metarl_bench._src.evaluate import Result, evaluate, load_results
-from metarl_bench._src.policies import Policy, make_policy
-from metarl_bench._src.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
+from metarl_bench._src.evaluation.evaluate import Result, evaluate, load_results
+from metarl_bench._src.tasks.policies import Policy, make_policy
+from metarl_bench._src.core.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
                                         list_estimators, list_tasks, make_task,
                                         register_estimator, register_task)
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.trajectories import Trajectories
-from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_gradient
+from metarl_bench._src.core.trajectories import Trajectories
+from metarl_bench._src.estimators.truth import estimate_meta_gradient, exact_moments, meta_gradient
 
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
 register_task("bernoulli-bandit-v0", "metarl_bench._src.tasks.bandit:make_bernoulli_bandit")

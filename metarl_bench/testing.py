@@ -41,9 +41,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from metarl_bench._src.conformance import CHECKS, CheckDef, CheckFailure, Context, run_check
-from metarl_bench._src.errors import ParameterError
-from metarl_bench._src.registry import (BIAS_CLAIMS, ESTIMATORS, EstimatorSpec, _load_plugins,
+from metarl_bench._src.estimators.conformance import CHECKS, CheckDef, CheckFailure, Context, run_check
+from metarl_bench._src.core.errors import ParameterError
+from metarl_bench._src.core.registry import (BIAS_CLAIMS, ESTIMATORS, EstimatorSpec, _load_plugins,
                                         estimator_spec)
 
 __all__ = ["Check", "CheckFailure", "CheckResult", "ConformanceReport", "check_estimator",

@@ -36,8 +36,8 @@ def generator(seed=0):
 #: as in a terminal (a shell's background jobs inherit it ignored).
 SIGNAL_AFTER = """
 import os, signal, sys
-from metarl_bench._src.store import Store
-from metarl_bench._src.train_state import TrainingFiles
+from metarl_bench._src.evaluation.store import Store
+from metarl_bench._src.training.state import TrainingFiles
 
 signum, lines = int(sys.argv[1]), int(sys.argv[2])
 

@@ -11,9 +11,9 @@ import torch
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
-from metarl_bench._src.errors import ParameterError, ResourceError
-from metarl_bench._src.evaluate import ADAPTIVE_CAP_FACTOR, next_trials, relative_width
-from metarl_bench._src.store import TIMING_FIELDS
+from metarl_bench._src.core.errors import ParameterError, ResourceError
+from metarl_bench._src.evaluation.evaluate import ADAPTIVE_CAP_FACTOR, next_trials, relative_width
+from metarl_bench._src.evaluation.store import TIMING_FIELDS
 
 # Monte Carlo moments on the bandit, so intervals depend on the number of trials
 ADAPTIVE = dict(n_inner=[2, 8], n_trials=100, exact=False, seed=3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.advantages import (gae, linear_feature_baseline, linear_features,
+from metarl_bench._src.tasks.advantages import (gae, linear_feature_baseline, linear_features,
                                           normalize)
-from metarl_bench._src.trajectories import reward_to_go
+from metarl_bench._src.core.trajectories import reward_to_go
 
 from conftest import generator
 

@@ -9,7 +9,7 @@ import torch
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
-from metarl_bench._src.store import TIMING_FIELDS
+from metarl_bench._src.evaluation.store import TIMING_FIELDS
 
 from conftest import generator, signal_when_written
 
@@ -64,7 +64,7 @@ def test_register_estimator_decorator_overwrite_and_duplicates():
             mb.register_estimator("test-zero", zero)
         mb.register_estimator("test-zero", lambda *a, **k: None, overwrite=True)
     finally:
-        from metarl_bench._src.registry import ESTIMATORS
+        from metarl_bench._src.core.registry import ESTIMATORS
         ESTIMATORS.pop("test-zero", None)
 
 
@@ -268,7 +268,7 @@ def test_plugin_estimators_arrive_through_entry_points(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text(
         "[metarl_bench.estimators]\nhalf-fomaml = fake_plugin:half_fomaml\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from metarl_bench._src import registry
+    from metarl_bench._src.core import registry
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     try:
         assert "half-fomaml" in mb.list_estimators()
@@ -297,7 +297,7 @@ def test_ctrl_c_during_a_cli_run_keeps_every_finished_cell(tmp_path):
 
 
 def test_large_cells_are_evaluated_in_chunks_deterministically(monkeypatch):
-    from metarl_bench._src import evaluate as evaluate_module
+    from metarl_bench._src.evaluation import evaluate as evaluate_module
 
     task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
     spec = mb.estimator_spec("lsf")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.registry import ESTIMATORS
+from metarl_bench._src.core.registry import ESTIMATORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)

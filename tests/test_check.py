@@ -16,9 +16,9 @@ import pytest
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
-from metarl_bench._src.regression_gate import (FAILING, compare, current_tree,
+from metarl_bench._src.gate.command import (FAILING, compare, current_tree,
                                                measure, measure_statistics, read_suite)
-from metarl_bench._src.registry import ESTIMATORS
+from metarl_bench._src.core.registry import ESTIMATORS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = ["lsf", "unbiased", "fomaml"]
@@ -204,7 +204,7 @@ SUITE = {"suite_version": 2, "statistics": [STAT], "memory": [], "times": []}
 @pytest.fixture
 def measured(monkeypatch):
     """``measure`` returns a fixed suite and counts its calls."""
-    from metarl_bench._src import regression_gate
+    from metarl_bench._src.gate import command as regression_gate
 
     calls = []
 

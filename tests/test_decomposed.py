@@ -10,7 +10,7 @@ import torch
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
-from metarl_bench._src.estimator_entries import parse_entry, split_entries
+from metarl_bench._src.estimators.entries import parse_entry, split_entries
 
 from conftest import SCIENCE_LR, generator
 

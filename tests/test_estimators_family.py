@@ -16,7 +16,7 @@ from metarl_bench._src.cli import main
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.es_maml import es_maml_from_samples, perturbed_points
 from metarl_bench._src.tasks.bandit import compositions
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 from conftest import SCIENCE_LR, generator
 from test_estimators import TASKS, inner_samples, make

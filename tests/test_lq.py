@@ -13,7 +13,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import metarl_bench as mb
-from metarl_bench._src.envs.lq import LQNavigationEnv
+from metarl_bench._src.tasks.envs.lq import LQNavigationEnv
 from metarl_bench._src.tasks.lq import pathwise_meta_gradients
 
 from conftest import generator

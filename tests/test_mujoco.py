@@ -13,18 +13,18 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.envs import GYMNASIUM_ENVS
+from metarl_bench._src.tasks.envs import GYMNASIUM_ENVS
 
 from conftest import generator
 
 pytest.importorskip("mujoco", reason="MuJoCo tasks need the 'mujoco' extra: "
                                      "pip install -e '.[mujoco]'")
 
-from metarl_bench._src.envs.batch_sim import BatchSimulator  # noqa: E402  (needs mujoco)
+from metarl_bench._src.tasks.envs.batch_sim import BatchSimulator  # noqa: E402  (needs mujoco)
 
 MUJOCO_TASKS = ["halfcheetah-vel-v0", "halfcheetah-dir-v0", "ant-dir-v0"]
 MUJOCO_ENVS = sorted(env_id for env_id, (entry_point, _) in GYMNASIUM_ENVS.items()
-                     if entry_point.startswith("metarl_bench._src.envs.locomotion:"))
+                     if entry_point.startswith("metarl_bench._src.tasks.envs.locomotion:"))
 
 
 def _task_key(env):
@@ -217,7 +217,7 @@ def test_task_parameters_are_checked():
 
 
 def test_check_suite_times_a_mujoco_call(monkeypatch):
-    from metarl_bench._src import regression_gate
+    from metarl_bench._src.gate import command as regression_gate
 
     # the rest of the suite shrunk to one cheap cell: only the MuJoCo row is under test
     tabular = regression_gate.CHECK_TASKS["tabular"]

@@ -12,8 +12,8 @@ import torch
 import metarl_bench as mb
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.common import multi_step, outer_at, row_params
-from metarl_bench._src.truth import MAX_ENUMERATION
-from metarl_bench._src.store import TIMING_FIELDS
+from metarl_bench._src.estimators.truth import MAX_ENUMERATION
+from metarl_bench._src.evaluation.store import TIMING_FIELDS
 
 from conftest import SCIENCE_BANDIT, SCIENCE_LR, generator
 
@@ -309,7 +309,7 @@ def test_evaluate_with_n_steps(science_bandit):
         with pytest.raises(mb.UnsupportedError, match="one inner step only"):
             mb.evaluate(science_bandit, ["test-one-step"], n_inner=[2], n_trials=5, n_steps=2)
     finally:
-        from metarl_bench._src.registry import ESTIMATORS
+        from metarl_bench._src.core.registry import ESTIMATORS
         ESTIMATORS.pop("test-one-step", None)
 
 

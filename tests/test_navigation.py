@@ -13,8 +13,8 @@ from gymnasium.utils.env_checker import check_env
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
-from metarl_bench._src.envs.navigation import Navigation2DEnv
-from metarl_bench._src.train import load_training, train
+from metarl_bench._src.tasks.envs.navigation import Navigation2DEnv
+from metarl_bench._src.training.train import load_training, train
 
 from conftest import generator
 from test_estimators import RecordedOuter

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src import resources
+from metarl_bench._src.core import resources
 
 MiB = 2 ** 20
 linux = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
@@ -72,8 +72,8 @@ def test_adaptive_cells_are_measured_on_their_first_batch():
 ], ids=["tabular", "navigation-mlp"])
 def test_the_training_guard_estimate_is_within_a_small_factor_of_an_iterations_peak(
         task_id, params, n):
-    from metarl_bench._src.registry import estimator_spec
-    from metarl_bench._src.train import _iteration
+    from metarl_bench._src.core.registry import estimator_spec
+    from metarl_bench._src.training.train import _iteration
 
     task, spec = mb.make_task(task_id, **params), estimator_spec("lsf")
     theta, generator = task.initial_params(), torch.Generator().manual_seed(0)

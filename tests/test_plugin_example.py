@@ -57,7 +57,7 @@ def test_evaluate_gives_it_exact_moments_unbiased_with_bounded_variance():
 
 def test_both_benchmark_suites_and_the_check_suite_include_it():
     from benchmarks import common
-    from metarl_bench._src.regression_gate import measure
+    from metarl_bench._src.gate.command import measure
 
     assert NAME in common.ESTIMATORS
     assert common.Case(NAME, "bandit", 4).run(n_trials=3).shape == (3, 3)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.policies import (CategoricalMLP, GaussianMLP, LinearGaussian,
+from metarl_bench._src.tasks.policies import (CategoricalMLP, GaussianMLP, LinearGaussian,
                                         TabularSoftmax, make_policy)
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 from conftest import generator
 

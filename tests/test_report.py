@@ -11,7 +11,7 @@ import pytest
 
 import metarl_bench as mb
 from metarl_bench._src.cli import main
-from metarl_bench._src.html_report import write_report
+from metarl_bench._src.reporting.html import write_report
 
 from conftest import SCIENCE_BANDIT, SCIENCE_LR
 

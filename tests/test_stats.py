@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metarl_bench._src.stats import fit_log_log, summarize, summarize_exact
+from metarl_bench._src.core.stats import fit_log_log, summarize, summarize_exact
 
 
 def test_metrics_by_hand():
@@ -105,7 +105,7 @@ def test_log_log_slope_of_an_exact_power_law_and_a_noisy_one():
 
 
 def test_slopes_skip_values_at_floating_point_noise_and_biases_within_noise():
-    from metarl_bench._src.evaluate import fit_slopes
+    from metarl_bench._src.evaluation.evaluate import fit_slopes
 
     def record(n, bias, variance, ci_low):
         return dict(task="t", estimator="e", n_inner=n, bias=bias, bias_ci=[ci_low, bias],

@@ -13,7 +13,7 @@ import torch
 
 import metarl_bench as mb
 from conftest import cli_command, signal_when_written
-from metarl_bench._src import store as store_module
+from metarl_bench._src.evaluation import store as store_module
 from metarl_bench._src.cli import main
 
 SMALL = dict(n_inner=[2, 4], n_trials=20)
@@ -292,7 +292,7 @@ def test_a_nan_estimate_is_counted(monkeypatch):
     try:
         (record,) = mb.evaluate(bandit(), ["half-nan"], n_inner=[2], n_trials=10).records
     finally:
-        from metarl_bench._src import registry
+        from metarl_bench._src.core import registry
         registry.ESTIMATORS.pop("half-nan")
     assert record["n_nonfinite"] == 5 and record["bias"] is None
     assert record["problem"] == "5 of 10 estimates are not finite"
@@ -316,7 +316,7 @@ def test_an_estimator_returning_the_wrong_thing_is_named(returned, error, messag
         with pytest.raises(error, match=f"estimator 'broken' {message}"):
             mb.evaluate(bandit(), ["broken"], n_inner=[2], n_trials=3)
     finally:
-        from metarl_bench._src import registry
+        from metarl_bench._src.core import registry
         registry.ESTIMATORS.pop("broken")
 
 
@@ -331,7 +331,7 @@ def test_a_name_the_entry_grammar_cannot_reach_is_refused(name):
 
 
 def test_an_estimator_with_the_wrong_signature_is_named():
-    from metarl_bench._src import registry
+    from metarl_bench._src.core import registry
 
     def positional(task, theta, n, lr):
         return theta

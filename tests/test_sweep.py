@@ -9,7 +9,7 @@ import pytest
 import metarl_bench as mb
 from conftest import cli_command, signal_when_written
 from metarl_bench._src.cli import main
-from metarl_bench._src.store import TIMING_FIELDS
+from metarl_bench._src.evaluation.store import TIMING_FIELDS
 
 SPEC = """
 estimators = ["lsf", "maml"]
@@ -78,7 +78,7 @@ def test_dask_with_two_workers_writes_the_same_bits_as_serial_and_resumes(tmp_pa
 
 
 def test_yaml_and_toml_specs_expand_to_the_same_cells(tmp_path):
-    from metarl_bench._src.sweep import build, read_spec
+    from metarl_bench._src.evaluation.sweep import build, read_spec
 
     (tmp_path / "a.toml").write_text(SPEC)
     (tmp_path / "a.yaml").write_text(YAML_SPEC)
@@ -116,7 +116,7 @@ def test_a_bad_spec_is_one_line_and_writes_nothing(tmp_path, capsys, text, messa
 
 
 def test_the_example_spec_is_valid():
-    from metarl_bench._src.sweep import build, read_spec
+    from metarl_bench._src.evaluation.sweep import build, read_spec
 
     sweep = build(read_spec("examples/sweeps/small.toml"))
     assert sweep.output and sum(len(p.configs) for p in sweep.plans) == 80
@@ -170,7 +170,7 @@ def test_workers_and_memory_refusals_are_one_line_and_write_nothing(tmp_path, ca
 
 
 def test_the_default_memory_limit_says_it_is_shared(tmp_path, capsys, monkeypatch):
-    from metarl_bench._src import resources
+    from metarl_bench._src.core import resources
 
     monkeypatch.setattr(resources, "available_memory", lambda: 2048)
     spec = tmp_path / "spec.toml"
@@ -181,8 +181,8 @@ def test_the_default_memory_limit_says_it_is_shared(tmp_path, capsys, monkeypatc
 
 
 def test_a_local_cluster_has_no_more_workers_than_cells_to_compute(tmp_path, monkeypatch):
-    from metarl_bench._src import sweep as sweep_module
-    from metarl_bench._src.store import Store
+    from metarl_bench._src.evaluation import sweep as sweep_module
+    from metarl_bench._src.evaluation.store import Store
 
     started = []
     monkeypatch.setattr(sweep_module, "_run_on_dask",

@@ -13,10 +13,10 @@ import torch
 
 import metarl_bench as mb
 from metarl_bench._src.estimators.common import inner_step
-from metarl_bench._src.draws import (alias_draw, alias_outcomes, alias_probabilities,
+from metarl_bench._src.core.draws import (alias_draw, alias_outcomes, alias_probabilities,
                                      alias_table)
-from metarl_bench._src.trajectories import Trajectories
-from metarl_bench._src.truth import exact_moments
+from metarl_bench._src.core.trajectories import Trajectories
+from metarl_bench._src.estimators.truth import exact_moments
 
 from conftest import generator
 

@@ -2,7 +2,7 @@
 deliberately broken estimator fails it with the named check that should catch it.
 
 The kit's checks use fixed seeds, so these results repeat exactly; its statistical
-thresholds (5 standard errors, stated in metarl_bench/_src/conformance.py) leave the
+thresholds (5 standard errors, stated in metarl_bench/_src/estimators/conformance.py) leave the
 correct estimators far inside and the broken ones far outside (a sign flip sits about
 -1 x |truth| away; a doubled estimate +1 x |truth|).
 """
@@ -164,5 +164,5 @@ def test_register_rejects_a_function_that_cannot_take_the_common_keywords():
     for accepted in (lambda task, theta, **kwargs: None, lambda *args, **kwargs: None,
                      mb.batched_estimator(mb.estimator_spec("lsf").from_samples)):
         mb.register_estimator("test-accepted", accepted, overwrite=True)
-    from metarl_bench._src.registry import ESTIMATORS
+    from metarl_bench._src.core.registry import ESTIMATORS
     ESTIMATORS.pop("test-accepted")

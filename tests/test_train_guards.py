@@ -11,9 +11,9 @@ import sys
 import pytest
 
 import metarl_bench as mb
-from metarl_bench._src import resources
+from metarl_bench._src.core import resources
 from metarl_bench._src.cli import main
-from metarl_bench._src.train import PNG_SIGNATURE, train
+from metarl_bench._src.training.train import PNG_SIGNATURE, train
 
 #: A results line as ``metarl-bench run`` writes them: what --plot must never overwrite.
 RESULTS = b'{"schema": "metarl-bench/results", "schema_version": 2, "key": "0"}\n'

@@ -15,11 +15,11 @@ import torch
 import tqdm.auto
 
 import metarl_bench as mb
-from metarl_bench._src import progress as progress_module
+from metarl_bench._src.core import progress as progress_module
 from metarl_bench._src.cli import main
-from metarl_bench._src.store import plain as mb_plain
-from metarl_bench._src.train import load_training, train
-from metarl_bench._src.train_state import checkpoint_path, decode_tensor
+from metarl_bench._src.evaluation.store import plain as mb_plain
+from metarl_bench._src.training.train import load_training, train
+from metarl_bench._src.training.state import checkpoint_path, decode_tensor
 
 from conftest import cli_command, signal_when_written
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.stats import fit_log_log
-from metarl_bench._src.trajectories import discounted_return
+from metarl_bench._src.core.stats import fit_log_log
+from metarl_bench._src.core.trajectories import discounted_return
 
 from conftest import SCIENCE_LR, generator
 

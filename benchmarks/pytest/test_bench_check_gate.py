@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from metarl_bench._src.regression_gate import compare, current_tree, measure
+from metarl_bench._src.gate.command import compare, current_tree, measure
 
 # the gate's tests share their helpers (a modified copy of the tree, verdict filters)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))

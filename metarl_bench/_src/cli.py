@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import torch
 
-from metarl_bench._src import reproductions
-from metarl_bench._src.errors import MetaRLBenchError, ParameterError, UnsupportedError
+from metarl_bench._src.reporting import reproductions
+from metarl_bench._src.core.errors import MetaRLBenchError, ParameterError, UnsupportedError
 
 #: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
 HEADLINE_ESTIMATORS = ",".join(reproductions.HEADLINE_ESTIMATORS)
@@ -99,7 +99,7 @@ def _float(text: str) -> float:
 
 
 def _size(text: str) -> int:
-    from metarl_bench._src.resources import parse_bytes
+    from metarl_bench._src.core.resources import parse_bytes
 
     try:
         return parse_bytes("--max-memory", text)
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from metarl_bench._src.regression_gate import run_check
+    from metarl_bench._src.gate.command import run_check
 
     if args.baseline is None and args.save is None:
         raise ParameterError("check needs --baseline REV|FILE, --save PATH, or both")
@@ -297,12 +297,12 @@ def _check(args: argparse.Namespace) -> int:
     if not args.z > 0:
         raise ParameterError(f"--z must be > 0, got {args.z}")
     if args.save:
-        from metarl_bench._src.regression_gate import check_save
+        from metarl_bench._src.gate.command import check_save
 
         check_save(args.save)
     estimators = ([entry.label for entry in _estimator_entries(args.estimators)]
                   if args.estimators else None)
-    from metarl_bench._src.progress import wanted
+    from metarl_bench._src.core.progress import wanted
 
     return run_check(args.baseline, estimators=estimators, rounds=args.rounds,
                      threads=args.threads, z=args.z, factor=args.factor, save=args.save,
@@ -310,22 +310,22 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _estimator_entries(text: str) -> list[Any]:
-    """A --estimators value (grammar: metarl_bench._src.estimator_entries), every entry
+    """A --estimators value (grammar: metarl_bench._src.estimators.entries), every entry
     checked against the registry and its estimator's options."""
-    from metarl_bench._src.estimator_entries import resolve_all, split_entries
+    from metarl_bench._src.estimators.entries import resolve_all, split_entries
 
     return resolve_all(split_entries(text))
 
 
 def _writable(path: str, option: str) -> str:
     """A path the command may write at its end, checked now without creating or changing it."""
-    from metarl_bench._src.store import check_path
+    from metarl_bench._src.evaluation.store import check_path
 
     return check_path(path, option)
 
 
 def _list() -> int:
-    from metarl_bench._src.registry import estimator_spec, list_estimators, list_tasks, TASKS
+    from metarl_bench._src.core.registry import estimator_spec, list_estimators, list_tasks, TASKS
 
     width = max(map(len, [*list_tasks(), *list_estimators()]))
     print("tasks:")
@@ -338,11 +338,11 @@ def _list() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from metarl_bench._src import resources
-    from metarl_bench._src.evaluate import check_resources, pending, plan, results_of, run_plan
-    from metarl_bench._src.progress import Progress, wanted
-    from metarl_bench._src.registry import make_task
-    from metarl_bench._src.store import Store, cell_key, check_folder, make_folder
+    from metarl_bench._src.core import resources
+    from metarl_bench._src.evaluation.evaluate import check_resources, pending, plan, results_of, run_plan
+    from metarl_bench._src.core.progress import Progress, wanted
+    from metarl_bench._src.core.registry import make_task
+    from metarl_bench._src.evaluation.store import Store, cell_key, check_folder, make_folder
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
@@ -422,7 +422,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(f"results: {args.json}")
     if not args.no_report:
-        from metarl_bench._src.html_report import write_report
+        from metarl_bench._src.reporting.html import write_report
 
         page = write_report(results, args.out, source=args.json)
         print(f"report:  {page} (figures in {args.out})")
@@ -439,11 +439,11 @@ def _width(value: float | None) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metarl_bench._src import resources
-    from metarl_bench._src.progress import wanted
-    from metarl_bench._src.registry import make_task
-    from metarl_bench._src.train import check_plot_path, train
-    from metarl_bench._src.train_state import checkpoint_path, finished_iterations
+    from metarl_bench._src.core import resources
+    from metarl_bench._src.core.progress import wanted
+    from metarl_bench._src.core.registry import make_task
+    from metarl_bench._src.training.train import check_plot_path, train
+    from metarl_bench._src.training.state import checkpoint_path, finished_iterations
 
     entries = _estimator_entries(args.estimator)
     if len(entries) != 1 or entries[0].options:
@@ -487,9 +487,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from metarl_bench._src.evaluate import load_results
-    from metarl_bench._src.html_report import write_report
-    from metarl_bench._src.store import make_folder
+    from metarl_bench._src.evaluation.evaluate import load_results
+    from metarl_bench._src.reporting.html import write_report
+    from metarl_bench._src.evaluation.store import make_folder
 
     if not os.path.isfile(args.results):
         raise ParameterError(f"no results file {args.results!r}")
@@ -504,9 +504,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from metarl_bench._src.errors import unknown_name
-    from metarl_bench._src.progress import wanted
-    from metarl_bench._src.store import check_folder
+    from metarl_bench._src.core.errors import unknown_name
+    from metarl_bench._src.core.progress import wanted
+    from metarl_bench._src.evaluation.store import check_folder
 
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args)
         if args.command == "sweep":
-            from metarl_bench._src.sweep import main_sweep
+            from metarl_bench._src.evaluation.sweep import main_sweep
 
             return main_sweep(args)
         if args.command == "report":

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from metarl_bench._src.registry import register_estimator
+from metarl_bench._src.core.registry import register_estimator
 from metarl_bench._src.estimators import reference
 from metarl_bench._src.estimators.common import batched
 from metarl_bench._src.estimators.decomposition import (decomposed_estimator,

@@ -41,12 +41,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from metarl_bench._src import resources, validation
-from metarl_bench._src.advantages import inner_returns
-from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
-from metarl_bench._src.registry import keyword_options
+from metarl_bench._src.core import resources
+
+from metarl_bench._src.core import validation
+from metarl_bench._src.tasks.advantages import inner_returns
+from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.core.registry import keyword_options
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.trajectories import Trajectories, discounted_return, reward_to_go
+from metarl_bench._src.core.trajectories import Trajectories, discounted_return, reward_to_go
 
 OuterSampler = Callable[[torch.Tensor, torch.Tensor], Trajectories]
 

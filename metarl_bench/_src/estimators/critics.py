@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError, UnsupportedError
-from metarl_bench._src.trajectories import Trajectories, discounts
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError
+from metarl_bench._src.core.trajectories import Trajectories, discounts
 
 CRITICS = ("none", "exact", "noisy-exact", "linear")
 DEFAULT_CRITIC_NOISE = 0.1

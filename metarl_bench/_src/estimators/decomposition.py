@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError, UnsupportedError, unknown_name
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError, unknown_name
 from metarl_bench._src.estimators.common import (Outer, OuterSampler, OuterStep, outer_at,
                                                 row_params, validate_call)
-from metarl_bench._src.registry import ESTIMATORS, EstimatorSpec, estimator_spec
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.registry import ESTIMATORS, EstimatorSpec, estimator_spec
+from metarl_bench._src.core.trajectories import Trajectories
 
 OUTER_PARTS = ("exact", "sampled")
 

@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.advantages import require_plain
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.core import validation
+from metarl_bench._src.tasks.advantages import require_plain
+from metarl_bench._src.core.errors import ParameterError
 from metarl_bench._src.estimators.common import OuterSampler, grad_of, outer_at, row_params
 from metarl_bench._src.estimators.critics import (check_critic, critic_values, decay_matrix,
                                                   gae_advantages)
-from metarl_bench._src.trajectories import Trajectories, discounts, reward_to_go
+from metarl_bench._src.core.trajectories import Trajectories, discounts, reward_to_go
 
 
 def _magic_box(log_prob_sum: torch.Tensor) -> torch.Tensor:

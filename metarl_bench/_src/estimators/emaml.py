@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.core.errors import ParameterError
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
                                                 pathwise)
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 SCORE_SCALES = ("mean", "sum")
 

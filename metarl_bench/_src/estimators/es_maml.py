@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import UnsupportedError
 from metarl_bench._src.estimators.common import OuterSampler, validate_call
-from metarl_bench._src.trajectories import Trajectories, discounted_return, discounts
+from metarl_bench._src.core.trajectories import Trajectories, discounted_return, discounts
 
 DEFAULT_PERTURBATIONS = 1
 

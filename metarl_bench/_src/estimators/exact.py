@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.core.errors import ParameterError
 from metarl_bench._src.estimators.common import validate_call
-from metarl_bench._src.truth import meta_gradient
+from metarl_bench._src.estimators.truth import meta_gradient
 
 
 def exact(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float, n_trials: int,

@@ -9,7 +9,7 @@ from torch.func import jvp
 
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
                                                 pathwise)
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 
 def lsf_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,

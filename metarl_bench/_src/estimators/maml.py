@@ -8,7 +8,7 @@ import torch
 
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
                                                 pathwise)
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 
 def maml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch.autograd.functional import hessian, jacobian
 
-from metarl_bench._src.trajectories import Trajectories, discounted_return, discounts, reward_to_go
+from metarl_bench._src.core.trajectories import Trajectories, discounted_return, discounts, reward_to_go
 
 
 @dataclass(frozen=True)

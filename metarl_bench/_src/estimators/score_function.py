@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.advantages import require_plain
-from metarl_bench._src.errors import ParameterError, UnsupportedError
+from metarl_bench._src.core import validation
+from metarl_bench._src.tasks.advantages import require_plain
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step,
                                                 is_exact_outer, outer_at, pathwise, row_params)
-from metarl_bench._src.trajectories import Trajectories, discounted_return
+from metarl_bench._src.core.trajectories import Trajectories, discounted_return
 
 
 def unbiased_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,

@@ -11,11 +11,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError, UnsupportedError
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError
 from metarl_bench._src.tasks.base import as_tensor, normal, uniform
 from metarl_bench._src.tasks.tabular import TabularTask
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 
 class BanditTask(TabularTask):

@@ -8,11 +8,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.draws import inverse_cdf, normal, uniform  # noqa: F401 (re-exported)
-from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
-from metarl_bench._src.policies import Policy
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.draws import inverse_cdf, normal, uniform  # noqa: F401 (re-exported)
+from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.tasks.policies import Policy
+from metarl_bench._src.core.trajectories import Trajectories
 
 
 class Task:

@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.advantages import make_advantages
-from metarl_bench._src.errors import ParameterError, UnsupportedError, unknown_name
-from metarl_bench._src.policies import make_policy
+from metarl_bench._src.core import validation
+from metarl_bench._src.tasks.advantages import make_advantages
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError, unknown_name
+from metarl_bench._src.tasks.policies import make_policy
 from metarl_bench._src.tasks.base import Task
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 SAMPLERS = ("batch", "gymnasium")
 ACTION_DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -156,7 +156,7 @@ class GymnasiumTask(Task):
                 _, old = self._simulators.popitem()
                 getattr(old, "close", lambda: None)()
             if sampler == "batch":
-                from metarl_bench._src.envs.batch_sim import BatchSimulator
+                from metarl_bench._src.tasks.envs.batch_sim import BatchSimulator
 
                 self._simulators[key] = BatchSimulator(self._reference_env, n_sims,
                                                        nthread=self.nthread)
@@ -295,7 +295,7 @@ def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
     ``action_dtype`` the dtype of the actions the simulator is given; ``nthread`` the
     simulator's threads (0: all cores; results do not depend on it). ``baseline``
     ("linear", as MAML-RL, garage and ProMP), ``gae_lambda``, ``normalize_advantages``: the
-    inner step's advantages (``metarl_bench._src.advantages``; they change F_N). No model:
+    inner step's advantages (``metarl_bench._src.tasks.advantages``; they change F_N). No model:
     use ``n_outer=M``.
     """
     low, high = _range("goal_velocity_range", goal_velocity_range)

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.draws import normal
-from metarl_bench._src.envs.lq import sample_goals
-from metarl_bench._src.policies import LinearGaussian
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.draws import normal
+from metarl_bench._src.tasks.envs.lq import sample_goals
+from metarl_bench._src.tasks.policies import LinearGaussian
 from metarl_bench._src.tasks.base import Task, as_tensor
-from metarl_bench._src.trajectories import Trajectories, reward_to_go
+from metarl_bench._src.core.trajectories import Trajectories, reward_to_go
 
 
 class LQNavigationTask(Task):

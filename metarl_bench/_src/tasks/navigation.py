@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.advantages import Advantages, make_advantages
-from metarl_bench._src.envs.navigation import sample_goals
-from metarl_bench._src.errors import ParameterError, unknown_name
-from metarl_bench._src.policies import (CONTINUOUS_POLICIES, DISCRETE_POLICIES, Policy,
+from metarl_bench._src.core import validation
+from metarl_bench._src.tasks.advantages import Advantages, make_advantages
+from metarl_bench._src.tasks.envs.navigation import sample_goals
+from metarl_bench._src.core.errors import ParameterError, unknown_name
+from metarl_bench._src.tasks.policies import (CONTINUOUS_POLICIES, DISCRETE_POLICIES, Policy,
                                         make_policy)
 from metarl_bench._src.tasks.base import Task, as_tensor
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 
 class Navigation2DTask(Task):
@@ -78,7 +78,7 @@ def make_navigation2d(*, n_tasks: int = 20, seed: int = 0, horizon: int = 100,
     layers, 64x64 by default) or ``"linear"``; ``init_std`` the initial action standard
     deviation, ``policy_seed`` the initial weights. ``baseline``, ``gae_lambda``,
     ``normalize_advantages``: the inner step's advantages (they change what F_N is; see
-    ``metarl_bench._src.advantages``).
+    ``metarl_bench._src.tasks.advantages``).
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
     seed = validation.positive_int("seed", seed, minimum=0)

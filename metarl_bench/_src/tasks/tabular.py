@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_bench._src import resources, validation
-from metarl_bench._src.draws import alias_draw, alias_outcomes, alias_table
-from metarl_bench._src.errors import ParameterError, UnsupportedError
-from metarl_bench._src.policies import TabularSoftmax
+from metarl_bench._src.core import resources
+
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.draws import alias_draw, alias_outcomes, alias_table
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError
+from metarl_bench._src.tasks.policies import TabularSoftmax
 from metarl_bench._src.tasks.base import Task, as_tensor, distribution, uniform
-from metarl_bench._src.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories
 
 
 def without_subnormals(values: torch.Tensor) -> torch.Tensor:

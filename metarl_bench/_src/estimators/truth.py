@@ -14,12 +14,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from metarl_bench._src import resources, validation
-from metarl_bench._src.errors import UnsupportedError
+from metarl_bench._src.core import resources
+
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import UnsupportedError
 from metarl_bench._src.estimators.common import multi_step
-from metarl_bench._src.progress import as_advance
-from metarl_bench._src.registry import EstimatorSpec, estimator_spec
-from metarl_bench._src.trajectories import Trajectories, discounted_return
+from metarl_bench._src.core.progress import as_advance
+from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.core.trajectories import Trajectories, discounted_return
 
 
 #: The most outcomes an exact enumeration may list (a bandit with K arms and N samples has

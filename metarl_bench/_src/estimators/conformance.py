@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from metarl_bench._src.errors import MetaRLBenchError, UnsupportedError
-from metarl_bench._src.registry import EstimatorSpec, make_task, signature_problems
-from metarl_bench._src.truth import estimate_meta_gradient, exact_moments, meta_gradient
+from metarl_bench._src.core.errors import MetaRLBenchError, UnsupportedError
+from metarl_bench._src.core.registry import EstimatorSpec, make_task, signature_problems
+from metarl_bench._src.estimators.truth import estimate_meta_gradient, exact_moments, meta_gradient
 
 #: z of every statistical test (see the module docstring).
 Z = 5.0

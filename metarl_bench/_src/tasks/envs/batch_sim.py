@@ -31,7 +31,7 @@ import mujoco
 import numpy as np
 from mujoco import batch as mujoco_batch
 
-from metarl_bench._src.envs import locomotion
+from metarl_bench._src.tasks.envs import locomotion
 
 
 class BatchSimulator:

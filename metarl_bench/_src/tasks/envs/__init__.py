@@ -11,19 +11,19 @@ against these environments stepped with the same actions.
 
 from __future__ import annotations
 
-from metarl_bench._src.envs.meta import MetaTaskEnv, set_tasks
+from metarl_bench._src.tasks.envs.meta import MetaTaskEnv, set_tasks
 
 #: Gymnasium id -> (entry point, max_episode_steps). Append here to register more.
 GYMNASIUM_ENVS: dict[str, tuple[str, int]] = {
-    "metarl_bench/Navigation2D-v0": ("metarl_bench._src.envs.navigation:Navigation2DEnv", 100),
+    "metarl_bench/Navigation2D-v0": ("metarl_bench._src.tasks.envs.navigation:Navigation2DEnv", 100),
     # the lq-navigation-v0 task's default horizon
-    "metarl_bench/LQNavigation-v0": ("metarl_bench._src.envs.lq:LQNavigationEnv", 5),
+    "metarl_bench/LQNavigation-v0": ("metarl_bench._src.tasks.envs.lq:LQNavigationEnv", 5),
     # MuJoCo, MAML's horizon of 200 steps; their module imports mujoco only when one is made
     "metarl_bench/HalfCheetahVel-v0": (
-        "metarl_bench._src.envs.locomotion:HalfCheetahVelEnv", 200),
+        "metarl_bench._src.tasks.envs.locomotion:HalfCheetahVelEnv", 200),
     "metarl_bench/HalfCheetahDir-v0": (
-        "metarl_bench._src.envs.locomotion:HalfCheetahDirEnv", 200),
-    "metarl_bench/AntDir-v0": ("metarl_bench._src.envs.locomotion:AntDirEnv", 200),
+        "metarl_bench._src.tasks.envs.locomotion:HalfCheetahDirEnv", 200),
+    "metarl_bench/AntDir-v0": ("metarl_bench._src.tasks.envs.locomotion:AntDirEnv", 200),
 }
 
 

@@ -46,14 +46,16 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from metarl_bench._src import resources, validation
-from metarl_bench._src.errors import (MetaRLBenchError, ParameterError, ResourceError,
+from metarl_bench._src.core import resources
+
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, ResourceError,
                                       did_you_mean)
-from metarl_bench._src.evaluate import (Plan, Truth, check_resources, compute_cell,
+from metarl_bench._src.evaluation.evaluate import (Plan, Truth, check_resources, compute_cell,
                                         compute_truth, pending, plan, planned_trials,
                                         results_of, run_plan)
-from metarl_bench._src.progress import Progress
-from metarl_bench._src.store import Store, cell_key, make_line, read_lines
+from metarl_bench._src.core.progress import Progress
+from metarl_bench._src.evaluation.store import Store, cell_key, make_line, read_lines
 
 GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
@@ -143,7 +145,7 @@ class Sweep:
 
 def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
     """Check a spec and expand it into plans; allocates nothing large, writes nothing."""
-    from metarl_bench._src.registry import make_task
+    from metarl_bench._src.core.registry import make_task
 
     _check_keys(source, spec, TOP_KEYS)
     tasks = spec.get("tasks")
@@ -203,7 +205,7 @@ def one_thread() -> Iterator[None]:
 
 
 def _task_and_theta(config: dict[str, Any]) -> tuple[Any, torch.Tensor]:
-    from metarl_bench._src.registry import make_task
+    from metarl_bench._src.core.registry import make_task
 
     task = make_task(config["task"], **config["task_params"])
     theta = task.initial_params(dtype=getattr(torch, config["dtype"]), device=config["device"])
@@ -368,7 +370,7 @@ def main_sweep(args: Any) -> int:
             if not args.quiet:
                 print(text, file=sys.stderr, flush=True)
 
-        from metarl_bench._src.progress import wanted
+        from metarl_bench._src.core.progress import wanted
 
         try:
             computed, kept = run_sweep(sweep, store, force=args.force, serial=args.serial,

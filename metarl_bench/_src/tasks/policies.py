@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.draws import inverse_cdf, normal, uniform
-from metarl_bench._src.errors import ParameterError, ShapeError, unknown_name
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.draws import inverse_cdf, normal, uniform
+from metarl_bench._src.core.errors import ParameterError, ShapeError, unknown_name
 
 
 class Policy:

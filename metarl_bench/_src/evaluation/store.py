@@ -33,8 +33,8 @@ import os
 import stat
 from typing import Any, Iterable, Iterator
 
-from metarl_bench._src.errors import ParameterError, ResultsFileError
-from metarl_bench._src.stats import METRICS
+from metarl_bench._src.core.errors import ParameterError, ResultsFileError
+from metarl_bench._src.core.stats import METRICS
 
 SCHEMA = "metarl-bench/results"
 SCHEMA_VERSION = 2

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.core.errors import ParameterError
 
 
 class MetaTaskEnv:

@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src import validation
-from metarl_bench._src.errors import ParameterError, UnsupportedError
-from metarl_bench._src.trajectories import Trajectories, reward_to_go
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError
+from metarl_bench._src.core.trajectories import Trajectories, reward_to_go
 
 BASELINES = (None, "linear")
 

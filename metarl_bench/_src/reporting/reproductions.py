@@ -30,7 +30,7 @@ class Reproduction:
 
 
 def _tang2022() -> list[dict[str, Any]]:
-    from metarl_bench._src.registry import make_task
+    from metarl_bench._src.core.registry import make_task
 
     return [dict(task=make_task(task_id, **params), estimators=list(HEADLINE_ESTIMATORS),
                  n_inner=list(HEADLINE_N), n_trials=2000, inner_lr=inner_lr, seed=0,
@@ -47,10 +47,10 @@ REPRODUCTIONS = {
 
 def reproduce(name: str, folder: str | os.PathLike, *, progress: Any = None) -> str:
     """Run the reproduction ``name`` into ``folder``; returns the path of its HTML report."""
-    from metarl_bench._src.errors import unknown_name
-    from metarl_bench._src.evaluate import evaluate
-    from metarl_bench._src.html_report import write_report
-    from metarl_bench._src.store import make_folder
+    from metarl_bench._src.core.errors import unknown_name
+    from metarl_bench._src.evaluation.evaluate import evaluate
+    from metarl_bench._src.reporting.html import write_report
+    from metarl_bench._src.evaluation.store import make_folder
 
     if name not in REPRODUCTIONS:
         raise unknown_name("reproduction", name, REPRODUCTIONS)

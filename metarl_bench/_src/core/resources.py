@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from metarl_bench._src.errors import ParameterError, ResourceError
+from metarl_bench._src.core.errors import ParameterError, ResourceError
 
 #: Share of the available memory one computation may plan to use by default.
 DEFAULT_MEMORY_FRACTION = 0.5

@@ -66,7 +66,7 @@ def as_advance(progress: Any, total: float, desc: str, unit: str
         return bar.advance, bar
     if callable(progress):
         return progress, None
-    from metarl_bench._src.errors import ParameterError
+    from metarl_bench._src.core.errors import ParameterError
 
     raise ParameterError(f"progress must be True, False, None or a callable, got "
                          f"{type(progress).__name__}")

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src.errors import ParameterError, ResultsFileError
-from metarl_bench._src.store import check_path, plain, torn_line
+from metarl_bench._src.core.errors import ParameterError, ResultsFileError
+from metarl_bench._src.evaluation.store import check_path, plain, torn_line
 
 #: The log's schema (its header's ``schema_version``).
 LOG_SCHEMA_VERSION = 1

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from metarl_bench._src.report import trials_used
+from metarl_bench._src.reporting.tables import trials_used
 
 #: (record key, axis label) of the three statistics panels
 STATISTICS = (("bias", "bias (noise-corrected)"), ("variance", "variance (trace)"),

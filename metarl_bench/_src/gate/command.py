@@ -136,7 +136,7 @@ class _Suite:
         task, inner_lr, n_inner, n_outer, trials = self.cells[cell]
         theta = task.initial_params()
         if ":" in name:  # an entry with options needs a tree that reads them
-            from metarl_bench._src.estimator_entries import resolve
+            from metarl_bench._src.estimators.entries import resolve
             entry = resolve(name)
             fn, options = entry.spec.fn, dict(entry.options)
         else:
@@ -235,7 +235,7 @@ class _Worker:
     """One tree's measuring process."""
 
     def __init__(self, tree: str, estimators: list[str] | None, threads: int, scratch: str):
-        from metarl_bench._src.errors import MetaRLBenchError
+        from metarl_bench._src.core.errors import MetaRLBenchError
 
         self.tree, self.error = tree, MetaRLBenchError
         self.names: list[str] = []
@@ -327,7 +327,7 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
     Returns one suite per tree (plain data, JSON-ready). With two trees their ``times``
     hold paired samples: sample ``i`` of both was taken in round ``i``, back to back.
     ``memory=False`` or ``statistics=False`` leaves those (deterministic) parts out.
-    ``progress``: a :class:`~metarl_bench._src.progress.Progress` bar that follows the
+    ``progress``: a :class:`~metarl_bench._src.core.progress.Progress` bar that follows the
     steps (statistics and memory, then each timed round).
     """
     steps = 2 + rounds
@@ -496,7 +496,7 @@ COST_METRICS = ("peak_bytes", *TIME_METRICS)
 
 def format_rows(rows: list[dict[str, Any]], *, show_all: bool = False) -> str:
     """The reviewer's table: failures first, then other changes; unchanged rows counted."""
-    from metarl_bench._src.report import _num, _table
+    from metarl_bench._src.reporting.tables import _num, _table
 
     order = {"worse": 0, "slower": 0, "larger": 0, "better": 1, "faster": 1, "smaller": 1,
              "new": 2, "gone": 2, "-": 3, "same": 4}
@@ -558,7 +558,7 @@ def _commit(spec: str) -> tuple[str, str]:
     """The checkout's top folder and the commit a ``--baseline`` names. An existing path
     that is not a regular file (a directory, /dev/null) is named as what it is, not as a
     missing revision."""
-    from metarl_bench._src.errors import ParameterError
+    from metarl_bench._src.core.errors import ParameterError
 
     kind = _path_kind(spec)
     try:
@@ -578,7 +578,7 @@ def _commit(spec: str) -> tuple[str, str]:
 
 
 def _toplevel() -> str:
-    from metarl_bench._src.errors import ParameterError
+    from metarl_bench._src.core.errors import ParameterError
 
     try:
         return subprocess.run(["git", "rev-parse", "--show-toplevel"], check=True,
@@ -609,7 +609,7 @@ def _load_suite(path: str) -> tuple[dict[str, Any] | None, str]:
 
 def read_suite(path: str) -> dict[str, Any]:
     """A suite saved by ``check --save`` (version 1 files: statistics and memory only)."""
-    from metarl_bench._src.errors import ParameterError
+    from metarl_bench._src.core.errors import ParameterError
 
     data, problem = _load_suite(path)
     if data is None:
@@ -628,8 +628,8 @@ def check_save(path: str) -> str:
     """A ``--save`` path, checked before anything is measured: a new file, a device, an empty
     file or a suite saved before may be written; anything else (a results store, any other
     file) would be lost, and is refused."""
-    from metarl_bench._src.errors import ParameterError
-    from metarl_bench._src.store import check_path
+    from metarl_bench._src.core.errors import ParameterError
+    from metarl_bench._src.evaluation.store import check_path
 
     path = check_path(path, "--save", "a suite JSON file")
     if os.path.isfile(path) and os.path.getsize(path) > 0:
@@ -644,7 +644,7 @@ def save_suite(suite: dict[str, Any], path: str) -> None:
     """Write ``suite`` to ``path`` whole or not at all: into a temporary file beside it, then
     renamed over it, so a full disk or a crash leaves the file that was there. A device
     (e.g. /dev/null) is written in place: renaming over it would replace the device."""
-    from metarl_bench._src.errors import ResultsFileError
+    from metarl_bench._src.core.errors import ResultsFileError
 
     text = json.dumps(suite, indent=1) + "\n"
     target = os.path.realpath(path)  # a symbolic link keeps pointing at the saved suite
@@ -707,9 +707,9 @@ def run_check(baseline: str | None, *, estimators: list[str] | None = None, roun
               show_all: bool = False, out: Any = None, progress: bool = False) -> int:
     """The ``check`` command: 0 when nothing regressed, 1 otherwise. ``progress``: a bar on
     stderr."""
-    from metarl_bench._src.progress import Progress
+    from metarl_bench._src.core.progress import Progress
 
-    from metarl_bench._src.errors import ParameterError
+    from metarl_bench._src.core.errors import ParameterError
 
     out = out or sys.stdout
     if not 1 <= threads <= (os.cpu_count() or 1):

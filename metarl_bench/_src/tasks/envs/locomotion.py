@@ -5,7 +5,7 @@ Each environment is a Gymnasium v5 environment (same model file, frame skip, res
 observation) whose reward depends on a *task* (a goal velocity or a direction) that can be
 changed between episodes: the meta-task protocol ``sample_tasks(n, rng)``, ``set_task(task)``,
 ``get_task()``. The reward functions below are plain array functions shared with the batched
-simulator (``metarl_bench._src.envs.batch_sim``), so that the two compute the same bits.
+simulator (``metarl_bench._src.tasks.envs.batch_sim``), so that the two compute the same bits.
 
 Forward velocity and control cost follow MAML-RL's later ports (garage, pytorch-maml-rl), which
 are also what Gymnasium v5 computes: v_x = (x_after - x_before) / dt with x the root's
@@ -26,8 +26,8 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-from metarl_bench._src.envs.meta import MetaTaskEnv, rng_of
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.tasks.envs.meta import MetaTaskEnv, rng_of
+from metarl_bench._src.core.errors import ParameterError
 
 
 @contextlib.contextmanager

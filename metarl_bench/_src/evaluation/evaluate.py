@@ -3,7 +3,7 @@
 ``evaluate`` runs every (estimator, N) cell with its own seed derived from (seed, name, N),
 so adding an estimator or an N never changes the numbers of the others. Each cell is fully
 described by its configuration (see :func:`cell_config`); results go to the results store
-(``metarl_bench._src.store``), keyed by that configuration, so a re-run resumes where an
+(``metarl_bench._src.evaluation.store``), keyed by that configuration, so a re-run resumes where an
 earlier one stopped.
 
 A cell is computed by two pure functions of its configuration, :func:`compute_truth` and
@@ -24,17 +24,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from metarl_bench._src import resources, validation
-from metarl_bench._src.errors import ParameterError, ShapeError, UnsupportedError
-from metarl_bench._src.progress import as_advance
-from metarl_bench._src.estimator_entries import resolve_all
-from metarl_bench._src.registry import EstimatorSpec, estimator_spec
-from metarl_bench._src.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
+from metarl_bench._src.core import resources
+
+from metarl_bench._src.core import validation
+from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.core.progress import as_advance
+from metarl_bench._src.estimators.entries import resolve_all
+from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                      summarize_exact)
-from metarl_bench._src.store import (SCHEMA_VERSION, Store, cell_key, latest, make_line, plain,
+from metarl_bench._src.evaluation.store import (SCHEMA_VERSION, Store, cell_key, latest, make_line, plain,
                                      read_lines)
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
+from metarl_bench._src.estimators.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
                                      meta_gradient, supports_exact_moments)
 
 SLOPE_METRICS = ("bias", "variance", "mse")
@@ -84,7 +86,7 @@ class Result:
         return len(todo)
 
     def table(self) -> str:
-        from metarl_bench._src.report import format_result
+        from metarl_bench._src.reporting.tables import format_result
         return format_result(self)
 
 

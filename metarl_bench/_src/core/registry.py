@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from metarl_bench._src.errors import (RegistrationError, UnknownNameError, did_you_mean,
+from metarl_bench._src.core.errors import (RegistrationError, UnknownNameError, did_you_mean,
                                       unknown_name)
 
 

@@ -8,8 +8,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from metarl_bench._src.envs.meta import GoalTaskEnv, rng_of
-from metarl_bench._src.errors import ParameterError
+from metarl_bench._src.tasks.envs.meta import GoalTaskEnv, rng_of
+from metarl_bench._src.core.errors import ParameterError
 
 
 def sample_goals(n_tasks: int, rng: np.random.Generator, goal_low: float,

@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from metarl_bench._src.errors import ParameterError, did_you_mean
-from metarl_bench._src.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.core.errors import ParameterError, did_you_mean
+from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
 
 
 def _factories() -> dict[str, Callable[..., EstimatorSpec]]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from metarl_bench._src.errors import ParameterError, ShapeError
+from metarl_bench._src.core.errors import ParameterError, ShapeError
 
 
 def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:

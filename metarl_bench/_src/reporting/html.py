@@ -13,9 +13,9 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from metarl_bench._src.figures import Figure, series_label, write_figures
-from metarl_bench._src.report import _num, rel_ci_text, trials_used
-from metarl_bench._src.store import make_folder
+from metarl_bench._src.reporting.figures import Figure, series_label, write_figures
+from metarl_bench._src.reporting.tables import _num, rel_ci_text, trials_used
+from metarl_bench._src.evaluation.store import make_folder
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;

@@ -1,0 +1,1 @@
+"""Meta-training with any estimator (``train``) and its crash-safe log and checkpoint (``state``)."""
