@@ -319,7 +319,7 @@ def _estimator_entries(text: str) -> list[Any]:
 
 def _writable(path: str, option: str) -> str:
     """A path the command may write at its end, checked now without creating or changing it."""
-    from metarl_bench._src.evaluation.store import check_path
+    from metarl_bench._src.core.files import check_path
 
     return check_path(path, option)
 
@@ -342,7 +342,8 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluation.evaluate import check_resources, pending, plan, results_of, run_plan
     from metarl_bench._src.core.progress import Progress, wanted
     from metarl_bench._src.core.registry import make_task
-    from metarl_bench._src.evaluation.store import Store, cell_key, check_folder, make_folder
+    from metarl_bench._src.core.files import check_folder, make_folder
+    from metarl_bench._src.evaluation.store import Store, cell_key
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
@@ -489,7 +490,7 @@ def _train(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluation.evaluate import load_results
     from metarl_bench._src.reporting.html import write_report
-    from metarl_bench._src.evaluation.store import make_folder
+    from metarl_bench._src.core.files import make_folder
 
     if not os.path.isfile(args.results):
         raise ParameterError(f"no results file {args.results!r}")
@@ -506,7 +507,7 @@ def _report(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.core.progress import wanted
-    from metarl_bench._src.evaluation.store import check_folder
+    from metarl_bench._src.core.files import check_folder
 
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)

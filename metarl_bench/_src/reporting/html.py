@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from metarl_bench._src.reporting.figures import Figure, series_label, write_figures
 from metarl_bench._src.reporting.tables import _num, rel_ci_text, trials_used
-from metarl_bench._src.evaluation.store import make_folder
+from metarl_bench._src.core.files import make_folder
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;

@@ -50,7 +50,7 @@ def reproduce(name: str, folder: str | os.PathLike, *, progress: Any = None) -> 
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.evaluation.evaluate import evaluate
     from metarl_bench._src.reporting.html import write_report
-    from metarl_bench._src.evaluation.store import make_folder
+    from metarl_bench._src.core.files import make_folder
 
     if name not in REPRODUCTIONS:
         raise unknown_name("reproduction", name, REPRODUCTIONS)

@@ -28,18 +28,14 @@ from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src.core import resources
-
-from metarl_bench._src.training import state as train_state
-
-from metarl_bench._src.core import validation
+from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError
-from metarl_bench._src.evaluation.evaluate import plain
+from metarl_bench._src.core.files import check_path, plain
 from metarl_bench._src.core.progress import Progress
 from metarl_bench._src.core.registry import estimator_spec
-from metarl_bench._src.evaluation.store import check_path
-from metarl_bench._src.tasks import Task
 from metarl_bench._src.core.trajectories import Trajectories
+from metarl_bench._src.tasks import Task
+from metarl_bench._src.training import state as train_state
 
 SCHEMA_VERSION = train_state.LOG_SCHEMA_VERSION
 OPTIMIZERS = ("adam", "sgd")
