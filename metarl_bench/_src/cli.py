@@ -343,7 +343,7 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.progress import Progress, wanted
     from metarl_bench._src.core.registry import make_task
     from metarl_bench._src.core.files import check_folder, make_folder
-    from metarl_bench._src.evaluation.store import Store, cell_key
+    from metarl_bench._src.evaluation.store import Store
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
@@ -381,7 +381,7 @@ def _run(args: argparse.Namespace) -> int:
             make_folder(args.out, "--out")
             store = Store(args.json, option="--json")
     finished = 0
-    keys = [cell_key(config) for checked in plans for config in checked.configs]
+    keys = [config.key for checked in plans for config in checked.configs]
     stored_before = sum(key in store for key in keys) if store is not None else 0
 
     def count(record: dict[str, Any]) -> None:

@@ -23,7 +23,6 @@ same key, whoever wrote it and in whatever order. Rules:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from metarl_bench._src.core import files
 from metarl_bench._src.core.errors import ResultsFileError
 from metarl_bench._src.core.files import check_path, plain  # noqa: F401 (re-exported)
 from metarl_bench._src.core.stats import METRICS
+from metarl_bench._src.evaluation.config import CellConfig, cell_key
 
 SCHEMA = "metarl-bench/results"
 SCHEMA_VERSION = 2
@@ -42,16 +42,10 @@ SCHEMA_VERSION = 2
 TIMING_FIELDS = ("seconds", "peak_memory_bytes")
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def cell_key(config: dict[str, Any]) -> str:
-    """The key of a cell: a digest of its configuration, independent of field order."""
-    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:24]
-
-
-def make_line(config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def make_line(config: CellConfig | dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A results line: the cell's configuration, its key and its result."""
+    if isinstance(config, CellConfig):
+        config = config.as_dict()
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "key": cell_key(config),
             "config": plain(config), "result": plain(result)}
 

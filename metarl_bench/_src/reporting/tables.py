@@ -42,18 +42,17 @@ def rel_ci_text(record: dict[str, Any]) -> str:
 
 
 def format_result(result: Any) -> str:
-    config = result.config
-    params = ", ".join(f"{k}={v}" for k, v in config.get("task_params", {}).items())
+    settings = result.settings
+    params = ", ".join(f"{k}={v}" for k, v in settings.task_params.items())
     first = result.records[0] if result.records else {}
-    steps = config.get("n_steps", 1)
-    adaptive = config.get("target_rel_ci") is not None
-    trials = (f"n_trials={config['n_trials']}..{config['max_trials']} (until the "
-              f"{config['target_metric']} 95% interval is within {config['target_rel_ci']:g} of "
-              f"it)" if adaptive else f"n_trials={config['n_trials']}")
-    title = (f"{config['task']}({params})  inner_lr={config['inner_lr']}  "
-             + (f"n_steps={steps}  " if steps != 1 else "") +
-             f"{trials}  n_outer={config['n_outer'] or 'exact'}  "
-             f"truth={config['truth']} ({first.get('truth_kind', '?')})  seed={config['seed']}")
+    adaptive = settings.target_rel_ci is not None
+    trials = (f"n_trials={settings.n_trials}..{settings.max_trials} (until the "
+              f"{settings.target_metric} 95% interval is within {settings.target_rel_ci:g} "
+              f"of it)" if adaptive else f"n_trials={settings.n_trials}")
+    title = (f"{settings.task}({params})  inner_lr={settings.inner_lr}  "
+             + (f"n_steps={settings.n_steps}  " if settings.n_steps != 1 else "") +
+             f"{trials}  n_outer={settings.n_outer or 'exact'}  "
+             f"truth={settings.truth} ({first.get('truth_kind', '?')})  seed={settings.seed}")
     rows = []
     problems = []
     for r in result.records:
