@@ -7,7 +7,6 @@ checked before any file is opened, so a rejected command leaves every file as it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -18,6 +17,7 @@ import torch
 
 from metarl_bench._src.reporting import reproductions
 from metarl_bench._src.core.errors import MetaRLBenchError, ParameterError, UnsupportedError
+from metarl_bench._src.core.validation import parse_assignment
 
 #: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
 HEADLINE_ESTIMATORS = ",".join(reproductions.HEADLINE_ESTIMATORS)
@@ -32,25 +32,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _value(text: str) -> Any:
-    """A --task-param value: JSON if it parses, a comma list of numbers, else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        try:
-            return [float(part) for part in text.split(",")]
-        except ValueError:
-            pass
-    return text
-
-
 def _task_param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), _value(value.strip())
+    try:
+        return parse_assignment(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int_list(text: str) -> list[int]:

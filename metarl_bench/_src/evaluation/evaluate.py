@@ -38,6 +38,7 @@ from metarl_bench._src.estimators.truth import (estimate_meta_gradient, exact_fi
 from metarl_bench._src.evaluation.config import (PER_CELL_FIELDS, CellConfig, cell_key,
                                                  cell_seed)
 from metarl_bench._src.evaluation.store import SCHEMA_VERSION, Store, latest, make_line, read_lines
+from metarl_bench._src.evaluation.tables import format_result
 from metarl_bench._src.tasks import Task
 
 SLOPE_METRICS = ("bias", "variance", "mse")
@@ -87,7 +88,6 @@ class Result:
         return CellConfig.from_dict(self.lines[0]["config"] if self.lines else self.records[0])
 
     def table(self) -> str:
-        from metarl_bench._src.reporting.tables import format_result
         return format_result(self)
 
 
