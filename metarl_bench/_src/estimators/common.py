@@ -27,13 +27,15 @@ exactly A^T u + c from "the outer gradient u at its adapted parameters". So ``mu
 runs the same form once per step, starting step k at each row's own theta_k, and hands step k,
 in place of an outer gradient, what steps k+1..K-1 return (lambda_{k+1}) together with the
 final outer value V(theta_K) (``Continuation``). Nothing in the estimators changes, and K = 1
-never enters this path. A form takes part if it builds its parameter leaf with ``row_params``
-and reaches the outer step through ``outer_at`` (checked; otherwise UnsupportedError).
+never enters this path. Step k's trajectories carry the rows' theta_k explicitly
+(``Trajectories.starts``); a form takes part if it builds its parameter leaf with
+``row_params(theta, inner)`` and reaches the outer step through ``outer_at`` (checked;
+otherwise UnsupportedError).
 """
 
 from __future__ import annotations
 
-import contextvars
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -48,7 +50,8 @@ from metarl_bench._src.tasks.advantages import inner_returns
 from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.core.registry import keyword_options
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.core.trajectories import Trajectories, discounted_return, reward_to_go
+from metarl_bench._src.core.trajectories import (RowStarts, Trajectories, discounted_return,
+                                                 reward_to_go)
 
 OuterSampler = Callable[[torch.Tensor, torch.Tensor], Trajectories]
 
@@ -68,34 +71,21 @@ class InnerStep:
     adapted: torch.Tensor
 
 
-@dataclass
-class _StepStarts:
-    """Each row's own starting point theta_k (R, *P) of the inner step being computed."""
+def row_params(theta: torch.Tensor, rows: int | Trajectories) -> torch.Tensor:
+    """A leaf holding each row's starting parameters, (R, *P): theta repeated, or the
+    points the rows of ``rows`` were drawn at when they carry their own
+    (``Trajectories.starts``: inner step k >= 1 of ``multi_step``).
 
-    points: torch.Tensor
-    used: bool = False
-
-
-#: Set by ``multi_step`` while step k >= 1 runs; None otherwise (every row starts at theta).
-_STEP_STARTS: contextvars.ContextVar[_StepStarts | None] = contextvars.ContextVar(
-    "metarl_bench_step_starts", default=None)
-
-
-def row_params(theta: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """A leaf holding one copy of theta per row: (*P) -> (R, *P).
-
-    Inside step k >= 1 of ``multi_step`` the rows start from their own theta_k instead; a
-    request for R*m rows (one per trajectory) repeats each row's point m times.
+    ``rows``: the trajectories the parameters are for, or a row count (every row at theta).
     """
-    starts = _STEP_STARTS.get()
-    if starts is None:
-        return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
-    starts.used = True
-    n_points = starts.points.shape[0]
-    if n_rows % n_points:
-        raise ShapeError(f"inner step of {n_points} rows asked for {n_rows} parameter copies, "
-                         f"not a multiple")
-    return starts.points.repeat_interleave(n_rows // n_points, 0).detach().requires_grad_()
+    if isinstance(rows, Trajectories) and rows.starts is not None:
+        points = rows.starts.take()
+        if points.shape[0] != rows.n_rows:
+            raise ShapeError(f"{rows.n_rows} rows of trajectories carry {points.shape[0]} "
+                             f"starting points")
+        return points.detach().clone().requires_grad_()
+    n_rows = rows.n_rows if isinstance(rows, Trajectories) else rows
+    return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
 
 
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
@@ -105,7 +95,7 @@ def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: fl
     A_t is the task's inner advantage (``advantages.inner_returns``): the reward-to-go G_t
     unless the task sets a baseline, GAE or normalisation.
     """
-    params = row_params(theta, inner.n_rows)
+    params = row_params(theta, inner)
     log_prob = task.log_prob(params, inner)
     returns = inner_returns(task, inner)
     objective = (log_prob * returns).sum(-1).mean(-1)
@@ -196,20 +186,18 @@ class _Chain:
     def run(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
         """Steps ``step``..K-1 from ``points``; returns lambda_step."""
         self.points.append(points)
-        starts = _StepStarts(points) if step > 0 else None
+        starts = RowStarts(points) if step > 0 else None
+        if starts is not None:
+            inner = dataclasses.replace(inner, starts=starts)
         continuation = Continuation(self, step)
-        token = _STEP_STARTS.set(starts)
-        try:
-            estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
-                                         outer=continuation, **self.options)
-        finally:
-            _STEP_STARTS.reset(token)
+        estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
+                                     outer=continuation, **self.options)
         if not continuation.called or (starts is not None and not starts.used):
             name = self.from_samples.__name__.replace("_from_samples", "")
             raise UnsupportedError(
                 f"estimator {name!r} cannot take more than one inner step: its from-samples "
-                f"form must build its parameters with row_params and reach the outer step "
-                f"through outer_at (metarl_bench._src.estimators.common)")
+                f"form must build its parameters with row_params(theta, inner) and reach the "
+                f"outer step through outer_at (metarl_bench._src.estimators.common)")
         return estimate
 
 

@@ -38,7 +38,7 @@ def _through_surrogate(task: Any, theta: torch.Tensor, inner: Trajectories, inne
                        ) -> torch.Tensor:
     """(I + eta grad^2 L)^T grad V(theta') per row, L = ``surrogate(params, log_prob)`` (R, N)
     averaged over the N trajectories, theta' = theta + eta grad L."""
-    params = row_params(theta, inner.n_rows)
+    params = row_params(theta, inner)
     log_prob = task.log_prob(params, inner)
     objective = surrogate(params, log_prob).mean(-1)
     (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=True)
