@@ -303,11 +303,18 @@ def validate_call(task: Any, theta: torch.Tensor, n_inner: Any, inner_lr: Any, n
 CHUNK_STEPS = 2 ** 21
 
 
-def trials_per_chunk(task: Any, n_inner: int, n_outer: int | None) -> int:
-    """Trials per chunk: set by the task's shape and N alone, never by the machine, so a
-    seeded call gives the same numbers everywhere."""
-    steps = task.n_tasks * (n_inner + (n_outer or 0)) * resources.horizon_of(task)
-    return max(1, CHUNK_STEPS // steps)
+def trials_per_chunk(task: Any, trajectories: int) -> int:
+    """Trials per chunk of a call whose one trial samples ``trajectories`` per task: set by
+    the task's shape and the call alone, never by the machine, so a seeded call gives the
+    same numbers everywhere."""
+    steps = task.n_tasks * trajectories * resources.horizon_of(task)
+    return max(1, CHUNK_STEPS // max(steps, 1))  # an all-exact estimate samples nothing
+
+
+#: How the inner trajectories of a batch of rows are drawn, when not at theta:
+#: ``draw(task, theta, task_index, *, n_inner, generator, **options)`` returns them and the
+#: from-samples form's extra keywords.
+Draw = Callable[..., tuple[Trajectories, dict[str, Any]]]
 
 
 def chunk_counts(n_trials: int, most: int) -> list[int]:
@@ -319,14 +326,21 @@ def chunk_counts(n_trials: int, most: int) -> list[int]:
 
 
 def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = False,
-            multi_step_ok: bool = True):
-    """The registered estimator built from a from-samples form (docstring carried over).
+            multi_step_ok: bool = True, draw: Draw | None = None,
+            trajectories: Callable[[int, int | None, dict[str, Any]], int] | None = None,
+            name: str | None = None):
+    """The registered estimator built from a from-samples form (docstring carried over):
+    argument checks, seeded sampling, chunks of trials, the average over the tasks.
 
     ``n_steps=K`` adapts in K inner steps with fresh trajectories at each theta_k
-    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError.
+    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError. ``draw``
+    samples the inner trajectories where the estimator needs them (``Draw``; default: N at
+    theta per row); its keyword options are then the estimator's options.
+    ``trajectories(n_inner, n_outer, options)``: what one trial samples per task, when not
+    K N + M (it sets the chunk size). ``name``: the registered name, for messages.
     """
-    allowed = keyword_options(from_samples)
-    name = from_samples.__name__.replace("_from_samples", "")
+    allowed = keyword_options(draw if draw is not None else from_samples)
+    name = name or from_samples.__name__.replace("_from_samples", "")
     # estimators random beyond their samples (a noisy critic) draw from the call's generator
     takes_generator = "generator" in inspect.signature(from_samples).parameters
 
@@ -350,40 +364,51 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                     f"option {key!r}; options: {', '.join(allowed) or '(none)'}")
         outer = None if n_outer is None else (
             lambda adapted, index: task.sample(adapted, n_outer, index, generator))
+        form_options = dict(options) if draw is None else {}
         if takes_generator:
-            options["generator"] = generator
+            form_options["generator"] = generator
 
         def trials(count: int) -> torch.Tensor:
             n_rows = count * task.n_tasks
             task_index = torch.arange(n_rows, device=theta.device) % task.n_tasks
-            rows = theta.detach().expand(n_rows, *theta.shape)
-            inner = task.sample(rows, n_inner, task_index, generator)
+            if draw is None:
+                rows = theta.detach().expand(n_rows, *theta.shape)
+                inner = task.sample(rows, n_inner, task_index, generator)
+                extra = form_options
+            else:
+                inner, drawn = draw(task, theta, task_index, n_inner=n_inner,
+                                    generator=generator, **options)
+                extra = {**form_options, **drawn}
             if n_steps == 1:
                 estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
-                                         **options)
+                                         **extra)
             else:
                 estimates = multi_step(
                     from_samples, task, theta, [inner], inner_lr=inner_lr, outer=outer,
                     sampler=lambda k, points, index: task.sample(points, n_inner, index,
                                                                  generator),
-                    n_steps=n_steps, **options).estimate
+                    n_steps=n_steps, **extra).estimate
             return estimates.reshape(count, task.n_tasks, *theta.shape).mean(1).detach()
 
         # K inner steps sample K times N inner trajectories per trial
-        counts = chunk_counts(n_trials, trials_per_chunk(task, n_inner * n_steps, n_outer))
+        per_task = (trajectories(n_inner, n_outer, options) if trajectories is not None
+                    else n_inner * n_steps + (n_outer or 0))
+        counts = chunk_counts(n_trials, trials_per_chunk(task, per_task))
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
-    estimator.__name__ = name
+    estimator.__name__ = from_samples.__name__.replace("_from_samples", "")
     # help() and inspect.signature show the call a user makes (functools.wraps would point
     # them at the from-samples form): the common keywords, then this estimator's options
     own = inspect.signature(estimator, follow_wrapped=False)
-    form = inspect.signature(from_samples).parameters
+    form = inspect.signature(draw if draw is not None else from_samples).parameters
     estimator.__signature__ = own.replace(parameters=[
         *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
         *(form[key].replace(kind=inspect.Parameter.KEYWORD_ONLY) for key in allowed)])
+    drawn = ("n_inner trajectories" if draw is None
+             else f"n_inner trajectories drawn by {draw.__name__} ({inspect.getdoc(draw)})")
     estimator.__doc__ = (f"{from_samples.__doc__ or ''}\n\n    Called as registered: samples "
-                         f"n_trials x n_tasks rows of n_inner trajectories (n_outer outer ones "
-                         f"per row, or the exact outer step) and returns (n_trials, "
-                         f"*theta.shape); the formula above is that of "
-                         f"{from_samples.__name__}(task, theta, inner, *, inner_lr, outer).\n")
+                         f"n_trials x n_tasks rows of {drawn} (n_outer outer ones per row, or "
+                         f"the exact outer step) and returns (n_trials, *theta.shape); the "
+                         f"formula above is that of {from_samples.__name__}(task, theta, inner, "
+                         f"*, inner_lr, outer).\n")
     return estimator
