@@ -418,16 +418,39 @@ def evaluate(task: Task,
                        options=options, n_steps=n_steps, target_rel_ci=target_rel_ci,
                        max_trials=max_trials, target_metric=target_metric)
         store = Store(jsonl) if jsonl is not None else None
-        total = check_resources(checked.task, pending(checked, store, force), max_work)
+        total = check_plans([checked], store, force, max_work)
         on_record = None if progress is None or isinstance(progress, bool) else progress
         advance, bar = as_advance(progress is True, total, f"evaluate {task.name}", "traj")
         try:
-            lines = run_plan(checked, store, force, advance, on_record)
+            (result,) = run_plans([checked], store, force, advance, on_record)
         finally:
             if bar is not None:
                 bar.close()
-    (result,) = results_of(lines)
     return result
+
+
+def check_plans(plans: Sequence[Plan], store: Store | None, force: bool,
+                max_work: float | None) -> float:
+    """Refuse, before anything is allocated, plans whose pending cells exceed the memory
+    limit in force or whose work together exceeds ``max_work``; returns the trajectories
+    they will sample (for progress). Every runner of plans (``evaluate``, ``metarl-bench
+    run``, a serial or Dask sweep) checks them so."""
+    return sum(check_resources(p.task, pending(p, store, force), max_work) for p in plans)
+
+
+def run_plans(plans: Sequence[Plan], store: Store | None, force: bool,
+              advance: Callable[[float], None] = lambda n: None,
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Run plans one after another in this process (``run_plan``): one :class:`Result` per
+    plan, handed to ``on_result`` as soon as its plan is done."""
+    results = []
+    for checked in plans:
+        (result,) = results_of(run_plan(checked, store, force, advance, on_record))
+        if on_result is not None:
+            on_result(result)
+        results.append(result)
+    return results
 
 
 def pending(checked: Plan | Sequence[CellConfig], store: Store | None, force: bool

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -51,10 +50,10 @@ from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, Res
                                            did_you_mean)
 from metarl_bench._src.core.progress import Progress
 from metarl_bench._src.evaluation.config import CellConfig
-from metarl_bench._src.evaluation.evaluate import (Plan, Truth, check_resources, compute_cell,
+from metarl_bench._src.evaluation.evaluate import (Plan, Truth, check_plans, compute_cell,
                                                    compute_truth, pending, plan, results_of,
-                                                   run_plan)
-from metarl_bench._src.evaluation.store import Store, make_line, read_lines
+                                                   run_plans)
+from metarl_bench._src.evaluation.store import Store, make_line
 
 GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
@@ -262,14 +261,13 @@ def run_sweep(sweep: Sweep, store: Store, *, force: bool = False, serial: bool =
     concurrency = 1 if serial or scheduler is not None else workers
     # each worker holds one cell at a time: the memory guard applies to them together
     with resources.share_memory(concurrency):
-        total = sum(check_resources(p.task, todo[id(p)], max_work) for p in sweep.plans)
+        total = check_plans(sweep.plans, store, force, max_work)
     with Progress(total, "sweep", enabled=progress, unit="traj") as bar:
         if serial:
             log(f"sweep: {n_todo} cells in this process ({n_done} already in the store)")
             with one_thread():
-                for checked in sweep.plans:
-                    if todo[id(checked)]:
-                        run_plan(_rebuilt(checked), store, force, bar.advance)
+                run_plans([_rebuilt(p) for p in sweep.plans if todo[id(p)]], store, force,
+                          bar.advance)
         else:
             _run_on_dask(sweep, todo, store, scheduler, workers, bar, log, n_done)
     return n_todo, n_done
@@ -354,39 +352,3 @@ def sweep_results(sweep: Sweep, store: Store) -> list[Any]:
     return [result for checked in sweep.plans
             for result in results_of([store.lines[c.key] for c in checked.configs
                                       if c.key in store])]
-
-
-def main_sweep(args: Any) -> int:
-    """The ``sweep`` command."""
-    max_work = None if args.no_work_limit else resources.DEFAULT_MAX_WORK
-    check_workers(args.workers, args.scheduler)
-    with resources.limit_memory(args.max_memory, name="--max-memory"):
-        sweep = build(read_spec(args.spec), source=args.spec)
-        output = args.json if args.json is not None else sweep.output
-        if output is None:
-            raise ParameterError(f"{args.spec}: no 'output' in the spec; name the results "
-                                 f"store with --json PATH")
-        store = Store(output, option="--json" if args.json is not None else "output")
-        lines_before = sum(1 for _ in read_lines(output))
-
-        def log(text: str) -> None:
-            if not args.quiet:
-                print(text, file=sys.stderr, flush=True)
-
-        from metarl_bench._src.core.progress import wanted
-
-        try:
-            computed, kept = run_sweep(sweep, store, force=args.force, serial=args.serial,
-                                       scheduler=args.scheduler, workers=args.workers,
-                                       max_work=max_work, progress=wanted(args.quiet), log=log)
-        except KeyboardInterrupt:
-            # read back what reached the file (lines, so that --force re-runs count too): an
-            # interrupt between a cell's write and any count kept here would miss that cell
-            finished = sum(1 for _ in read_lines(output)) - lines_before
-            print(f"metarl-bench: interrupted; {finished} finished cells of this run kept in "
-                  f"{output}: the same command resumes", file=sys.stderr)
-            return 130
-    for result in sweep_results(sweep, store):
-        print(result.table() + "\n")
-    print(f"{computed} cells computed, {kept} already in the store; results: {output}")
-    return 0
