@@ -154,6 +154,7 @@ def test_dev_full_is_one_line_from_the_cli(capsys):
     assert code == 2 and "No space left on device" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_sigkill_then_the_same_command_gives_the_uninterrupted_file(tmp_path):
     """Kill -9 after the first cells are written, run the same command again: the file is
     the one an uninterrupted run writes (timing aside)."""
