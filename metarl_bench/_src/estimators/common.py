@@ -299,7 +299,7 @@ def validate_call(task: Any, theta: torch.Tensor, n_inner: Any, inner_lr: Any, n
 #: Trajectory steps (rows x trajectories x horizon) one batched call handles at once. Larger
 #: calls run in chunks: past a few million steps the working set leaves the CPU caches and
 #: throughput falls (a 30-arm bandit at N=64 dropped from 56k to 27k estimates/s between
-#: 1000 and 4000 trials per call before the alias sampler; see the README's benchmarks).
+#: 1000 and 4000 trials per call before the alias sampler; see docs/benchmarks.md).
 CHUNK_STEPS = 2 ** 21
 
 
