@@ -125,9 +125,50 @@ def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
                         help="task parameter, repeatable (JSON or a,b,c lists)")
 
 
-def _command(commands: Any, name: str, handler: Any, summary: str,
-             description: str) -> argparse.ArgumentParser:
+#: Each command's one-line summary (``metarl-bench --help``) and description.
+COMMANDS = {
+    "list": (
+        "list registered tasks and estimators",
+        "List registered tasks and estimators."),
+    "run": (
+        "bias / variance / MSE / cosine of estimators over a grid of N",
+        "Compare estimators against the exact (or estimated) meta-gradient. With no "
+        "--task: the headline comparison on a bandit and a tabular MDP."),
+    "sweep": (
+        "run a grid of cells from a TOML or YAML spec, on Dask",
+        "Run every cell of a sweep spec (tasks x estimators x N x inner_lr x "
+        "seeds ...) as independent seeded jobs: on a local Dask cluster by default, "
+        "on an existing one with --scheduler, or in this process with --serial. "
+        "Results stream into the store as cells finish; a re-run resumes."),
+    "train": (
+        "meta-train a policy with one estimator; JSON lines and a PNG curve",
+        "Meta-train the initial parameters with an estimator's meta-gradient "
+        "(outer Adam or SGD); log the return before and after adaptation per "
+        "iteration as JSON lines and draw the learning curve as a PNG."),
+    "check": (
+        "compare the working tree with a baseline: statistics, time, memory",
+        "Measure every estimator on a fixed seeded grid, here and in a baseline "
+        "(a git revision or a suite JSON saved with --save), and fail on a "
+        "regression: bias/variance/MSE worse beyond their confidence intervals, "
+        "or time/memory beyond --factor. Against a revision, the two trees are "
+        "timed in turn, round by round, so machine load affects both alike; "
+        "against a saved file, times are shown but not gated."),
+    "report": (
+        "PNG figures and a self-contained HTML page of a results file",
+        "Plot bias, variance and MSE against N (log-log, with 95% bands and "
+        "fitted slopes), efficiency per unit of work and cost, and write them with "
+        "the tables into one HTML page that needs no network."),
+    "reproduce": (
+        "regenerate a published comparison's figures into a folder",
+        "Run a published comparison with its seeds into DIR/results.jsonl "
+        "(resuming what is there) and write its report into DIR. Available: "
+        + ", ".join(reproductions.REPRODUCTIONS) + "."),
+}
+
+
+def _command(commands: Any, name: str, handler: Any) -> argparse.ArgumentParser:
     """The sub-parser of one command, which runs ``handler(args)``."""
+    summary, description = COMMANDS[name]
     parser = commands.add_parser(name, help=summary, description=description)
     parser.set_defaults(handler=handler)
     return parser
@@ -146,15 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_parser(commands: Any) -> None:
-    _command(commands, "list", _list, "list registered tasks and estimators",
-             "List registered tasks and estimators.")
+    _command(commands, "list", _list)
 
 
 def _run_parser(commands: Any) -> None:
-    run = _command(
-        commands, "run", _run, "bias / variance / MSE / cosine of estimators over a grid of N",
-        "Compare estimators against the exact (or estimated) meta-gradient. With no "
-        "--task: the headline comparison on a bandit and a tabular MDP.")
+    run = _command(commands, "run", _run)
     _task_arguments(run, help="task id (default: the headline bandit and tabular MDP)")
     run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
                      help=f"comma-separated NAME or NAME:KEY=VALUE,... entries, e.g. "
@@ -205,12 +242,7 @@ def _run_parser(commands: Any) -> None:
 
 
 def _sweep_parser(commands: Any) -> None:
-    sweep = _command(
-        commands, "sweep", _sweep, "run a grid of cells from a TOML or YAML spec, on Dask",
-        "Run every cell of a sweep spec (tasks x estimators x N x inner_lr x "
-        "seeds ...) as independent seeded jobs: on a local Dask cluster by default, "
-        "on an existing one with --scheduler, or in this process with --serial. "
-        "Results stream into the store as cells finish; a re-run resumes.")
+    sweep = _command(commands, "sweep", _sweep)
     sweep.add_argument("spec", metavar="SPEC", help="sweep spec, .toml or .yaml")
     sweep.add_argument("--json", metavar="PATH",
                        help="results store (default: the spec's 'output')")
@@ -224,12 +256,7 @@ def _sweep_parser(commands: Any) -> None:
 
 
 def _train_parser(commands: Any) -> None:
-    train = _command(
-        commands, "train", _train,
-        "meta-train a policy with one estimator; JSON lines and a PNG curve",
-        "Meta-train the initial parameters with an estimator's meta-gradient "
-        "(outer Adam or SGD); log the return before and after adaptation per "
-        "iteration as JSON lines and draw the learning curve as a PNG.")
+    train = _command(commands, "train", _train)
     _task_arguments(train, help="task id, e.g. navigation2d-v0", required=True)
     train.add_argument("--estimator", default="lsf", help="estimator name (default: lsf)")
     train.add_argument("--iterations", type=_positive_int, default=100,
@@ -260,15 +287,7 @@ def _train_parser(commands: Any) -> None:
 
 
 def _check_parser(commands: Any) -> None:
-    check = _command(
-        commands, "check", _check,
-        "compare the working tree with a baseline: statistics, time, memory",
-        "Measure every estimator on a fixed seeded grid, here and in a baseline "
-        "(a git revision or a suite JSON saved with --save), and fail on a "
-        "regression: bias/variance/MSE worse beyond their confidence intervals, "
-        "or time/memory beyond --factor. Against a revision, the two trees are "
-        "timed in turn, round by round, so machine load affects both alike; "
-        "against a saved file, times are shown but not gated.")
+    check = _command(commands, "check", _check)
     check.add_argument("--baseline", metavar="REV|FILE",
                        help="git revision (e.g. HEAD~1, main) or suite JSON file")
     check.add_argument("--save", metavar="PATH", help="also save this tree's suite as JSON")
@@ -290,24 +309,14 @@ def _check_parser(commands: Any) -> None:
 
 
 def _report_parser(commands: Any) -> None:
-    report = _command(
-        commands, "report", _report,
-        "PNG figures and a self-contained HTML page of a results file",
-        "Plot bias, variance and MSE against N (log-log, with 95% bands and "
-        "fitted slopes), efficiency per unit of work and cost, and write them with "
-        "the tables into one HTML page that needs no network.")
+    report = _command(commands, "report", _report)
     report.add_argument("results", metavar="RESULTS", help="results file (JSON lines)")
     report.add_argument("-o", "--out", metavar="DIR",
                         help="output folder (default: RESULTS without its suffix + '-report')")
 
 
 def _reproduce_parser(commands: Any) -> None:
-    reproduce = _command(
-        commands, "reproduce", _reproduce,
-        "regenerate a published comparison's figures into a folder",
-        "Run a published comparison with its seeds into DIR/results.jsonl "
-        "(resuming what is there) and write its report into DIR. Available: "
-        + ", ".join(reproductions.REPRODUCTIONS) + ".")
+    reproduce = _command(commands, "reproduce", _reproduce)
     reproduce.add_argument("name", metavar="NAME",
                            help=f"one of: {', '.join(reproductions.REPRODUCTIONS)}")
     reproduce.add_argument("-o", "--out", metavar="DIR",

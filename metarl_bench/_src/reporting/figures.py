@@ -123,7 +123,7 @@ def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Fig
         slopes: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         for slope in result.slopes:
             slopes.setdefault(slope["task"], {})[(series_label(slope), slope["metric"])] = slope
-        dtype = str(result.config.get("dtype", "float64"))
+        dtype = result.settings.dtype
         eps = {"float32": 2.0 ** -23, "float16": 2.0 ** -10}.get(dtype, 2.0 ** -52)
         prefix = f"{index + 1}-" if len(results) > 1 else ""
         for task, records in by_task.items():
