@@ -2,9 +2,8 @@
 
 ``evaluate`` runs every (estimator, N) cell with its own seed derived from (seed, name, N),
 so adding an estimator or an N never changes the numbers of the others. Each cell is fully
-described by its configuration (a :class:`~metarl_bench._src.evaluation.config.CellConfig`);
-results go to the results store
-(``metarl_bench._src.evaluation.store``), keyed by that configuration, so a re-run resumes where an
+described by its configuration (``evaluation.config.CellConfig``); results go to the results
+store (``evaluation.store``), keyed by that configuration, so a re-run resumes where an
 earlier one stopped.
 
 A cell is computed by two pure functions of its configuration, :func:`compute_truth` and
