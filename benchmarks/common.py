@@ -104,13 +104,13 @@ class Case:
         return "limit"
 
     def evaluate(self, n_trials: int) -> dict:
-        """The cell's statistics record (``mb.evaluate`` with the case's truth)."""
-        options = {self.name: {"truth": self.truth}} if self.name == "exact" else None
+        """The cell's statistics record (``mb.evaluate`` with the case's truth; ``exact``
+        is given that truth by ``evaluate`` itself)."""
         kwargs = {} if self.n_outer is None else {"n_outer": self.n_outer,
                                                   "truth_samples": self.truth_samples}
         return mb.evaluate(self.task, [self.name], n_inner=[self.n_inner], n_trials=n_trials,
                            inner_lr=self.inner_lr, seed=SEED, truth=self.truth,
-                           options=options, **kwargs).records[0]
+                           **kwargs).records[0]
 
 
 def allocated_peak_bytes(call: Callable[[], object]) -> int | None:

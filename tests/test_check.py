@@ -104,6 +104,7 @@ def test_exact_statistics_fail_on_any_real_change():
     assert failing(compare({"statistics": [stat]}, {"statistics": [now]}))
 
 
+@pytest.mark.slow
 def test_an_injected_variance_bug_fails_the_check():
     baseline = {"statistics": measure_statistics(SUBSET)}
     lsf = mb.estimator_spec("lsf")
@@ -122,6 +123,7 @@ def test_an_injected_variance_bug_fails_the_check():
     assert {name for name, *_ in failed} == {"lsf"}
 
 
+@pytest.mark.slow
 def test_cli_check_against_a_revision_and_a_saved_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     saved = tmp_path / "suite.json"

@@ -488,3 +488,24 @@ def test_cli_lists_and_runs_the_family(capsys):
     assert all(moments[(name, n)] == "exact" for name in ("loaded-dice", "lvc", "taypo", "emaml")
                for n in ("2", "8"))
     assert moments[("es-maml", "2")] == "monte-carlo"
+
+
+@pytest.mark.parametrize("name, options", [("es-maml", {"n_perturbations": 2}),
+                                           ("decomposed", {"inner": "lsf"})])
+def test_es_maml_and_decomposed_run_in_chunks_like_every_batched_estimator(name, options,
+                                                                           monkeypatch):
+    """A large call is split into the chunks of ``batched`` and the generator runs on: the
+    result is the chunks' calls one after another."""
+    from metarl_bench._src.estimators import common
+
+    task = make("tabular")
+    theta = task.initial_params()
+    call = lambda n_trials, gen: mb.get_estimator(name)(  # noqa: E731
+        task, theta, n_inner=3, inner_lr=1.0, n_trials=n_trials, generator=gen, **options)
+    per_task = mb.estimator_spec(name).trajectories_per_task(3, None, options)
+    monkeypatch.setattr(common, "CHUNK_STEPS", 4 * per_task * task.horizon)
+    counts = common.chunk_counts(10, common.trials_per_chunk(task, per_task))
+    assert counts == [4, 3, 3]
+    gen = generator(3)
+    chunked = torch.cat([call(count, gen) for count in counts])
+    assert torch.equal(call(10, generator(3)), chunked)

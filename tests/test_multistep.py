@@ -117,6 +117,27 @@ def test_a_form_that_bypasses_row_params_cannot_take_several_steps():
     assert row_params(theta, 2).shape == (2, 3)  # outside a chain: theta repeated
 
 
+def test_each_row_starts_where_its_trajectories_were_drawn():
+    """Step k's rows carry their theta_k with them (no state outside the arguments): the
+    parameters of a row, of a slice of rows and of one trajectory per row are its own."""
+    import dataclasses
+
+    from metarl_bench._src.core.trajectories import RowStarts
+
+    task = make("bandit")
+    theta = task.initial_params()
+    (inner,) = step_samples(task, theta, 2, 3, 1)
+    points = torch.arange(6, dtype=theta.dtype).reshape(2, 3)
+    assert torch.equal(row_params(theta, inner), theta.expand(2, 3))
+    starts = RowStarts(points)
+    drawn = dataclasses.replace(inner, starts=starts)
+    assert torch.equal(row_params(theta, drawn), points) and starts.used
+    again = RowStarts(points)
+    single = dataclasses.replace(inner, starts=again).one_per_row()
+    assert torch.equal(row_params(theta, single), points.repeat_interleave(3, 0)) and again.used
+    assert torch.equal(row_params(theta, drawn.rows(slice(1, 2))), points[1:])
+
+
 # ---- truth for K steps ------------------------------------------------------------------
 
 def bandit_value(theta, rewards):

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,3 +112,64 @@ def test_a_bad_output_folder_is_one_line_and_nothing_is_created(results, tmp_pat
     assert code == 2 and message.format(**names) in err and err.count("\n") == 1, err
     assert sorted(os.listdir(tmp_path)) == ["afile"]
     assert (tmp_path / "afile").read_text() == "keep"
+
+
+# ---- one identity per series: label, colour, order, headings ---------------------------------
+
+def test_a_label_is_the_entry_that_names_the_series_and_parses_back():
+    from metarl_bench._src.estimators.entries import entry_label, parse_entry
+
+    for name, options in [("lsf", {}), ("unbiased", {"baseline": 0.5}),
+                          ("loaded-dice", {"critic": "exact", "gae_lambda": 0.9}),
+                          ("emaml", {"score_scale": "sum"}), ("x", {"flag": True})]:
+        assert parse_entry(entry_label(name, options)) == (name, options)
+    assert entry_label("decomposed", {"inner": "maml", "hessian": "lsf"}) == \
+        "decomposed:inner=maml,hessian=lsf"
+
+
+def test_an_estimator_keeps_its_colour_whatever_else_is_in_the_figure(tmp_path):
+    from metarl_bench._src.evaluation.tables import estimator_colour
+    from metarl_bench._src.reporting.figures import _series
+
+    records = [{"estimator": name, "options": options, "n_inner": 1}
+               for name, options in [("maml", {}), ("lsf", {}), ("unbiased", {}),
+                                     ("unbiased", {"baseline": 0.5})]]
+    first = {s.label: (s.colour, s.style) for s in _series(records)}
+    second = {s.label: (s.colour, s.style) for s in _series(records[2:] + records[:2])}
+    assert first == second
+    assert len({first[label][0] for label in ("maml", "lsf", "unbiased")}) == 3
+    assert first["unbiased"][0] == first["unbiased:baseline=0.5"][0] == \
+        estimator_colour("unbiased")
+    assert first["unbiased"][1] != first["unbiased:baseline=0.5"][1]
+    assert estimator_colour("not-registered-here") == estimator_colour("not-registered-here")
+
+
+def test_writing_a_report_leaves_matplotlib_and_its_backend_alone(results, tmp_path):
+    code = ("import sys, matplotlib; matplotlib.use('svg')\n"
+            "import metarl_bench as mb\n"
+            "from metarl_bench._src.reporting.html import write_report\n"
+            f"(result,) = mb.load_results({results[0]!r})\n"
+            f"write_report([result], {str(tmp_path)!r})\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_page_names_its_tasks_and_tells_apart_sections_of_one_task(tmp_path):
+    task = mb.make_task("bandit-v0", **SCIENCE_BANDIT)
+    runs = [mb.evaluate(task, ["maml", "lsf"], n_inner=[2, 4], n_trials=20, seed=seed,
+                        inner_lr=SCIENCE_LR) for seed in (0, 1)]
+    other = mb.evaluate(mb.make_task("tabular-v0", n_states=3, horizon=2), ["lsf"],
+                        n_inner=[2], n_trials=20, truth="limit")
+    text = open(write_report([*runs, other], tmp_path), encoding="utf-8").read()
+    assert "<title>metarl_bench: bandit-v0, tabular-v0</title>" in text
+    headings = re.findall(r"<h2>(.*?)</h2>", text)
+    assert headings[:3] == ["bandit-v0 (seed=0)", "bandit-v0 (seed=1)", "tabular-v0"]
+    # the records in the terminal's (the run's) order, not sorted by name
+    table = text.split("<h2>bandit-v0 (seed=0)</h2>")[1].split("<h2>")[0]
+    names = re.findall(r"<td class=name>([^<]*)</td>", table)
+    assert names[-4:] == ["maml", "lsf", "maml", "lsf"]
+    terminal = [line.split()[0] for line in runs[0].table().splitlines()
+                if line.strip().startswith(("maml ", "lsf "))]
+    assert terminal[:4] == names[-4:]

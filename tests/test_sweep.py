@@ -206,6 +206,7 @@ truth = "limit"
 name = "tabular-v0"
 params = { n_states = 3, n_actions = 2, horizon = 3 }
 """
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_completes_them(tmp_path):
     """SIGINT after the first cell lands: exit 130 with one line counting the cells kept;
     the same command again gives the file an uninterrupted sweep writes (timing aside)."""

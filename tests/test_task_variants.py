@@ -128,6 +128,7 @@ def test_discounted_meta_gradient_matches_finite_differences():
                                rtol=0, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_discounted_episodes_return_the_exact_value_and_policy_gradient():
     task = mb.make_task("tabular-discounted-v0", n_tasks=2, **DISCOUNTED)
     theta = task.initial_params()

@@ -85,6 +85,7 @@ def test_interrupted_twice_then_resumed_equals_an_uninterrupted_run(tmp_path, op
     assert torch.equal(again.theta, reference.theta) and again.iterations == resumed.iterations
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_command_then_the_same_command_resumes(tmp_path):
     # the command kills itself with SIGKILL right after its log holds two iterations
     path = tmp_path / "killed.jsonl"

@@ -27,8 +27,9 @@ Usage:
     python benchmarks/dashboard/check_offline.py .asv/html
     python benchmarks/dashboard/check_offline.py .asv/html --bench bench_x.Class.time_y
 
-Prints the screenshot path.  Standard library only; installs Debian's
-``chromium`` with apt-get when it is missing and we are root.
+Prints the screenshot path.  Standard library and matplotlib (a dependency of
+metarl_bench, which reads the screenshot); installs Debian's ``chromium`` with
+apt-get when it is missing and we are root.
 """
 
 from __future__ import annotations
@@ -40,13 +41,11 @@ import os
 import re
 import shutil
 import socketserver
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -321,57 +320,18 @@ class _GraphDomFacts(html.parser.HTMLParser):
             self.page_title += data.strip()
 
 
-def read_png_rgb(path: Path) -> tuple[int, int, list[bytes], int]:
-    """Decode an 8-bit, non-interlaced RGB/RGBA PNG (what Chromium writes).
+def read_png_rgb(path: Path):
+    """The screenshot's pixels as an (height, width, 3) array of 0..255 RGB values, read by
+    matplotlib (which reads PNG through Pillow)."""
+    import matplotlib.image
+    import numpy as np
 
-    Returns width, height, one bytes object per row, and bytes per pixel (3 or
-    4).  Only as much of PNG as needed to look at a screenshot.
-    """
-    data = path.read_bytes()
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise CheckError(f"{path} is not a PNG")
-    pos, idat = 8, []
-    width = height = bpp = None
-    while pos < len(data):
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if ctype == b"IHDR":
-            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            if depth != 8 or color not in (2, 6) or interlace:
-                raise CheckError(f"{path}: unsupported PNG format (depth {depth}, colour {color})")
-            bpp = 3 if color == 2 else 4
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-    raw = zlib.decompress(b"".join(idat))
-    stride = width * bpp
-    rows, prev = [], bytearray(stride)
-    for y in range(height):
-        ftype = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        if ftype == 1:
-            for i in range(bpp, stride):
-                line[i] = (line[i] + line[i - bpp]) & 0xFF
-        elif ftype == 2:
-            line = bytearray((a + b) & 0xFF for a, b in zip(line, prev))
-        elif ftype == 3:
-            for i in range(stride):
-                left = line[i - bpp] if i >= bpp else 0
-                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
-        elif ftype == 4:
-            for i in range(stride):
-                a = line[i - bpp] if i >= bpp else 0
-                b = prev[i]
-                c = prev[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                line[i] = (line[i] + pred) & 0xFF
-        rows.append(bytes(line))
-        prev = line
-    return width, height, rows, bpp
+    try:
+        pixels = matplotlib.image.imread(path, format="png")
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CheckError(f"{path} is not a readable PNG: {exc}") from None
+    rgb = pixels[..., :3]
+    return np.round(rgb * 255) if rgb.dtype.kind == "f" else rgb.astype(float)
 
 
 # Where asv 0.6's index.html puts #main-graph in the page: the graph column
@@ -388,23 +348,19 @@ def count_plot_pixels(png: Path, legend_box: tuple[float, float, float, float] |
     drew data on its canvas.  Even a single-commit graph (one small circle)
     gives a few dozen.
     """
-    width, height, rows, bpp = read_png_rgb(png)
+    import numpy as np
+
+    rgb = read_png_rgb(png)
+    height, width = rgb.shape[:2]
     ox, oy = MAIN_GRAPH_ORIGIN
-    x0, x1, y0, y1 = ox, width - 10, oy, height - 110
-    skip = None
+    ys, xs = np.mgrid[:height, :width]
+    inside = (xs >= ox) & (xs < width - 10) & (ys >= oy) & (ys < height - 110)
     if legend_box:
         left, top, w, h = legend_box
-        skip = (ox + left - 5, oy + top - 5, ox + left + w + 5, oy + top + h + 5)
-    count = 0
-    for y in range(y0, max(y0, y1)):
-        row = rows[y]
-        for x in range(x0, max(x0, x1)):
-            if skip and skip[0] <= x <= skip[2] and skip[1] <= y <= skip[3]:
-                continue
-            r, g, b = row[x * bpp:x * bpp + 3]
-            if max(r, g, b) - min(r, g, b) >= 60:
-                count += 1
-    return count
+        inside &= ~((xs >= ox + left - 5) & (xs <= ox + left + w + 5)
+                    & (ys >= oy + top - 5) & (ys <= oy + top + h + 5))
+    saturated = rgb.max(-1) - rgb.min(-1) >= 60
+    return int((inside & saturated).sum())
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The ``metarl-bench`` command line: ``list``, ``run``, ``sweep``, ``train`` and ``check``.
+"""The ``metarl-bench`` command line: ``list``, ``run``, ``sweep``, ``train``, ``check``,
+``report`` and ``reproduce``; one parser function per command names its handler.
 
 Bad input exits with code 2 and one line on stderr, never a traceback. Every argument is
 checked before any file is opened, so a rejected command leaves every file as it was.
@@ -7,7 +8,6 @@ checked before any file is opened, so a rejected command leaves every file as it
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -16,12 +16,16 @@ from typing import Any, Sequence
 
 import torch
 
-from metarl_bench._src.reporting import reproductions
 from metarl_bench._src.core.errors import MetaRLBenchError, ParameterError, UnsupportedError
+from metarl_bench._src.core.validation import parse_assignment
+from metarl_bench._src.evaluation.config import CellConfig
+from metarl_bench._src.evaluation.evaluate import TARGET_METRICS
+from metarl_bench._src.reporting import reproductions
 
 #: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
 HEADLINE_ESTIMATORS = ",".join(reproductions.HEADLINE_ESTIMATORS)
 HEADLINE_N = ",".join(map(str, reproductions.HEADLINE_N))
+HEADLINE_TRIALS = reproductions.HEADLINE_TRIALS
 #: Where ``metarl-bench run`` keeps its results store and report unless told otherwise.
 DEFAULT_OUT = "metarl-bench-results"
 
@@ -32,25 +36,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _value(text: str) -> Any:
-    """A --task-param value: JSON if it parses, a comma list of numbers, else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        try:
-            return [float(part) for part in text.split(",")]
-        except ValueError:
-            pass
-    return text
-
-
 def _task_param(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), _value(value.strip())
+    try:
+        return parse_assignment(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -135,51 +125,109 @@ def _task_arguments(parser: argparse.ArgumentParser, *, help: str,
                         help="task parameter, repeatable (JSON or a,b,c lists)")
 
 
+#: Each command's one-line summary (``metarl-bench --help``) and description.
+COMMANDS = {
+    "list": (
+        "list registered tasks and estimators",
+        "List registered tasks and estimators."),
+    "run": (
+        "bias / variance / MSE / cosine of estimators over a grid of N",
+        "Compare estimators against the exact (or estimated) meta-gradient. With no "
+        "--task: the headline comparison on a bandit and a tabular MDP."),
+    "sweep": (
+        "run a grid of cells from a TOML or YAML spec, on Dask",
+        "Run every cell of a sweep spec (tasks x estimators x N x inner_lr x "
+        "seeds ...) as independent seeded jobs: on a local Dask cluster by default, "
+        "on an existing one with --scheduler, or in this process with --serial. "
+        "Results stream into the store as cells finish; a re-run resumes."),
+    "train": (
+        "meta-train a policy with one estimator; JSON lines and a PNG curve",
+        "Meta-train the initial parameters with an estimator's meta-gradient "
+        "(outer Adam or SGD); log the return before and after adaptation per "
+        "iteration as JSON lines and draw the learning curve as a PNG."),
+    "check": (
+        "compare the working tree with a baseline: statistics, time, memory",
+        "Measure every estimator on a fixed seeded grid, here and in a baseline "
+        "(a git revision or a suite JSON saved with --save), and fail on a "
+        "regression: bias/variance/MSE worse beyond their confidence intervals, "
+        "or time/memory beyond --factor. Against a revision, the two trees are "
+        "timed in turn, round by round, so machine load affects both alike; "
+        "against a saved file, times are shown but not gated."),
+    "report": (
+        "PNG figures and a self-contained HTML page of a results file",
+        "Plot bias, variance and MSE against N (log-log, with 95% bands and "
+        "fitted slopes), efficiency per unit of work and cost, and write them with "
+        "the tables into one HTML page that needs no network."),
+    "reproduce": (
+        "regenerate a published comparison's figures into a folder",
+        "Run a published comparison with its seeds into DIR/results.jsonl "
+        "(resuming what is there) and write its report into DIR. Available: "
+        + ", ".join(reproductions.REPRODUCTIONS) + "."),
+}
+
+
+def _command(commands: Any, name: str, handler: Any) -> argparse.ArgumentParser:
+    """The sub-parser of one command, which runs ``handler(args)``."""
+    summary, description = COMMANDS[name]
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-parser per command, each naming its handler."""
     parser = _Parser(prog="metarl-bench",
                      description="Benchmark meta-gradient estimators against exact ground truth.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    commands.add_parser("list", help="list registered tasks and estimators",
-                        description="List registered tasks and estimators.")
-    run = commands.add_parser(
-        "run", help="bias / variance / MSE / cosine of estimators over a grid of N",
-        description="Compare estimators against the exact (or estimated) meta-gradient. With no "
-                    "--task: the headline comparison on a bandit and a tabular MDP.")
+    for add in (_list_parser, _run_parser, _sweep_parser, _train_parser, _check_parser,
+                _report_parser, _reproduce_parser):
+        add(commands)
+    return parser
+
+
+def _list_parser(commands: Any) -> None:
+    _command(commands, "list", _list)
+
+
+def _run_parser(commands: Any) -> None:
+    run = _command(commands, "run", _run)
     _task_arguments(run, help="task id (default: the headline bandit and tabular MDP)")
     run.add_argument("--estimators", default=HEADLINE_ESTIMATORS,
                      help=f"comma-separated NAME or NAME:KEY=VALUE,... entries, e.g. "
                           f"lsf,unbiased:baseline=0.5,decomposed:inner=maml,hessian=lsf "
                           f"(default: {HEADLINE_ESTIMATORS})")
-    run.add_argument("--n-steps", type=_positive_int, default=1,
+    run.add_argument("--n-steps", type=_positive_int, default=CellConfig.n_steps,
                      help="inner adaptation steps K, fresh trajectories at each (default: 1)")
     run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
                      help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
-    run.add_argument("--trials", type=_positive_int, default=2000,
-                     help="independent estimates per cell; with --target-rel-ci, the first "
-                          "batch (default: 2000)")
+    run.add_argument("--trials", type=_positive_int, default=HEADLINE_TRIALS,
+                     help=f"independent estimates per cell; with --target-rel-ci, the first "
+                          f"batch (default: {HEADLINE_TRIALS})")
     run.add_argument("--target-rel-ci", type=_float, default=None, metavar="WIDTH",
                      help="adaptive trials: add estimates to each cell until the 95%% interval "
                           "of --target-metric is at most WIDTH times its value (e.g. 0.1), or "
                           "--max-trials is reached")
     run.add_argument("--max-trials", type=_positive_int, default=None,
                      help="cap on a cell's adaptive trials (default: 16 x --trials)")
-    run.add_argument("--target-metric", choices=("mse", "variance", "bias"), default="mse",
+    run.add_argument("--target-metric", choices=TARGET_METRICS,
+                     default=CellConfig.target_metric,
                      help="the metric whose interval --target-rel-ci targets (default: mse)")
     run.add_argument("--inner-lr", type=_float, default=None,
                      help="inner step size (default: 2.0 on the headline bandit, else 1.0)")
     run.add_argument("--n-outer", type=_positive_int, default=None,
                      help="outer trajectories M (default: exact outer value and gradient)")
-    run.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
-    run.add_argument("--truth", choices=("finite", "limit"), default="finite",
+    run.add_argument("--seed", type=_seed, default=CellConfig.seed, help="seed (default: 0)")
+    run.add_argument("--truth", choices=("finite", "limit"), default=CellConfig.truth,
                      help="compare against grad F_N (finite) or grad F_inf (limit)")
-    run.add_argument("--truth-samples", type=_positive_int, default=20_000,
-                     help="samples of an estimated finite truth: leave-one-out with a model, "
-                          "unbiased with --n-outer without one (default: 20000)")
+    run.add_argument("--truth-samples", type=_positive_int, default=CellConfig.truth_samples,
+                     help=f"samples of an estimated finite truth: leave-one-out with a model, "
+                          f"unbiased with --n-outer without one (default: "
+                          f"{CellConfig.truth_samples})")
     run.add_argument("--monte-carlo", action="store_true",
                      help="use Monte Carlo moments even where exact enumeration is possible")
-    run.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    run.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    run.add_argument("--dtype", choices=("float64", "float32"), default=CellConfig.dtype)
+    run.add_argument("--device", default=CellConfig.device, help="torch device (default: cpu)")
     run.add_argument("--json", metavar="PATH",
                      help="results store (JSON lines): each cell is appended as it finishes, "
                           "and a re-run skips the cells already there (default: "
@@ -191,12 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true",
                      help="print the tables only: no figures, no HTML page")
     _add_guards(run)
-    sweep = commands.add_parser(
-        "sweep", help="run a grid of cells from a TOML or YAML spec, on Dask",
-        description="Run every cell of a sweep spec (tasks x estimators x N x inner_lr x "
-                    "seeds ...) as independent seeded jobs: on a local Dask cluster by default, "
-                    "on an existing one with --scheduler, or in this process with --serial. "
-                    "Results stream into the store as cells finish; a re-run resumes.")
+
+
+def _sweep_parser(commands: Any) -> None:
+    sweep = _command(commands, "sweep", _sweep)
     sweep.add_argument("spec", metavar="SPEC", help="sweep spec, .toml or .yaml")
     sweep.add_argument("--json", metavar="PATH",
                        help="results store (default: the spec's 'output')")
@@ -207,11 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=_positive_int, default=None,
                        help="worker processes of the local cluster (default: one per core)")
     _add_guards(sweep)
-    train = commands.add_parser(
-        "train", help="meta-train a policy with one estimator; JSON lines and a PNG curve",
-        description="Meta-train the initial parameters with an estimator's meta-gradient "
-                    "(outer Adam or SGD); log the return before and after adaptation per "
-                    "iteration as JSON lines and draw the learning curve as a PNG.")
+
+
+def _train_parser(commands: Any) -> None:
+    train = _command(commands, "train", _train)
     _task_arguments(train, help="task id, e.g. navigation2d-v0", required=True)
     train.add_argument("--estimator", default="lsf", help="estimator name (default: lsf)")
     train.add_argument("--iterations", type=_positive_int, default=100,
@@ -239,14 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="no progress bar (shown on a terminal by default) and no "
                             "per-iteration lines")
     _add_limits(train, "a run whose one iteration is")
-    check = commands.add_parser(
-        "check", help="compare the working tree with a baseline: statistics, time, memory",
-        description="Measure every estimator on a fixed seeded grid, here and in a baseline "
-                    "(a git revision or a suite JSON saved with --save), and fail on a "
-                    "regression: bias/variance/MSE worse beyond their confidence intervals, "
-                    "or time/memory beyond --factor. Against a revision, the two trees are "
-                    "timed in turn, round by round, so machine load affects both alike; "
-                    "against a saved file, times are shown but not gated.")
+
+
+def _check_parser(commands: Any) -> None:
+    check = _command(commands, "check", _check)
     check.add_argument("--baseline", metavar="REV|FILE",
                        help="git revision (e.g. HEAD~1, main) or suite JSON file")
     check.add_argument("--save", metavar="PATH", help="also save this tree's suite as JSON")
@@ -265,26 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="joint standard errors a statistic may worsen by (default: 3)")
     check.add_argument("--all", action="store_true", help="show unchanged rows too")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
-    report = commands.add_parser(
-        "report", help="PNG figures and a self-contained HTML page of a results file",
-        description="Plot bias, variance and MSE against N (log-log, with 95% bands and "
-                    "fitted slopes), efficiency per unit of work and cost, and write them with "
-                    "the tables into one HTML page that needs no network.")
+
+
+def _report_parser(commands: Any) -> None:
+    report = _command(commands, "report", _report)
     report.add_argument("results", metavar="RESULTS", help="results file (JSON lines)")
     report.add_argument("-o", "--out", metavar="DIR",
                         help="output folder (default: RESULTS without its suffix + '-report')")
-    reproduce = commands.add_parser(
-        "reproduce", help="regenerate a published comparison's figures into a folder",
-        description="Run a published comparison with its seeds into DIR/results.jsonl "
-                    "(resuming what is there) and write its report into DIR. Available: "
-                    + ", ".join(reproductions.REPRODUCTIONS) + ".")
+
+
+def _reproduce_parser(commands: Any) -> None:
+    reproduce = _command(commands, "reproduce", _reproduce)
     reproduce.add_argument("name", metavar="NAME",
                            help=f"one of: {', '.join(reproductions.REPRODUCTIONS)}")
     reproduce.add_argument("-o", "--out", metavar="DIR",
                            help="output folder (default: reproduce-NAME)")
     reproduce.add_argument("--quiet", action="store_true",
                            help="no progress bar (shown on a terminal by default)")
-    return parser
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -319,12 +357,12 @@ def _estimator_entries(text: str) -> list[Any]:
 
 def _writable(path: str, option: str) -> str:
     """A path the command may write at its end, checked now without creating or changing it."""
-    from metarl_bench._src.evaluation.store import check_path
+    from metarl_bench._src.core.files import check_path
 
     return check_path(path, option)
 
 
-def _list() -> int:
+def _list(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.registry import estimator_spec, list_estimators, list_tasks, TASKS
 
     width = max(map(len, [*list_tasks(), *list_estimators()]))
@@ -339,10 +377,11 @@ def _list() -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.core import resources
-    from metarl_bench._src.evaluation.evaluate import check_resources, pending, plan, results_of, run_plan
+    from metarl_bench._src.core.files import check_folder, make_folder
     from metarl_bench._src.core.progress import Progress, wanted
     from metarl_bench._src.core.registry import make_task
-    from metarl_bench._src.evaluation.store import Store, cell_key, check_folder, make_folder
+    from metarl_bench._src.evaluation.evaluate import check_plans, plan, run_plans
+    from metarl_bench._src.evaluation.store import Store
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
@@ -350,15 +389,14 @@ def _run(args: argparse.Namespace) -> int:
             raise ParameterError("--task-param needs --task")
         grid = [(name, dict(params), lr) for name, params, lr in reproductions.HEADLINE]
     else:
-        grid = [(args.task, dict(args.task_param), 1.0)]
-    max_work = None if args.no_work_limit else resources.DEFAULT_MAX_WORK
+        grid = [(args.task, dict(args.task_param), CellConfig.inner_lr)]
     with resources.limit_memory(args.max_memory):
         # every task, cell and guard is checked before the results file is opened
         plans = [plan(make_task(name, **params), estimators, n_inner=args.n_inner,
                       n_trials=args.trials, inner_lr=lr if args.inner_lr is None else args.inner_lr,
-                      n_outer=args.n_outer, seed=args.seed, truth=args.truth, theta=None,
-                      exact=not args.monte_carlo, truth_samples=args.truth_samples, n_boot=200,
-                      dtype=getattr(torch, args.dtype), device=args.device, options=None,
+                      n_outer=args.n_outer, seed=args.seed, truth=args.truth,
+                      exact=not args.monte_carlo, truth_samples=args.truth_samples,
+                      dtype=getattr(torch, args.dtype), device=args.device,
                       n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
                       max_trials=args.max_trials, target_metric=args.target_metric)
                  for name, params, lr in grid]
@@ -374,58 +412,31 @@ def _run(args: argparse.Namespace) -> int:
         # command leaves no folder behind
         store = (None if in_out and not os.path.isdir(args.out)
                  else Store(args.json, option="--json"))
-        totals = [check_resources(p.task, pending(p, store, args.force), max_work)
-                  for p in plans]
+        total = check_plans(plans, store, args.force, _max_work(args))
         if store is None:
             make_folder(args.out, "--out")
             store = Store(args.json, option="--json")
-    finished = 0
-    keys = [cell_key(config) for checked in plans for config in checked.configs]
-    stored_before = sum(key in store for key in keys) if store is not None else 0
+    lines_before = _lines_in(args.json)
+    started = [time.perf_counter()]
 
-    def count(record: dict[str, Any]) -> None:
-        nonlocal finished
-        finished += 1
+    def announce(result: Any) -> None:
+        print(result.table())
+        print(f"({time.perf_counter() - started[0]:.1f} s)\n", flush=True)
+        started[0] = time.perf_counter()
 
-    problems, results = [], []
     try:
-        with Progress(sum(totals), "run", enabled=wanted(args.quiet), unit="traj") as bar:
-            for checked in plans:
-                started = time.perf_counter()
-                if not args.quiet:
-                    print(f"running {checked.task!r} ...", file=sys.stderr, flush=True)
-                (result,) = results_of(run_plan(checked, store, args.force, bar.advance, count))
-                results.append(result)
-                problems += [r for r in result.records if r.get("problem")]
-                print(result.table())
-                print(f"({time.perf_counter() - started:.1f} s)\n", flush=True)
+        with Progress(total, "run", enabled=wanted(args.quiet), unit="traj") as bar:
+            results = run_plans(plans, store, args.force, bar.advance, on_result=announce)
     except KeyboardInterrupt:
-        if args.json:
-            # read back what reached the file: an interrupt between a cell's write and its
-            # count would make the counter one short
-            on_disk = Store(args.json, option="--json")
-            finished = sum(key in on_disk for key in keys) - stored_before
-        kept = f"; {finished} finished cells kept in {args.json}" if args.json else ""
-        print(f"metarl-bench: interrupted{kept}", file=sys.stderr)
-        return 130
-    short = [r for result in results for r in result.records
-             if r.get("target_reached") is False and not r.get("problem")]
-    if short:
-        widest = max(short, key=lambda r: r["rel_ci"] if r["rel_ci"] is not None else math.inf)
-        estimated = any(r.get("truth_kind") == "estimated" for r in short)
-        print(f"note: {len(short)} cells stopped at --max-trials before their "
-              f"{widest['target_metric']} interval reached {widest['target_rel_ci']:g} of its "
-              f"value (widest: {widest['estimator']} at N={widest['n_inner']}, "
-              f"{_width(widest['rel_ci'])}); raise --max-trials"
-              + (" (or --truth-samples: the estimated truth's own error widens the bias and "
-                 "MSE intervals too)" if estimated else ""), file=sys.stderr)
-    if args.json:
-        print(f"results: {args.json}")
+        return _interrupted(args.json, lines_before)
+    _note_short_cells(results)
+    print(f"results: {args.json}")
     if not args.no_report:
         from metarl_bench._src.reporting.html import write_report
 
         page = write_report(results, args.out, source=args.json)
         print(f"report:  {page} (figures in {args.out})")
+    problems = [r for result in results for r in result.records if r.get("problem")]
     if problems:
         first = problems[0]
         raise UnsupportedError(
@@ -434,12 +445,83 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_short_cells(results: Sequence[Any]) -> None:
+    """One line on stderr when adaptive cells stopped at their cap short of their target."""
+    short = [r for result in results for r in result.records
+             if r.get("target_reached") is False and not r.get("problem")]
+    if not short:
+        return
+    widest = max(short, key=lambda r: r["rel_ci"] if r["rel_ci"] is not None else math.inf)
+    estimated = any(r.get("truth_kind") == "estimated" for r in short)
+    print(f"note: {len(short)} cells stopped at --max-trials before their "
+          f"{widest['target_metric']} interval reached {widest['target_rel_ci']:g} of its "
+          f"value (widest: {widest['estimator']} at N={widest['n_inner']}, "
+          f"{_width(widest['rel_ci'])}); raise --max-trials"
+          + (" (or --truth-samples: the estimated truth's own error widens the bias and "
+             "MSE intervals too)" if estimated else ""), file=sys.stderr)
+
+
+def _max_work(args: argparse.Namespace) -> float | None:
+    from metarl_bench._src.core import resources
+
+    return None if args.no_work_limit else resources.DEFAULT_MAX_WORK
+
+
+def _lines_in(path: str) -> int:
+    from metarl_bench._src.evaluation.store import read_lines
+
+    return sum(1 for _ in read_lines(path))
+
+
+def _interrupted(path: str, lines_before: int) -> int:
+    """Ctrl-C in run or sweep: one line counting the finished cells kept, exit 130. The count
+    is read back from the file (lines, so that --force re-runs count too): an interrupt
+    between a cell's write and any counter kept here would miss that cell."""
+    finished = _lines_in(path) - lines_before
+    print(f"metarl-bench: interrupted; {finished} finished cells of this run kept in {path}: "
+          f"the same command resumes", file=sys.stderr)
+    return 130
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from metarl_bench._src.core import resources
+    from metarl_bench._src.core.progress import wanted
+    from metarl_bench._src.evaluation.store import Store
+    from metarl_bench._src.evaluation.sweep import (build, check_workers, read_spec, run_sweep,
+                                                    sweep_results)
+
+    check_workers(args.workers, args.scheduler)
+    with resources.limit_memory(args.max_memory, name="--max-memory"):
+        sweep = build(read_spec(args.spec), source=args.spec)
+        output = args.json if args.json is not None else sweep.output
+        if output is None:
+            raise ParameterError(f"{args.spec}: no 'output' in the spec; name the results "
+                                 f"store with --json PATH")
+        store = Store(output, option="--json" if args.json is not None else "output")
+        lines_before = _lines_in(output)
+
+        def log(text: str) -> None:
+            if not args.quiet:
+                print(text, file=sys.stderr, flush=True)
+
+        try:
+            computed, kept = run_sweep(sweep, store, force=args.force, serial=args.serial,
+                                       scheduler=args.scheduler, workers=args.workers,
+                                       max_work=_max_work(args), progress=wanted(args.quiet),
+                                       log=log)
+        except KeyboardInterrupt:
+            return _interrupted(output, lines_before)
+    for result in sweep_results(sweep, store):
+        print(result.table() + "\n")
+    print(f"{computed} cells computed, {kept} already in the store; results: {output}")
+    return 0
+
+
 def _width(value: float | None) -> str:
     return "no finite interval" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metarl_bench._src.core import resources
     from metarl_bench._src.core.progress import wanted
     from metarl_bench._src.core.registry import make_task
     from metarl_bench._src.training.train import check_plot_path, train
@@ -474,7 +556,7 @@ def _train(args: argparse.Namespace) -> int:
                        inner_lr=args.inner_lr, outer_lr=args.outer_lr,
                        optimizer=args.optimizer, seed=args.seed, jsonl=args.json, plot=plot,
                        progress=progress, max_memory=args.max_memory,
-                       max_work=None if args.no_work_limit else resources.DEFAULT_MAX_WORK)
+                       max_work=_max_work(args))
     except KeyboardInterrupt:
         print(f"metarl-bench: interrupted; {finished_iterations(args.json)} finished iterations "
               f"kept in {args.json}: the same command resumes", file=sys.stderr)
@@ -489,7 +571,7 @@ def _train(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluation.evaluate import load_results
     from metarl_bench._src.reporting.html import write_report
-    from metarl_bench._src.evaluation.store import make_folder
+    from metarl_bench._src.core.files import make_folder
 
     if not os.path.isfile(args.results):
         raise ParameterError(f"no results file {args.results!r}")
@@ -506,7 +588,7 @@ def _report(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.core.progress import wanted
-    from metarl_bench._src.evaluation.store import check_folder
+    from metarl_bench._src.core.files import check_folder
 
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
@@ -521,21 +603,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "list":
-            return _list()
-        if args.command == "check":
-            return _check(args)
-        if args.command == "train":
-            return _train(args)
-        if args.command == "sweep":
-            from metarl_bench._src.evaluation.sweep import main_sweep
-
-            return main_sweep(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "reproduce":
-            return _reproduce(args)
-        return _run(args)
+        return args.handler(args)
     except MetaRLBenchError as exc:
         print(f"metarl-bench: error: {exc}", file=sys.stderr)
         return 2

@@ -1,1 +1,1 @@
-"""The bottom layer: errors, argument validation, seeded draws, trajectories, statistics, the registries, resource estimates and progress."""
+"""Layer 0: errors, argument checks, draws, trajectories, statistics, registries, files, guards."""

@@ -28,7 +28,7 @@ from metarl_bench._src.core.errors import ParameterError, ResourceError
 #: Share of the available memory one computation may plan to use by default.
 DEFAULT_MEMORY_FRACTION = 0.5
 #: Trajectory steps (trajectories x horizon) one command may plan before it is refused:
-#: about 1e10 runs for hours on one core (measured rates are in the README).
+#: about 1e10 runs for hours on one core (measured rates are in docs/benchmarks.md).
 DEFAULT_MAX_WORK = 10 ** 10
 
 #: The limit in force: (bytes, or None for the default share of the available memory; the

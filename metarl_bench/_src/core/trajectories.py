@@ -7,6 +7,33 @@ from dataclasses import dataclass
 import torch
 
 
+@dataclass
+class RowStarts:
+    """The parameters each row's trajectories were drawn at, when the rows do not all start
+    from theta (inner step k >= 1 of several: each row at its own theta_k), (R, *P).
+
+    ``used`` is set when an estimator builds its parameters from them (``row_params``), so
+    that a from-samples form that ignored them (and so would start every row at theta) is
+    refused rather than silently wrong. A view of them (``Trajectories.rows``,
+    ``one_per_row``) reports its use to the starts it came from.
+    """
+
+    points: torch.Tensor
+    used: bool = False
+    parent: "RowStarts | None" = None
+
+    def take(self) -> torch.Tensor:
+        """The points, marked used (here and in the starts they were taken from)."""
+        starts: RowStarts | None = self
+        while starts is not None:
+            starts.used = True
+            starts = starts.parent
+        return self.points
+
+    def view(self, points: torch.Tensor) -> "RowStarts":
+        return RowStarts(points, parent=self)
+
+
 @dataclass(frozen=True)
 class Trajectories:
     """``n_rows`` independent groups of ``n_traj`` trajectories of length ``horizon``.
@@ -25,6 +52,9 @@ class Trajectories:
     steps that happened. A padded step has reward 0, state and action 0, and a task's
     ``log_prob`` is 0 there, so it adds exactly zero to every sum an estimator forms
     (returns, scores, DiCE's cumulative log-probabilities).
+
+    ``starts`` (:class:`RowStarts`) or None (every row was drawn at the theta the estimator
+    is given): the parameters each row was drawn at, when they differ per row.
     """
 
     states: torch.Tensor
@@ -32,6 +62,7 @@ class Trajectories:
     rewards: torch.Tensor
     task_index: torch.Tensor
     mask: torch.Tensor | None = None
+    starts: RowStarts | None = None
 
     @property
     def observations(self) -> torch.Tensor:
@@ -53,7 +84,9 @@ class Trajectories:
     def rows(self, index: torch.Tensor | slice) -> "Trajectories":
         return Trajectories(self.states[index], self.actions[index], self.rewards[index],
                             self.task_index[index],
-                            None if self.mask is None else self.mask[index])
+                            None if self.mask is None else self.mask[index],
+                            None if self.starts is None
+                            else self.starts.view(self.starts.points[index]))
 
     def one_per_row(self) -> "Trajectories":
         """Every trajectory as a row of its own: (R, N, T, ...) -> (R*N, 1, T, ...)."""
@@ -64,7 +97,9 @@ class Trajectories:
 
         return Trajectories(split(self.states), split(self.actions), split(self.rewards),
                             self.task_index.repeat_interleave(n_traj),
-                            None if self.mask is None else split(self.mask))
+                            None if self.mask is None else split(self.mask),
+                            None if self.starts is None else self.starts.view(
+                                self.starts.points.repeat_interleave(n_traj, 0)))
 
 
 def discounts(gamma: float, horizon: int, like: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -90,3 +91,27 @@ def check_device(device: Any) -> torch.device | None:
         raise ParameterError("device 'meta' holds no data, so nothing can be measured on it; "
                              "use 'cpu' or 'cuda'")
     return device
+
+
+def parse_value(text: str) -> Any:
+    """A ``KEY=VALUE`` value: JSON if it parses (``0.5``, ``true``, ``[1, 2]``), else a comma
+    list of numbers (``1,0,0.5``), else the text itself (``maml``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        try:
+            return [float(part) for part in text.split(",")]
+        except ValueError:
+            pass
+    return text
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> (key, value): the grammar of ``--task-param`` and of an estimator
+    entry's options (``parse_value`` reads the value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParameterError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), parse_value(value.strip())

@@ -1,15 +1,4 @@
-"""Meta-gradient estimators for one inner policy-gradient step, one module per family.
-
-* ``common``: the shared inner/outer machinery and the batched wrapper;
-* ``score_function``: ``unbiased`` and ``loo``; ``lsf``;
-* ``dice``: the DiCE family, ``dice``, ``loaded-dice``, ``lvc``, ``taypo`` (their critics in
-  ``critics``);
-* ``maml``: ``maml`` and ``fomaml``; ``emaml``; ``es_maml``: ``es-maml`` (zero-order);
-* ``exact``: the exact gradient as an estimator;
-* ``decomposition``: ``decomposed``, the inner step, Hessian and outer gradient of an
-  estimate taken from three estimators (``decomposed(...)`` builds any combination);
-* ``reference``: the slow, obviously-correct twin of each (used by tests and benchmarks).
-"""
+"""Layer 2: the meta-gradient estimators, their slow twins, the truths and the conformance kit."""
 
 from __future__ import annotations
 

@@ -27,13 +27,15 @@ exactly A^T u + c from "the outer gradient u at its adapted parameters". So ``mu
 runs the same form once per step, starting step k at each row's own theta_k, and hands step k,
 in place of an outer gradient, what steps k+1..K-1 return (lambda_{k+1}) together with the
 final outer value V(theta_K) (``Continuation``). Nothing in the estimators changes, and K = 1
-never enters this path. A form takes part if it builds its parameter leaf with ``row_params``
-and reaches the outer step through ``outer_at`` (checked; otherwise UnsupportedError).
+never enters this path. Step k's trajectories carry the rows' theta_k explicitly
+(``Trajectories.starts``); a form takes part if it builds its parameter leaf with
+``row_params(theta, inner)`` and reaches the outer step through ``outer_at`` (checked;
+otherwise UnsupportedError).
 """
 
 from __future__ import annotations
 
-import contextvars
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -48,7 +50,8 @@ from metarl_bench._src.tasks.advantages import inner_returns
 from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.core.registry import keyword_options
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.core.trajectories import Trajectories, discounted_return, reward_to_go
+from metarl_bench._src.core.trajectories import (RowStarts, Trajectories, discounted_return,
+                                                 reward_to_go)
 
 OuterSampler = Callable[[torch.Tensor, torch.Tensor], Trajectories]
 
@@ -68,34 +71,21 @@ class InnerStep:
     adapted: torch.Tensor
 
 
-@dataclass
-class _StepStarts:
-    """Each row's own starting point theta_k (R, *P) of the inner step being computed."""
+def row_params(theta: torch.Tensor, rows: int | Trajectories) -> torch.Tensor:
+    """A leaf holding each row's starting parameters, (R, *P): theta repeated, or the
+    points the rows of ``rows`` were drawn at when they carry their own
+    (``Trajectories.starts``: inner step k >= 1 of ``multi_step``).
 
-    points: torch.Tensor
-    used: bool = False
-
-
-#: Set by ``multi_step`` while step k >= 1 runs; None otherwise (every row starts at theta).
-_STEP_STARTS: contextvars.ContextVar[_StepStarts | None] = contextvars.ContextVar(
-    "metarl_bench_step_starts", default=None)
-
-
-def row_params(theta: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """A leaf holding one copy of theta per row: (*P) -> (R, *P).
-
-    Inside step k >= 1 of ``multi_step`` the rows start from their own theta_k instead; a
-    request for R*m rows (one per trajectory) repeats each row's point m times.
+    ``rows``: the trajectories the parameters are for, or a row count (every row at theta).
     """
-    starts = _STEP_STARTS.get()
-    if starts is None:
-        return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
-    starts.used = True
-    n_points = starts.points.shape[0]
-    if n_rows % n_points:
-        raise ShapeError(f"inner step of {n_points} rows asked for {n_rows} parameter copies, "
-                         f"not a multiple")
-    return starts.points.repeat_interleave(n_rows // n_points, 0).detach().requires_grad_()
+    if isinstance(rows, Trajectories) and rows.starts is not None:
+        points = rows.starts.take()
+        if points.shape[0] != rows.n_rows:
+            raise ShapeError(f"{rows.n_rows} rows of trajectories carry {points.shape[0]} "
+                             f"starting points")
+        return points.detach().clone().requires_grad_()
+    n_rows = rows.n_rows if isinstance(rows, Trajectories) else rows
+    return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
 
 
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
@@ -105,7 +95,7 @@ def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: fl
     A_t is the task's inner advantage (``advantages.inner_returns``): the reward-to-go G_t
     unless the task sets a baseline, GAE or normalisation.
     """
-    params = row_params(theta, inner.n_rows)
+    params = row_params(theta, inner)
     log_prob = task.log_prob(params, inner)
     returns = inner_returns(task, inner)
     objective = (log_prob * returns).sum(-1).mean(-1)
@@ -196,20 +186,18 @@ class _Chain:
     def run(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
         """Steps ``step``..K-1 from ``points``; returns lambda_step."""
         self.points.append(points)
-        starts = _StepStarts(points) if step > 0 else None
+        starts = RowStarts(points) if step > 0 else None
+        if starts is not None:
+            inner = dataclasses.replace(inner, starts=starts)
         continuation = Continuation(self, step)
-        token = _STEP_STARTS.set(starts)
-        try:
-            estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
-                                         outer=continuation, **self.options)
-        finally:
-            _STEP_STARTS.reset(token)
+        estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
+                                     outer=continuation, **self.options)
         if not continuation.called or (starts is not None and not starts.used):
             name = self.from_samples.__name__.replace("_from_samples", "")
             raise UnsupportedError(
                 f"estimator {name!r} cannot take more than one inner step: its from-samples "
-                f"form must build its parameters with row_params and reach the outer step "
-                f"through outer_at (metarl_bench._src.estimators.common)")
+                f"form must build its parameters with row_params(theta, inner) and reach the "
+                f"outer step through outer_at (metarl_bench._src.estimators.common)")
         return estimate
 
 
@@ -311,15 +299,22 @@ def validate_call(task: Any, theta: torch.Tensor, n_inner: Any, inner_lr: Any, n
 #: Trajectory steps (rows x trajectories x horizon) one batched call handles at once. Larger
 #: calls run in chunks: past a few million steps the working set leaves the CPU caches and
 #: throughput falls (a 30-arm bandit at N=64 dropped from 56k to 27k estimates/s between
-#: 1000 and 4000 trials per call before the alias sampler; see the README's benchmarks).
+#: 1000 and 4000 trials per call before the alias sampler; see docs/benchmarks.md).
 CHUNK_STEPS = 2 ** 21
 
 
-def trials_per_chunk(task: Any, n_inner: int, n_outer: int | None) -> int:
-    """Trials per chunk: set by the task's shape and N alone, never by the machine, so a
-    seeded call gives the same numbers everywhere."""
-    steps = task.n_tasks * (n_inner + (n_outer or 0)) * resources.horizon_of(task)
-    return max(1, CHUNK_STEPS // steps)
+def trials_per_chunk(task: Any, trajectories: int) -> int:
+    """Trials per chunk of a call whose one trial samples ``trajectories`` per task: set by
+    the task's shape and the call alone, never by the machine, so a seeded call gives the
+    same numbers everywhere."""
+    steps = task.n_tasks * trajectories * resources.horizon_of(task)
+    return max(1, CHUNK_STEPS // max(steps, 1))  # an all-exact estimate samples nothing
+
+
+#: How the inner trajectories of a batch of rows are drawn, when not at theta:
+#: ``draw(task, theta, task_index, *, n_inner, generator, **options)`` returns them and the
+#: from-samples form's extra keywords.
+Draw = Callable[..., tuple[Trajectories, dict[str, Any]]]
 
 
 def chunk_counts(n_trials: int, most: int) -> list[int]:
@@ -331,14 +326,21 @@ def chunk_counts(n_trials: int, most: int) -> list[int]:
 
 
 def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = False,
-            multi_step_ok: bool = True):
-    """The registered estimator built from a from-samples form (docstring carried over).
+            multi_step_ok: bool = True, draw: Draw | None = None,
+            trajectories: Callable[[int, int | None, dict[str, Any]], int] | None = None,
+            name: str | None = None):
+    """The registered estimator built from a from-samples form (docstring carried over):
+    argument checks, seeded sampling, chunks of trials, the average over the tasks.
 
     ``n_steps=K`` adapts in K inner steps with fresh trajectories at each theta_k
-    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError.
+    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError. ``draw``
+    samples the inner trajectories where the estimator needs them (``Draw``; default: N at
+    theta per row); its keyword options are then the estimator's options.
+    ``trajectories(n_inner, n_outer, options)``: what one trial samples per task, when not
+    K N + M (it sets the chunk size). ``name``: the registered name, for messages.
     """
-    allowed = keyword_options(from_samples)
-    name = from_samples.__name__.replace("_from_samples", "")
+    allowed = keyword_options(draw if draw is not None else from_samples)
+    name = name or from_samples.__name__.replace("_from_samples", "")
     # estimators random beyond their samples (a noisy critic) draw from the call's generator
     takes_generator = "generator" in inspect.signature(from_samples).parameters
 
@@ -362,40 +364,51 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                     f"option {key!r}; options: {', '.join(allowed) or '(none)'}")
         outer = None if n_outer is None else (
             lambda adapted, index: task.sample(adapted, n_outer, index, generator))
+        form_options = dict(options) if draw is None else {}
         if takes_generator:
-            options["generator"] = generator
+            form_options["generator"] = generator
 
         def trials(count: int) -> torch.Tensor:
             n_rows = count * task.n_tasks
             task_index = torch.arange(n_rows, device=theta.device) % task.n_tasks
-            rows = theta.detach().expand(n_rows, *theta.shape)
-            inner = task.sample(rows, n_inner, task_index, generator)
+            if draw is None:
+                rows = theta.detach().expand(n_rows, *theta.shape)
+                inner = task.sample(rows, n_inner, task_index, generator)
+                extra = form_options
+            else:
+                inner, drawn = draw(task, theta, task_index, n_inner=n_inner,
+                                    generator=generator, **options)
+                extra = {**form_options, **drawn}
             if n_steps == 1:
                 estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
-                                         **options)
+                                         **extra)
             else:
                 estimates = multi_step(
                     from_samples, task, theta, [inner], inner_lr=inner_lr, outer=outer,
                     sampler=lambda k, points, index: task.sample(points, n_inner, index,
                                                                  generator),
-                    n_steps=n_steps, **options).estimate
+                    n_steps=n_steps, **extra).estimate
             return estimates.reshape(count, task.n_tasks, *theta.shape).mean(1).detach()
 
         # K inner steps sample K times N inner trajectories per trial
-        counts = chunk_counts(n_trials, trials_per_chunk(task, n_inner * n_steps, n_outer))
+        per_task = (trajectories(n_inner, n_outer, options) if trajectories is not None
+                    else n_inner * n_steps + (n_outer or 0))
+        counts = chunk_counts(n_trials, trials_per_chunk(task, per_task))
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
-    estimator.__name__ = name
+    estimator.__name__ = from_samples.__name__.replace("_from_samples", "")
     # help() and inspect.signature show the call a user makes (functools.wraps would point
     # them at the from-samples form): the common keywords, then this estimator's options
     own = inspect.signature(estimator, follow_wrapped=False)
-    form = inspect.signature(from_samples).parameters
+    form = inspect.signature(draw if draw is not None else from_samples).parameters
     estimator.__signature__ = own.replace(parameters=[
         *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
         *(form[key].replace(kind=inspect.Parameter.KEYWORD_ONLY) for key in allowed)])
+    drawn = ("n_inner trajectories" if draw is None
+             else f"n_inner trajectories drawn by {draw.__name__} ({inspect.getdoc(draw)})")
     estimator.__doc__ = (f"{from_samples.__doc__ or ''}\n\n    Called as registered: samples "
-                         f"n_trials x n_tasks rows of n_inner trajectories (n_outer outer ones "
-                         f"per row, or the exact outer step) and returns (n_trials, "
-                         f"*theta.shape); the formula above is that of "
-                         f"{from_samples.__name__}(task, theta, inner, *, inner_lr, outer).\n")
+                         f"n_trials x n_tasks rows of {drawn} (n_outer outer ones per row, or "
+                         f"the exact outer step) and returns (n_trials, *theta.shape); the "
+                         f"formula above is that of {from_samples.__name__}(task, theta, inner, "
+                         f"*, inner_lr, outer).\n")
     return estimator

@@ -176,15 +176,27 @@ class _Sweep:
                                        f"checked)" if self.unsupported else "")
 
 
-def check_dtype_follows_theta(ctx: Context) -> str:
-    check = "check_dtype_follows_theta"
-    sweep = _Sweep(ctx, check, (BANDIT, TWO_TASK_MDP), (torch.float32, torch.float64), 5)
+def _each_call(ctx: Context, check: str, tasks: tuple, dtypes: tuple, n_trials: int,
+               rule: str, fix: str,
+               problem: Callable[[Any, torch.dtype, torch.Tensor], str | None]) -> _Sweep:
+    """Run the calls of a ``_Sweep``; the first whose ``problem(task, dtype, out)`` is not
+    None fails the check with that as what was found."""
+    sweep = _Sweep(ctx, check, tasks, dtypes, n_trials)
     for task, dtype, out in sweep:
-        if out.dtype != dtype:
-            raise fail(check, "the result has theta's dtype",
-                       f"{out.dtype} for theta in {dtype} on {task.name}",
-                       "compute in theta.dtype (make the task's tensors with "
-                       "dtype=theta.dtype) instead of a fixed dtype")
+        found = problem(task, dtype, out)
+        if found is not None:
+            raise fail(check, rule, found, fix)
+    return sweep
+
+
+def check_dtype_follows_theta(ctx: Context) -> str:
+    sweep = _each_call(
+        ctx, "check_dtype_follows_theta", (BANDIT, TWO_TASK_MDP),
+        (torch.float32, torch.float64), 5, "the result has theta's dtype",
+        "compute in theta.dtype (make the task's tensors with dtype=theta.dtype) instead of a "
+        "fixed dtype",
+        lambda task, dtype, out: None if out.dtype == dtype else
+        f"{out.dtype} for theta in {dtype} on {task.name}")
     return f"float32 -> float32, float64 -> float64 on {sweep.covered}"
 
 
@@ -204,32 +216,34 @@ def check_device_follows_theta(ctx: Context) -> str:
 
 
 def check_finite(ctx: Context) -> str:
-    check = "check_finite"
-    sweep = _Sweep(ctx, check, (BANDIT, MDP, TWO_TASK_MDP), (torch.float32, torch.float64), 50)
-    for task, dtype, out in sweep:
+    def problem(task: Any, dtype: torch.dtype, out: torch.Tensor) -> str | None:
         bad = (~torch.isfinite(out)).sum().item()
-        if bad:
-            raise fail(check, "every estimate is finite",
-                       f"{bad} NaN or infinite entries of {out.numel()} on {task.name} "
-                       f"in {dtype}",
-                       "look for a log or division of a probability that can be 0, or "
-                       "an overflow in float32")
+        return (f"{bad} NaN or infinite entries of {out.numel()} on {task.name} in {dtype}"
+                if bad else None)
+
+    sweep = _each_call(ctx, "check_finite", (BANDIT, MDP, TWO_TASK_MDP),
+                       (torch.float32, torch.float64), 50, "every estimate is finite",
+                       "look for a log or division of a probability that can be 0, or an "
+                       "overflow in float32", problem)
     return f"50 estimates finite in float32 and float64 on {sweep.covered}"
 
 
 def check_same_seed_same_bits(ctx: Context) -> str:
     check = "check_same_seed_same_bits"
-    sweep = _Sweep(ctx, check, (BANDIT, TWO_TASK_MDP), (torch.float64,), 20)
-    for task, _, first in sweep:
+
+    def problem(task: Any, dtype: torch.dtype, first: torch.Tensor) -> str | None:
         torch.manual_seed(12345)  # an estimator drawing from the global RNG now differs
         again = _tensor_result(ctx, check, task, task.initial_params(), 20)
-        if not torch.equal(first, again):
-            differ = (first != again).sum().item()
-            raise fail(check, "the same generator seed gives bit-identical estimates",
-                       f"{differ} of {first.numel()} entries differ between two calls with "
-                       f"generator seed {ctx.seed} on {task.name}",
+        if torch.equal(first, again):
+            return None
+        return (f"{(first != again).sum().item()} of {first.numel()} entries differ between "
+                f"two calls with generator seed {ctx.seed} on {task.name}")
+
+    sweep = _each_call(ctx, check, (BANDIT, TWO_TASK_MDP), (torch.float64,), 20,
+                       "the same generator seed gives bit-identical estimates",
                        "draw every random number from the `generator` argument (e.g. "
-                       "torch.rand(..., generator=generator)), never from the global RNG")
+                       "torch.rand(..., generator=generator)), never from the global RNG",
+                       problem)
     return f"two calls, same seed: identical bits on {sweep.covered}"
 
 
@@ -253,8 +267,7 @@ def check_seeds_change_estimates(ctx: Context) -> str:
     if torch.equal(first[0:1].expand_as(first), first):
         raise fail(check, "the trials of one call are independent",
                    "every row of one call is the same estimate",
-                   "draw fresh samples for each trial (one row per trial), not one sample "
-                   "repeated")
+                   "draw fresh samples for each trial (one row per trial), not one repeated")
     return "seeds 0 and 1 give different estimates; rows differ within a call"
 
 

@@ -13,7 +13,8 @@ Critics (the ``critic`` option):
 * ``"noisy-exact"``: the exact one plus seeded Gaussian noise gamma**t * critic_noise * eps
   per (row, time, state): a critic with a known error, drawn from the call's generator;
 * ``"linear"``: least squares, on the row's own N trajectories, of the return from each step
-  (discounted from that step) on one-hot state and time features (t/T, (t/T)**2, (t/T)**3),
+  (discounted from that step) on one-hot state and time features (t/T, (t/T)**2, (t/T)**3:
+  ``time_features_per_horizon``),
   as the linear feature baseline of MAML-RL and ProMP, with a ridge term that keeps the
   system positive definite (unvisited states, a constant time feature); the fit is then
   scaled by gamma**t into time-0 units.
@@ -28,6 +29,7 @@ import torch
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError
 from metarl_bench._src.core.trajectories import Trajectories, discounts
+from metarl_bench._src.tasks.advantages import decay_matrix, time_features_per_horizon
 
 CRITICS = ("none", "exact", "noisy-exact", "linear")
 DEFAULT_CRITIC_NOISE = 0.1
@@ -48,23 +50,6 @@ def check_critic(critic: Any, critic_noise: Any) -> tuple[str, float]:
     if critic_noise is None:
         return critic, DEFAULT_CRITIC_NOISE
     return critic, validation.finite_float("critic_noise", critic_noise, low=0.0)
-
-
-def decay_matrix(horizon: int, decay: float, like: torch.Tensor) -> torch.Tensor:
-    """M[u, t] = decay**(u - t) for u >= t, else 0: (T, T), with 0**0 = 1.
-
-    x @ M sums each step's future (sum_{u >= t} decay**(u-t) x_u); x @ M.T its past.
-    """
-    steps = torch.arange(horizon, device=like.device)
-    lag = steps.unsqueeze(1) - steps.unsqueeze(0)
-    return torch.where(lag >= 0, decay ** lag.clamp(min=0).to(like.dtype),
-                       torch.zeros((), dtype=like.dtype, device=like.device))
-
-
-def time_features(horizon: int, like: torch.Tensor) -> torch.Tensor:
-    """(t/T, (t/T)**2, (t/T)**3) for t = 0..T-1: (T, 3)."""
-    fraction = torch.arange(horizon, dtype=like.dtype, device=like.device) / horizon
-    return torch.stack([fraction, fraction ** 2, fraction ** 3], -1)
 
 
 def returns_from_each_step(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -96,7 +81,7 @@ def _linear_values(task: Any, inner: Trajectories) -> torch.Tensor:
     n_features = n_states + 3
     wide = torch.float64
     targets = returns_from_each_step(rewards, task.gamma).to(wide)            # (R, N, T)
-    phi = time_features(horizon, targets)                                    # (T, 3)
+    phi = time_features_per_horizon(horizon, targets)                         # (T, 3)
     flat_state = (torch.arange(n_rows, device=rewards.device).view(-1, 1, 1) * n_states
                   + inner.states).reshape(-1)
     phi_per_step = phi.expand(n_rows, n_traj, horizon, 3).reshape(-1, 3)
@@ -145,14 +130,3 @@ def critic_values(task: Any, params: torch.Tensor, inner: Trajectories, critic: 
         values = table.unsqueeze(1).expand(-1, inner.n_traj, -1, -1).gather(
             -1, inner.states.unsqueeze(-1)).squeeze(-1)
     return torch.cat([values, torch.zeros_like(values[..., :1])], -1).detach()
-
-
-def gae_advantages(discounted_rewards: torch.Tensor, values: torch.Tensor,
-                   gae_lambda: float) -> torch.Tensor:
-    """A_t = sum_{l >= 0} tau**l delta_{t+l}, delta_t = gamma^t r_t + W_{t+1} - W_t: (R, N, T).
-
-    Generalised advantage estimation (Schulman et al. 2016) in time-0 units: tau = 1 gives
-    G_t - W_t(x_t), tau = 0 the one-step temporal difference.
-    """
-    delta = discounted_rewards + values[..., 1:] - values[..., :-1]
-    return torch.einsum("rnu,ut->rnt", delta, decay_matrix(delta.shape[-1], gae_lambda, delta))

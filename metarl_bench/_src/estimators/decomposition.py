@@ -22,8 +22,8 @@ import torch
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError, unknown_name
-from metarl_bench._src.estimators.common import (Outer, OuterSampler, OuterStep, outer_at,
-                                                row_params, validate_call)
+from metarl_bench._src.estimators.common import (Outer, OuterSampler, OuterStep, batched,
+                                                outer_at, row_params)
 from metarl_bench._src.core.registry import ESTIMATORS, EstimatorSpec, estimator_spec
 from metarl_bench._src.core.trajectories import Trajectories
 
@@ -178,24 +178,14 @@ def decomposed(inner: str = "maml", hessian: str = "lsf", outer: str | None = No
                 f"use maml, lsf, dice, fomaml or exact")
         return estimate
 
+    sampled = batched(from_samples, needs_model=needs_model, multi_step_ok=False, name=label,
+                      trajectories=lambda n, m, _: decomposed_trajectories(n, m, parts))
+
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
                   generator: torch.Generator | None = None, n_steps: int = 1) -> torch.Tensor:
-        if validation.positive_int("n_steps", n_steps) > 1:
-            raise UnsupportedError(f"{label} is defined for one inner step only; use n_steps=1")
-        n_outer = _outer_count(n_outer)
-        n_inner, inner_lr, n_trials, n_outer = validate_call(
-            task, theta, n_inner, inner_lr, n_trials, n_outer, generator,
-            needs_model=needs_model)
-        n_rows = n_trials * task.n_tasks
-        task_index = torch.arange(n_rows, device=theta.device) % task.n_tasks
-        inner_traj = task.sample(theta.detach().expand(n_rows, *theta.shape), n_inner,
-                                 task_index, generator)
-        sampler = None if n_outer is None else (
-            lambda adapted, index: task.sample(adapted, n_outer, index, generator))
-        estimates = from_samples(task, theta, inner_traj, inner_lr=inner_lr, outer=sampler,
-                                 generator=generator)
-        return estimates.reshape(n_trials, task.n_tasks, *theta.shape).mean(1).detach()
+        return sampled(task, theta, n_inner=n_inner, inner_lr=inner_lr, n_trials=n_trials,
+                       n_outer=_outer_count(n_outer), generator=generator, n_steps=n_steps)
 
     def _outer_count(call_n_outer: Any) -> int | None:
         if n_outer is not None and call_n_outer not in (None, n_outer):

@@ -20,11 +20,10 @@ from typing import Any, Callable
 import torch
 
 from metarl_bench._src.core import validation
-from metarl_bench._src.tasks.advantages import require_plain
+from metarl_bench._src.tasks.advantages import decay_matrix, gae_from_values, require_plain
 from metarl_bench._src.core.errors import ParameterError
 from metarl_bench._src.estimators.common import OuterSampler, grad_of, outer_at, row_params
-from metarl_bench._src.estimators.critics import (check_critic, critic_values, decay_matrix,
-                                                  gae_advantages)
+from metarl_bench._src.estimators.critics import check_critic, critic_values
 from metarl_bench._src.core.trajectories import Trajectories, discounts, reward_to_go
 
 
@@ -39,7 +38,7 @@ def _through_surrogate(task: Any, theta: torch.Tensor, inner: Trajectories, inne
                        ) -> torch.Tensor:
     """(I + eta grad^2 L)^T grad V(theta') per row, L = ``surrogate(params, log_prob)`` (R, N)
     averaged over the N trajectories, theta' = theta + eta grad L."""
-    params = row_params(theta, inner.n_rows)
+    params = row_params(theta, inner)
     log_prob = task.log_prob(params, inner)
     objective = surrogate(params, log_prob).mean(-1)
     (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=True)
@@ -56,7 +55,7 @@ def _advantages(task: Any, params: torch.Tensor, inner: Trajectories, critic: st
         return reward_to_go(inner.rewards, task.gamma)
     values = critic_values(task, params, inner, critic, critic_noise, generator)
     discounted = inner.rewards * discounts(task.gamma, inner.horizon, inner.rewards)
-    return gae_advantages(discounted, values, gae_lambda)
+    return gae_from_values(discounted, values, gae_lambda)
 
 
 def _check_family_options(dependency_decay: Any, critic: Any, critic_noise: Any,

@@ -8,9 +8,11 @@ An entry is ``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE...]``; a list joins entries 
 A comma-separated piece starts a new entry unless it is ``KEY=VALUE`` with no ``:`` before
 its ``=``; then it is one more option of the entry before it (estimator names never hold
 ``=``, option keys never hold ``:``). Values are JSON where they parse (``0.5``, ``16``,
-``true``, ``"text"``), else the text itself (``maml``). An entry's label, used in records
-and tables, is the entry as written without spaces, so ``unbiased`` and
-``unbiased:baseline=0.5`` sit side by side (records keep the name and the options apart).
+``true``, ``"text"``), else the text itself (``maml``): the ``KEY=VALUE`` grammar of
+``core.validation.parse_assignment``, shared with ``--task-param``. An entry's label, used in
+records, tables, figures and reports, is the entry as written without spaces
+(``entry_label``), so ``unbiased`` and ``unbiased:baseline=0.5`` sit side by side (records
+keep the name and the options apart).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from metarl_bench._src.core.errors import ParameterError, did_you_mean
 from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.core.validation import parse_assignment
 
 
 def _factories() -> dict[str, Callable[..., EstimatorSpec]]:
@@ -49,13 +52,6 @@ def split_entries(text: str) -> list[str]:
     return entries
 
 
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_entry(text: str) -> tuple[str, dict[str, Any]]:
     """``"unbiased:baseline=0.5"`` -> ``("unbiased", {"baseline": 0.5})``."""
     name, _, rest = text.strip().partition(":")
@@ -64,13 +60,24 @@ def parse_entry(text: str) -> tuple[str, dict[str, Any]]:
         raise ParameterError(f"estimator entry {text!r} has no name")
     options: dict[str, Any] = {}
     for piece in (p.strip() for p in rest.split(",") if p.strip()):
-        key, sep, value = piece.partition("=")
-        if not sep or not key.strip():
-            raise ParameterError(f"estimator {name!r}: expected KEY=VALUE, got {piece!r}")
-        if key.strip() in options:
-            raise ParameterError(f"estimator {name!r}: option {key.strip()!r} given twice")
-        options[key.strip()] = parse_value(value.strip())
+        try:
+            key, value = parse_assignment(piece)
+        except ParameterError as exc:
+            raise ParameterError(f"estimator {name!r}: {exc}") from None
+        if key in options:
+            raise ParameterError(f"estimator {name!r}: option {key!r} given twice")
+        options[key] = value
     return name, options
+
+
+def entry_label(name: str, options: dict[str, Any] | None = None) -> str:
+    """The entry that names an estimator with options, as written: ``NAME`` or
+    ``NAME:KEY=VALUE,...`` (values as the grammar reads them back: JSON unless text)."""
+    if not options:
+        return name
+    return name + ":" + ",".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+        for key, value in options.items())
 
 
 def check_options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> None:

@@ -77,7 +77,7 @@ def loo_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     out = outer_at(task, step.adapted, inner.task_index, outer)
     # per-trajectory inner gradients g(tau_i): one parameter copy per trajectory
     single = inner.one_per_row()
-    per_traj_params = row_params(theta, single.n_rows)
+    per_traj_params = row_params(theta, single)
     per_traj_objective = (task.log_prob(per_traj_params, single)
                           * step.returns.reshape(single.n_rows, 1, -1)).sum()
     (per_traj_grad,) = torch.autograd.grad(per_traj_objective, per_traj_params)

@@ -1,1 +1,1 @@
-"""Evaluation of estimators on tasks: cells, the crash-safe results store and sweeps; imports ``core``, ``tasks`` and ``estimators``."""
+"""Layer 3: cells (CellConfig), evaluate, the results store, sweeps and terminal tables."""

@@ -2,8 +2,8 @@
 
 ``evaluate`` runs every (estimator, N) cell with its own seed derived from (seed, name, N),
 so adding an estimator or an N never changes the numbers of the others. Each cell is fully
-described by its configuration (see :func:`cell_config`); results go to the results store
-(``metarl_bench._src.evaluation.store``), keyed by that configuration, so a re-run resumes where an
+described by its configuration (``evaluation.config.CellConfig``); results go to the results
+store (``evaluation.store``), keyed by that configuration, so a re-run resumes where an
 earlier one stopped.
 
 A cell is computed by two pure functions of its configuration, :func:`compute_truth` and
@@ -18,31 +18,31 @@ import json
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from metarl_bench._src.core import resources
-
-from metarl_bench._src.core import validation
+from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.core.files import plain
 from metarl_bench._src.core.progress import as_advance
-from metarl_bench._src.estimators.entries import resolve_all
 from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
-                                     summarize_exact)
-from metarl_bench._src.evaluation.store import (SCHEMA_VERSION, Store, cell_key, latest, make_line, plain,
-                                     read_lines)
+                                          summarize_exact)
+from metarl_bench._src.estimators.entries import resolve_all
+from metarl_bench._src.estimators.truth import (estimate_meta_gradient, exact_finite_truth,
+                                                exact_moments, meta_gradient,
+                                                supports_exact_moments)
+from metarl_bench._src.evaluation.config import (PER_CELL_FIELDS, CellConfig, cell_key,
+                                                 cell_seed)
+from metarl_bench._src.evaluation.store import SCHEMA_VERSION, Store, latest, make_line, read_lines
+from metarl_bench._src.evaluation.tables import format_result
 from metarl_bench._src.tasks import Task
-from metarl_bench._src.estimators.truth import (estimate_meta_gradient, exact_finite_truth, exact_moments,
-                                     meta_gradient, supports_exact_moments)
 
 SLOPE_METRICS = ("bias", "variance", "mse")
-#: Fields of a cell's configuration that vary inside one result (a table of estimators x N);
-#: every other field is shared by the whole table.
-PER_CELL_FIELDS = ("estimator", "options", "n_inner")
+#: The grid of N ``evaluate`` runs unless told otherwise.
+DEFAULT_N_INNER = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: Metrics adaptive trials can target: their interval narrows like 1/sqrt(trials).
 TARGET_METRICS = ("mse", "variance", "bias")
 #: The default cap on adaptive trials, as a multiple of the first batch: 16 times the
@@ -50,13 +50,8 @@ TARGET_METRICS = ("mse", "variance", "bias")
 ADAPTIVE_CAP_FACTOR = 16
 #: Least growth of the trials from one adaptive round to the next, so that rounds are few.
 ADAPTIVE_MIN_GROWTH = 1.5
-__all__ = ["SCHEMA_VERSION", "Result", "cell_config", "cell_seed", "compute_cell",
+__all__ = ["SCHEMA_VERSION", "CellConfig", "Result", "cell_seed", "compute_cell",
            "compute_truth", "evaluate", "fit_slopes", "load_results", "plain"]
-
-
-def cell_seed(seed: int, *parts: Any) -> int:
-    """A seed for one cell, stable across runs, machines and the other cells of a grid."""
-    return zlib.crc32(":".join(str(p) for p in (seed, *parts)).encode())
 
 
 @dataclass
@@ -85,8 +80,13 @@ class Result:
             store.append(line)
         return len(todo)
 
+    @property
+    def settings(self) -> CellConfig:
+        """The configuration the cells of this result share, typed (estimator, options and
+        N, which differ from cell to cell, are the first cell's)."""
+        return CellConfig.from_dict(self.lines[0]["config"] if self.lines else self.records[0])
+
     def table(self) -> str:
-        from metarl_bench._src.reporting.tables import format_result
         return format_result(self)
 
 
@@ -178,58 +178,34 @@ def _n_inner_grid(n_inner: int | Iterable[int]) -> list[int]:
     return [validation.positive_int("n_inner", n) for n in values]
 
 
-def cell_config(task: Task, *, estimator: str, options: dict[str, Any], n_inner: int,
-                n_outer: int | None, inner_lr: float, n_trials: int, seed: int, truth: str,
-                truth_samples: int, exact: bool, n_boot: int, theta: list | None, dtype: str,
-                device: str, n_steps: int = 1, target_rel_ci: float | None = None,
-                target_metric: str = "mse", max_trials: int | None = None) -> dict[str, Any]:
-    """Everything that determines a cell's numbers; its digest is the cell's store key.
-
-    ``theta`` is None for the task's own initial parameters. Timing, library versions and
-    the machine are not part of it (they are recorded with the result). With a
-    ``target_rel_ci``, ``n_trials`` is the first batch and ``max_trials`` the cap.
-    """
-    return dict(task=task.name, task_params=plain(task.params), theta=theta,
-                estimator=estimator, options=plain(options), n_inner=n_inner, n_outer=n_outer,
-                inner_lr=inner_lr, n_trials=n_trials, seed=seed, truth=truth,
-                truth_samples=truth_samples, exact=bool(exact), n_boot=n_boot, dtype=dtype,
-                device=device,
-                # one inner step is left out of the key, so stores written before K existed
-                # still resume
-                **({"n_steps": n_steps} if n_steps != 1 else {}),
-                # likewise the adaptive fields, present only when trials are adaptive
-                **({"target_rel_ci": target_rel_ci, "target_metric": target_metric,
-                    "max_trials": max_trials} if target_rel_ci is not None else {}))
-
-
-def planned_trials(config: dict[str, Any]) -> int:
-    """The most estimates a cell may compute: its cap when adaptive, else ``n_trials``."""
-    return config.get("max_trials") or config["n_trials"]
-
-
 @dataclass(frozen=True)
 class Plan:
     """A checked evaluation: the task, theta and every cell's configuration, by N."""
 
     task: Task
     theta: torch.Tensor
-    cells: dict[int, list[dict[str, Any]]]
+    cells: dict[int, list[CellConfig]]
 
     @property
-    def configs(self) -> list[dict[str, Any]]:
+    def configs(self) -> list[CellConfig]:
         return [config for row in self.cells.values() for config in row]
 
 
 def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | EstimatorSpec, *,
-         n_inner: int | Iterable[int], n_trials: int, inner_lr: float, n_outer: int | None,
-         seed: int, truth: str, theta: torch.Tensor | None, exact: bool, truth_samples: int,
-         n_boot: int, dtype: torch.dtype, device: Any, options: dict[str, dict[str, Any]] | None,
-         n_steps: int = 1, target_rel_ci: float | None = None, max_trials: int | None = None,
-         target_metric: str = "mse") -> Plan:
+         n_inner: int | Iterable[int], n_trials: int = CellConfig.n_trials,
+         inner_lr: float = CellConfig.inner_lr, n_outer: int | None = None,
+         seed: int = CellConfig.seed, truth: str = CellConfig.truth,
+         theta: torch.Tensor | None = None, exact: bool = CellConfig.exact,
+         truth_samples: int = CellConfig.truth_samples, n_boot: int = CellConfig.n_boot,
+         dtype: torch.dtype = torch.float64, device: Any = None,
+         options: dict[str, dict[str, Any]] | None = None, n_steps: int = CellConfig.n_steps,
+         target_rel_ci: float | None = None, max_trials: int | None = None,
+         target_metric: str = CellConfig.target_metric) -> Plan:
     """Check every argument and list the cells; allocates nothing large, writes nothing.
 
     ``estimators``: names, entries with options (``"unbiased:baseline=0.5"``, see
-    ``estimator_entries``) or specs such as ``decomposed(...)``."""
+    ``estimators.entries``) or specs such as ``decomposed(...)``. The other arguments are
+    ``evaluate``'s; the defaults are :class:`CellConfig`'s."""
     if not isinstance(task, Task):
         raise ParameterError(f"task must be a metarl_bench task (see make_task), got "
                              f"{type(task).__name__}")
@@ -283,14 +259,14 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
         validation.params_tensor(theta, task.param_shape, task.name)
         validation.check_device(theta.device)
         theta_config = theta.detach().cpu().tolist()
-    cells = {n: [cell_config(task, estimator=entry.spec.name, options=entry.options,
-                             n_inner=n, n_outer=n_outer, inner_lr=inner_lr, n_trials=n_trials,
-                             seed=seed, truth=truth, truth_samples=truth_samples, exact=exact,
-                             n_boot=n_boot, theta=theta_config,
-                             dtype=str(theta.dtype).replace("torch.", ""),
-                             device=str(theta.device), n_steps=n_steps,
-                             target_rel_ci=target_rel_ci, target_metric=target_metric,
-                             max_trials=max_trials)
+    cells = {n: [CellConfig(task=task.name, task_params=plain(task.params), theta=theta_config,
+                            estimator=entry.spec.name, options=plain(entry.options), n_inner=n,
+                            n_outer=n_outer, inner_lr=inner_lr, n_trials=n_trials, seed=seed,
+                            truth=truth, truth_samples=truth_samples, exact=exact,
+                            n_boot=n_boot, dtype=str(theta.dtype).replace("torch.", ""),
+                            device=str(theta.device), n_steps=n_steps,
+                            target_rel_ci=target_rel_ci, target_metric=target_metric,
+                            max_trials=max_trials)
                  for entry in entries] for n in grid}
     return Plan(task, theta, cells)
 
@@ -324,32 +300,35 @@ def _keywords(fn: Callable[..., Any]) -> set[str]:
         return set()
 
 
-def estimated_truth(task: Task, config: dict[str, Any]) -> bool:
-    return config["truth"] == "finite" and not exact_finite_truth(
-        task, config["n_inner"], config.get("n_steps", 1))
+def estimated_truth(task: Task, config: CellConfig) -> bool:
+    return config.truth == "finite" and not exact_finite_truth(task, config.n_inner,
+                                                               config.n_steps)
 
 
-def check_resources(task: Task, configs: Sequence[dict[str, Any]],
+def exact_statistics(task: Task, config: CellConfig) -> bool:
+    """Whether the cell's statistics come from exact enumerated moments (else Monte Carlo)."""
+    return config.exact and supports_exact_moments(
+        task, estimator_spec(config.estimator), config.n_inner, config.n_outer,
+        config.call_options, config.n_steps)
+
+
+def check_resources(task: Task, configs: Sequence[CellConfig],
                     max_work: float | None) -> float:
     """Refuse, before anything is allocated, a cell whose memory or a plan whose total work
     exceeds the limits; returns the planned trajectories (for progress)."""
     steps = 0.0
     trajectories = 0.0
     for config in configs:
-        n_truth = config["truth_samples"] if estimated_truth(task, config) else None
+        n_truth = config.truth_samples if estimated_truth(task, config) else None
         # K inner steps hold about K steps' trajectories and graphs at once
-        sizes = dict(n_inner=config["n_inner"] * config.get("n_steps", 1),
-                     n_outer=config["n_outer"],
-                     n_trials=planned_trials(config), truth_samples=n_truth)
-        exact_stats = config["exact"] and supports_exact_moments(
-            task, estimator_spec(config["estimator"]), config["n_inner"], config["n_outer"],
-            config.get("options"), config.get("n_steps", 1))
-        needed, driver = resources.cell_memory(task, **sizes, n_boot=config["n_boot"],
-                                               dtype=getattr(torch, config["dtype"]),
-                                               bootstrap=not exact_stats)
+        sizes = dict(n_inner=config.inner_per_trial, n_outer=config.n_outer,
+                     n_trials=config.planned_trials, truth_samples=n_truth)
+        needed, driver = resources.cell_memory(task, **sizes, n_boot=config.n_boot,
+                                               dtype=config.torch_dtype,
+                                               bootstrap=not exact_statistics(task, config))
         resources.check_memory(
-            needed, f"the cell {config['estimator']} at N={config['n_inner']} on {task.name} "
-            f"(n_trials={planned_trials(config)}, n_outer={config['n_outer']}, "
+            needed, f"the cell {config.estimator} at N={config.n_inner} on {task.name} "
+            f"(n_trials={config.planned_trials}, n_outer={config.n_outer}, "
             f"truth_samples={n_truth})",
             f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
         steps += resources.cell_work(task, **sizes)
@@ -360,29 +339,36 @@ def check_resources(task: Task, configs: Sequence[dict[str, Any]],
     return trajectories
 
 
-def _cell_trajectories(task: Task, config: dict[str, Any], n_truth: int | None) -> float:
-    # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
-    inner = config["n_inner"] * config.get("n_steps", 1)
-    per_task = estimator_spec(config["estimator"]).trajectories_per_task(
-        config["n_inner"], config["n_outer"], config.get("options")) + inner - config["n_inner"]
-    own = planned_trials(config) * task.n_tasks * per_task
+def trajectories_per_trial(task: Task, config: CellConfig) -> int:
+    """Trajectories one estimate of the cell samples, over the tasks of the distribution:
+    K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too."""
+    spec = estimator_spec(config.estimator)
+    return task.n_tasks * (spec.trajectories_per_task(config.n_inner, config.n_outer,
+                                                      config.call_options)
+                           + config.inner_per_trial - config.n_inner)
+
+
+def _cell_trajectories(task: Task, config: CellConfig, n_truth: int | None) -> float:
+    own = config.planned_trials * trajectories_per_trial(task, config)
     # a model-free truth samples the outer step too
-    per_truth_sample = task.n_tasks * (inner + (
-        0 if task.has_model else (config["n_outer"] or 0)))
+    per_truth_sample = task.n_tasks * (config.inner_per_trial + (
+        0 if task.has_model else (config.n_outer or 0)))
     return own + (n_truth or 0) * per_truth_sample
 
 
 def evaluate(task: Task,
              estimators: Sequence[str | EstimatorSpec] = ("unbiased", "lsf", "maml", "fomaml"),
              *,
-             n_inner: int | Iterable[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
-             n_trials: int = 1000, inner_lr: float = 1.0, n_outer: int | None = None,
-             seed: int = 0, truth: str = "finite", theta: torch.Tensor | None = None,
-             exact: bool = True, truth_samples: int = 20_000, n_boot: int = 200,
-             dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
-             options: dict[str, dict[str, Any]] | None = None, n_steps: int = 1,
-             target_rel_ci: float | None = None, max_trials: int | None = None,
-             target_metric: str = "mse",
+             n_inner: int | Iterable[int] = DEFAULT_N_INNER,
+             n_trials: int = CellConfig.n_trials, inner_lr: float = CellConfig.inner_lr,
+             n_outer: int | None = None, seed: int = CellConfig.seed,
+             truth: str = CellConfig.truth, theta: torch.Tensor | None = None,
+             exact: bool = CellConfig.exact, truth_samples: int = CellConfig.truth_samples,
+             n_boot: int = CellConfig.n_boot, dtype: torch.dtype = torch.float64,
+             device: str | torch.device | None = None,
+             options: dict[str, dict[str, Any]] | None = None,
+             n_steps: int = CellConfig.n_steps, target_rel_ci: float | None = None,
+             max_trials: int | None = None, target_metric: str = CellConfig.target_metric,
              jsonl: str | os.PathLike | None = None, force: bool = False,
              progress: bool | Callable[[dict[str, Any]], None] | None = None,
              max_memory: int | str | None = None,
@@ -431,21 +417,47 @@ def evaluate(task: Task,
                        options=options, n_steps=n_steps, target_rel_ci=target_rel_ci,
                        max_trials=max_trials, target_metric=target_metric)
         store = Store(jsonl) if jsonl is not None else None
-        total = check_resources(checked.task, pending(checked, store, force), max_work)
+        total = check_plans([checked], store, force, max_work)
         on_record = None if progress is None or isinstance(progress, bool) else progress
         advance, bar = as_advance(progress is True, total, f"evaluate {task.name}", "traj")
         try:
-            lines = run_plan(checked, store, force, advance, on_record)
+            (result,) = run_plans([checked], store, force, advance, on_record)
         finally:
             if bar is not None:
                 bar.close()
-    (result,) = results_of(lines)
     return result
 
 
-def pending(checked: Plan, store: Store | None, force: bool) -> list[dict[str, Any]]:
-    """The cells of a plan still to compute: all of them, or those not in the store."""
-    return [c for c in checked.configs if force or store is None or cell_key(c) not in store]
+def check_plans(plans: Sequence[Plan], store: Store | None, force: bool,
+                max_work: float | None) -> float:
+    """Refuse, before anything is allocated, plans whose pending cells exceed the memory
+    limit in force or whose work together exceeds ``max_work``; returns the trajectories
+    they will sample (for progress). Every runner of plans (``evaluate``, ``metarl-bench
+    run``, a serial or Dask sweep) checks them so."""
+    return sum(check_resources(p.task, pending(p, store, force), max_work) for p in plans)
+
+
+def run_plans(plans: Sequence[Plan], store: Store | None, force: bool,
+              advance: Callable[[float], None] = lambda n: None,
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Run plans one after another in this process (``run_plan``): one :class:`Result` per
+    plan, handed to ``on_result`` as soon as its plan is done."""
+    results = []
+    for checked in plans:
+        (result,) = results_of(run_plan(checked, store, force, advance, on_record))
+        if on_result is not None:
+            on_result(result)
+        results.append(result)
+    return results
+
+
+def pending(checked: Plan | Sequence[CellConfig], store: Store | None, force: bool
+            ) -> list[CellConfig]:
+    """The cells of a plan (or a list of cells) still to compute: all of them, or those not
+    in the store."""
+    configs = checked.configs if isinstance(checked, Plan) else checked
+    return [c for c in configs if force or store is None or c.key not in store]
 
 
 def run_plan(checked: Plan, store: Store | None, force: bool,
@@ -456,11 +468,11 @@ def run_plan(checked: Plan, store: Store | None, force: bool,
     returns the store lines of every cell of the plan (computed or read back)."""
     lines = []
     for configs in checked.cells.values():
-        missing = [c for c in configs if force or store is None or cell_key(c) not in store]
+        missing = pending(configs, store, force)
         truth = compute_truth(checked.task, checked.theta, missing[0], advance) if missing \
             else None
         for config in configs:
-            if config in missing:
+            if any(config is m for m in missing):
                 line = make_line(config, compute_cell(checked.task, checked.theta, config, truth,
                                                       advance))
                 if store is not None:
@@ -468,7 +480,7 @@ def run_plan(checked: Plan, store: Store | None, force: bool,
                 if on_record is not None:
                     on_record(record_of(line))
             else:
-                line = store.lines[cell_key(config)]
+                line = store.lines[config.key]
             lines.append(line)
     return lines
 
@@ -483,25 +495,22 @@ class Truth:
     method: str = ""
 
 
-def compute_truth(task: Task, theta: torch.Tensor, config: dict[str, Any],
+def compute_truth(task: Task, theta: torch.Tensor, config: CellConfig,
                   advance: Callable[[float], None] = lambda n: None) -> Truth:
     """The reference of a cell; a function of the cell's task, theta, N, inner_lr, truth,
     truth_samples and seed only, so every estimator at one N shares it."""
-    n, inner_lr, n_steps = config["n_inner"], config["inner_lr"], config.get("n_steps", 1)
-    if config["truth"] == "limit":
+    n, inner_lr, n_steps = config.n_inner, config.inner_lr, config.n_steps
+    if config.truth == "limit":
         return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps), None,
                      "exact", "grad F_inf by nested autodiff through the model")
     if exact_finite_truth(task, n, n_steps):
         return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps),
                      None, "exact", "grad F_N by exact enumeration of the inner samples")
-    # the one-step seed is kept as it was, so one-step results do not change
-    generator = torch.Generator(device=theta.device).manual_seed(
-        cell_seed(config["seed"], "truth", n) if n_steps == 1
-        else cell_seed(config["seed"], "truth", n, n_steps))
-    n_outer = None if task.has_model else config["n_outer"]
+    generator = torch.Generator(device=theta.device).manual_seed(config.stream_seed("truth"))
+    n_outer = None if task.has_model else config.n_outer
     per_sample = task.n_tasks * (n * n_steps + (n_outer or 0))
     estimate = estimate_meta_gradient(
-        task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config["truth_samples"],
+        task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config.truth_samples,
         n_outer=n_outer, generator=generator, n_steps=n_steps,
         progress=lambda done: advance(done * per_sample))
     return Truth(estimate.mean, estimate.samples, "estimated", estimate.method)
@@ -538,7 +547,7 @@ def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
     return out.detach()
 
 
-def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth: Truth,
+def compute_cell(task: Task, theta: torch.Tensor, config: CellConfig, truth: Truth,
                  advance: Callable[[float], None] = lambda n: None) -> dict[str, Any]:
     """Measure one cell: its estimates, their statistics against ``truth``, the time and the
     peak memory of computing the estimates.
@@ -548,32 +557,23 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
     cap ``max_trials`` hit) or how many to add; the generator runs on, so the rounds and the
     numbers are a function of the configuration alone.
     """
-    spec = estimator_spec(config["estimator"])
-    n, n_outer, n_trials = config["n_inner"], config["n_outer"], config["n_trials"]
-    inner_lr = config["inner_lr"]
-    options = dict(config["options"])
-    if spec.name == "exact":
-        options = {"truth": config["truth"], **options}
-    n_steps = config.get("n_steps", 1)
-    common = dict(n_inner=n, inner_lr=inner_lr, n_outer=n_outer, **options,
-                  **({"n_steps": n_steps} if n_steps != 1 else {}))
+    spec = estimator_spec(config.estimator)
+    common = config.call_keywords()
     # a tiny warm-up call first, so that one-time costs (lazy imports, first-use kernels)
     # do not land in the timing of whichever cell happens to run first
     _call_estimator(spec, task, theta, 1,
                     generator=torch.Generator(device=theta.device).manual_seed(0), **common)
     generator = torch.Generator(device=theta.device).manual_seed(
-        cell_seed(config["seed"], spec.name, n) if n_steps == 1
-        else cell_seed(config["seed"], spec.name, n, n_steps))
+        config.stream_seed(spec.name))
     # large cells in chunks (about 2**20 trajectories, at most 1 GiB), so memory stays
     # bounded; the chunk depends on the configuration alone and the generator runs on, so
     # results do not depend on the machine
-    per_chunk = resources.chunk_trials(task, n * n_steps, n_outer, theta.dtype)
-    # K inner steps sample N fresh inner trajectories at each of theta_1..theta_{K-1} too
-    trajectories = task.n_tasks * (spec.trajectories_per_task(n, n_outer, options)
-                                   + n * (n_steps - 1))
-    target, cap = config.get("target_rel_ci"), planned_trials(config)
+    per_chunk = resources.chunk_trials(task, config.inner_per_trial, config.n_outer,
+                                       theta.dtype)
+    trajectories = trajectories_per_trial(task, config)
+    target, cap = config.target_rel_ci, config.planned_trials
     parts: list[torch.Tensor] = []
-    seconds, batch, memory, width = 0.0, n_trials, None, None
+    seconds, batch, memory, width = 0.0, config.n_trials, None, None
     while True:
         start = time.perf_counter()
         # memory is measured on the first n_trials only, so cells of one run (adaptive
@@ -589,12 +589,12 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
         estimates = torch.cat(parts)
         used = estimates.shape[0]
         n_nonfinite = int((~torch.isfinite(estimates.reshape(used, -1))).any(-1).sum())
-        stats, problem = _statistics(task, theta, spec, config, options, estimates,
-                                     n_nonfinite, truth)
+        stats, problem = _statistics(task, theta, spec, config, estimates, n_nonfinite,
+                                     truth)
         if target is None or problem is not None:  # a cell without statistics has no width
             width = None
             break
-        width = relative_width(stats, config["target_metric"])
+        width = relative_width(stats, config.target_metric)
         if width <= target or used >= cap:
             break
         batch = min(cap, next_trials(used, width, target)) - used
@@ -604,7 +604,7 @@ def compute_cell(task: Task, theta: torch.Tensor, config: dict[str, Any], truth:
         adaptive = dict(rel_ci=width, target_reached=width is not None and width <= target)
     mse = stats["mse"]
     return plain(dict(
-        n_steps=n_steps, truth_kind=truth.kind, truth_method=truth.method,
+        n_steps=config.n_steps, truth_kind=truth.kind, truth_method=truth.method,
         moments=stats.pop("moments"), **stats,
         truth_norm=float(truth.reference.norm()), trajectories=trajectories,
         mse_x_trajectories=None if mse is None else mse * trajectories,
@@ -631,8 +631,8 @@ def next_trials(used: int, width: float, target: float) -> int:
     return math.ceil(used * growth)
 
 
-def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, Any],
-                options: dict[str, Any], estimates: torch.Tensor, n_nonfinite: int, truth: Truth
+def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: CellConfig,
+                estimates: torch.Tensor, n_nonfinite: int, truth: Truth
                 ) -> tuple[dict[str, Any], str | None]:
     """The cell's statistics, or all of them None with the reason when any would be
     non-finite: a NaN or overflowing estimate is counted and reported, never averaged."""
@@ -643,18 +643,16 @@ def _statistics(task: Task, theta: torch.Tensor, spec: Any, config: dict[str, An
     elif not torch.isfinite(truth.reference).all():
         problem = "the truth is not finite"
     if problem is None:
-        n = config["n_inner"]
-        n_steps = config.get("n_steps", 1)
-        if config["exact"] and supports_exact_moments(task, spec, n, config["n_outer"],
-                                                      options, n_steps):
-            moments = exact_moments(task, theta, spec, n_inner=n, inner_lr=config["inner_lr"],
-                                    truth=truth.reference, n_steps=n_steps, **options)
+        if exact_statistics(task, config):
+            moments = exact_moments(task, theta, spec, n_inner=config.n_inner,
+                                    inner_lr=config.inner_lr, truth=truth.reference,
+                                    n_steps=config.n_steps, **config.call_options)
             stats = summarize_exact(moments.mean, moments.covariance, truth.reference,
                                     moments.mean_cosine)
             kind = "exact"
         else:
-            stats = summarize(estimates, truth.reference, truth.samples, n_boot=config["n_boot"],
-                              seed=cell_seed(config["seed"], "bootstrap", spec.name, n))
+            stats = summarize(estimates, truth.reference, truth.samples, n_boot=config.n_boot,
+                              seed=config.bootstrap_seed)
             kind = "monte-carlo"
         if all(math.isfinite(stats[k]) for k in ("bias", "variance", "mse")):
             return {**stats, "moments": kind}, None

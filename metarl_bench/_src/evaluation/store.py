@@ -9,14 +9,12 @@ Each line is one finished cell, complete in itself::
 ``key`` is a digest of ``config`` (canonical JSON), so the same configuration always has the
 same key, whoever wrote it and in whatever order. Rules:
 
-* Lines are only ever appended, each with one ``write`` call and an ``fsync``; the file is
-  never truncated or rewritten. The one exception is a torn last line (a write cut short by a
-  crash or a full disk): it holds no complete result and is removed before the next append,
-  so that append cannot glue onto it.
-* Reading ignores a torn last line (a cut-short prefix of a results line), and stops with a
-  one-line error naming the line on anything else that is not a results line (binary or
-  non-UTF-8 bytes, a JSON array, another schema, a line whose statistics are missing or
-  not numbers).
+* Lines are only ever appended, under a lock, each flushed to disk, and a torn last line (a
+  write cut short by a crash) is ignored on reading and removed before the next append: the
+  rules of ``core.files``.
+* Reading stops with a one-line error naming the line on anything that is not a results
+  line (binary or non-UTF-8 bytes, a JSON array, another schema, a line whose statistics
+  are missing or not numbers).
 * A key written twice (a forced re-run) is read as its latest line: latest wins, in the
   position where the key first appeared.
 * Derived numbers (log-log slopes) are not stored: they are fitted on reading, so a resumed
@@ -25,16 +23,16 @@ same key, whoever wrote it and in whatever order. Rules:
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import math
 import os
-import stat
 from typing import Any, Iterable, Iterator
 
-from metarl_bench._src.core.errors import ParameterError, ResultsFileError
+from metarl_bench._src.core import files
+from metarl_bench._src.core.errors import ResultsFileError
+from metarl_bench._src.core.files import check_path, plain  # noqa: F401 (re-exported)
 from metarl_bench._src.core.stats import METRICS
+from metarl_bench._src.evaluation.config import CellConfig, cell_key
 
 SCHEMA = "metarl-bench/results"
 SCHEMA_VERSION = 2
@@ -44,95 +42,12 @@ SCHEMA_VERSION = 2
 TIMING_FIELDS = ("seconds", "peak_memory_bytes")
 
 
-def plain(value: Any) -> Any:
-    """JSON-ready copy: NaN and infinities become None (strict JSON has neither); arrays and
-    tensors (e.g. in a plug-in task's parameters) become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy, torch
-        return plain(value.tolist())
-    return value
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def cell_key(config: dict[str, Any]) -> str:
-    """The key of a cell: a digest of its configuration, independent of field order."""
-    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:24]
-
-
-def make_line(config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+def make_line(config: CellConfig | dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A results line: the cell's configuration, its key and its result."""
+    if isinstance(config, CellConfig):
+        config = config.as_dict()
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "key": cell_key(config),
             "config": plain(config), "result": plain(result)}
-
-
-def check_path(path: Any, option: str = "jsonl", what: str = "a results file") -> str:
-    """A results path that can be appended to, checked without creating or changing it.
-
-    ``what``: the kind of file expected at ``path``, as refusals name it.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise ParameterError(f"{option} must be a file path, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not path.strip():
-        raise ParameterError(f"{option} must be a file path, got an empty string")
-    if os.path.isdir(path):
-        raise ParameterError(f"{option} {path!r} is a directory, not {what}")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise ParameterError(f"{option} {path!r} cannot be written: permission denied")
-    else:
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ParameterError(f"{option} {path!r} cannot be written: no folder {folder!r}")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise ParameterError(f"{option} {path!r} cannot be written: permission denied "
-                                 f"in {folder!r}")
-    return path
-
-
-def check_folder(path: Any, option: str = "out") -> str:
-    """A folder that exists or can be created, checked without creating anything."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise ParameterError(f"{option} must be a folder path, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not path.strip():
-        raise ParameterError(f"{option} must be a folder path, got an empty string")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ParameterError(f"{option} {path!r} exists and is not a folder")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ParameterError(f"{option} {path!r} cannot be created: {existing!r} is not a "
-                             f"folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ParameterError(f"{option} {path!r} cannot be written: permission denied in "
-                             f"{existing!r}")
-    return path
-
-
-def make_folder(path: Any, option: str = "out") -> str:
-    """Create the folder ``path`` (checked first) and its parents; one line if it cannot be."""
-    path = check_folder(path, option)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ParameterError(f"{option} {path!r} cannot be created: {exc.strerror}") from None
-    return path
-
-
-def _is_regular(path: str) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return False
 
 
 def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -145,36 +60,19 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ResultsFileError(f"{path}: is a directory, not a results file")
-    if not _is_regular(path):
+    if not files.is_regular(path):
         return
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
         raise ResultsFileError(f"{path}: cannot be read: {exc.strerror}") from None
-    pieces = data.split(b"\n")
-    for number, raw in enumerate(pieces, 1):
-        if not raw.strip():
-            continue
-        if number == len(pieces) and torn_line(raw):  # the last line, cut short by a crash
-            return
+    for number, raw in files.complete_lines(data, _OPENING)[0]:
         yield number, _parse(path, number, raw)
 
 
 #: How every line the store writes begins (``json.dumps`` of ``make_line``'s dict).
 _OPENING = b'{"schema": "metarl-bench/results", '
-
-
-def torn_line(raw: bytes, opening: bytes = _OPENING) -> bool:
-    """Whether a last line with no newline is a line cut short (not a whole one) of a file
-    whose every line begins with ``opening``."""
-    if not (opening.startswith(raw) or raw.startswith(opening)):
-        return False
-    try:
-        json.loads(raw)
-    except ValueError:
-        return True
-    return False
 
 
 def _parse(path: str, number: int, raw: bytes) -> dict[str, Any]:
@@ -279,22 +177,10 @@ class Store:
 
     def append(self, line: dict[str, Any]) -> None:
         """Write one line and flush it to disk; a failure is one line naming the file."""
-        data = (json.dumps(line, allow_nan=False) + "\n").encode()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            files.append_lines(self.path, [line], _OPENING)
         except OSError as exc:
             raise self._error(exc) from None
-        try:
-            _lock(fd)
-            _drop_torn_tail(fd)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            _sync(fd)
-        except OSError as exc:
-            raise self._error(exc) from None
-        finally:
-            os.close(fd)
         self.lines[line["key"]] = line
         self.written += 1
 
@@ -303,40 +189,3 @@ class Store:
                 "; results written before are kept")
         return ResultsFileError(f"cannot write results to {self.path}: {exc.strerror}{kept}")
 
-
-def _lock(fd: int) -> None:
-    """An exclusive advisory lock, so two writers of one file never interleave bytes."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: one writer per file
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX)
-
-
-def _drop_torn_tail(fd: int) -> None:
-    """Remove a torn last line (bytes after the last newline): it holds no complete result."""
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
-        return
-    if os.pread(fd, 1, info.st_size - 1) == b"\n":
-        return
-    end = info.st_size
-    while end > 0:
-        start = max(0, end - 65536)
-        newline = os.pread(fd, end - start, start).rfind(b"\n")
-        if newline >= 0:
-            end = start + newline + 1
-            break
-        end = start
-    if torn_line(os.pread(fd, info.st_size - end, end)):
-        os.ftruncate(fd, end)
-    else:  # a whole line whose newline is missing (written by hand): end it, keep it
-        os.write(fd, b"\n")
-
-
-def _sync(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):  # e.g. a device
-            raise

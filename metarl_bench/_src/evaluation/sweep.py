@@ -40,31 +40,33 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 
-from metarl_bench._src.core import resources
-
-from metarl_bench._src.core import validation
+from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, ResourceError,
-                                      did_you_mean)
-from metarl_bench._src.evaluation.evaluate import (Plan, Truth, check_resources, compute_cell,
-                                        compute_truth, pending, plan, planned_trials,
-                                        results_of, run_plan)
+                                           did_you_mean)
 from metarl_bench._src.core.progress import Progress
-from metarl_bench._src.evaluation.store import Store, cell_key, make_line, read_lines
+from metarl_bench._src.evaluation.config import CellConfig
+from metarl_bench._src.evaluation.evaluate import (Plan, Truth, check_plans, compute_cell,
+                                                   compute_truth, pending, plan, results_of,
+                                                   run_plans)
+from metarl_bench._src.evaluation.store import Store, make_line
 
 GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
                "device", "options", "target_rel_ci", "max_trials", "target_metric")
+#: A spec's defaults: the grid's own, and a cell's (CellConfig's) for the shared settings.
 DEFAULTS: dict[str, Any] = dict(
     estimators=["unbiased", "lsf", "maml", "fomaml"], n_inner=[1, 2, 4, 8, 16, 32, 64],
-    inner_lr=[1.0], seeds=[0], n_outer=["exact"], n_steps=[1], n_trials=1000, truth="finite",
-    truth_samples=20_000, exact_moments=True, n_boot=200, dtype="float64", device="cpu",
-    options={}, target_rel_ci=None, max_trials=None, target_metric="mse")
+    inner_lr=[CellConfig.inner_lr], seeds=[CellConfig.seed], n_outer=["exact"],
+    n_steps=[CellConfig.n_steps], n_trials=CellConfig.n_trials, truth=CellConfig.truth,
+    truth_samples=CellConfig.truth_samples, exact_moments=CellConfig.exact,
+    n_boot=CellConfig.n_boot, dtype=CellConfig.dtype, device=CellConfig.device, options={},
+    target_rel_ci=CellConfig.target_rel_ci, max_trials=CellConfig.max_trials,
+    target_metric=CellConfig.target_metric)
 TOP_KEYS = ("output", "tasks", *GRID_KEYS, *SHARED_KEYS)
 TASK_KEYS = ("name", "params", *GRID_KEYS, *SHARED_KEYS)
 #: Local worker processes allowed per CPU. Cells are single-threaded and CPU-bound, so one
@@ -204,22 +206,22 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _task_and_theta(config: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+def _task_and_theta(config: CellConfig) -> tuple[Any, torch.Tensor]:
     from metarl_bench._src.core.registry import make_task
 
-    task = make_task(config["task"], **config["task_params"])
-    theta = task.initial_params(dtype=getattr(torch, config["dtype"]), device=config["device"])
+    task = make_task(config.task, **config.task_params)
+    theta = task.initial_params(dtype=config.torch_dtype, device=config.device)
     return task, theta
 
 
-def truth_job(config: dict[str, Any]) -> Truth:
+def truth_job(config: CellConfig) -> Truth:
     """A Dask task: the truth shared by the cells of one plan at one N."""
     with one_thread():
         task, theta = _task_and_theta(config)
         return compute_truth(task, theta, config)
 
 
-def cell_job(config: dict[str, Any], truth: Truth) -> dict[str, Any]:
+def cell_job(config: CellConfig, truth: Truth) -> dict[str, Any]:
     """A Dask task: one cell's result (never written by the worker)."""
     with one_thread():
         task, theta = _task_and_theta(config)
@@ -259,14 +261,13 @@ def run_sweep(sweep: Sweep, store: Store, *, force: bool = False, serial: bool =
     concurrency = 1 if serial or scheduler is not None else workers
     # each worker holds one cell at a time: the memory guard applies to them together
     with resources.share_memory(concurrency):
-        total = sum(check_resources(p.task, todo[id(p)], max_work) for p in sweep.plans)
+        total = check_plans(sweep.plans, store, force, max_work)
     with Progress(total, "sweep", enabled=progress, unit="traj") as bar:
         if serial:
             log(f"sweep: {n_todo} cells in this process ({n_done} already in the store)")
             with one_thread():
-                for checked in sweep.plans:
-                    if todo[id(checked)]:
-                        run_plan(_rebuilt(checked), store, force, bar.advance)
+                run_plans([_rebuilt(p) for p in sweep.plans if todo[id(p)]], store, force,
+                          bar.advance)
         else:
             _run_on_dask(sweep, todo, store, scheduler, workers, bar, log, n_done)
     return n_todo, n_done
@@ -291,7 +292,7 @@ def _rebuilt(checked: Plan) -> Plan:
     return Plan(task, theta, checked.cells)
 
 
-def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Store,
+def _run_on_dask(sweep: Sweep, todo: dict[int, list[CellConfig]], store: Store,
                  scheduler: str | None, workers: int, bar: Progress,
                  log: Callable[[str], None], n_done: int) -> None:
     import logging
@@ -318,15 +319,15 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
         futures = {}
         for checked in sweep.plans:
             configs = todo[id(checked)]
-            for n in sorted({c["n_inner"] for c in configs}):
-                at_n = [c for c in configs if c["n_inner"] == n]
+            for n in sorted({c.n_inner for c in configs}):
+                at_n = [c for c in configs if c.n_inner == n]
                 # one truth per (plan, N), shared by its cells; keys from the configuration
                 # make identical submissions one task
-                truth = client.submit(truth_job, at_n[0], key=f"truth-{cell_key(at_n[0])}",
+                truth = client.submit(truth_job, at_n[0], key=f"truth-{at_n[0].key}",
                                       pure=False)
                 for config in at_n:
-                    future = client.submit(cell_job, config, truth,
-                                           key=f"cell-{cell_key(config)}", pure=False)
+                    future = client.submit(cell_job, config, truth, key=f"cell-{config.key}",
+                                           pure=False)
                     futures[future.key] = (future, config, checked.task)
         for future in as_completed([f for f, _, _ in futures.values()]):
             _, config, task = futures[future.key]
@@ -336,10 +337,10 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
                 raise
             except Exception as exc:  # a worker lost (memory) or an estimator's own bug
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ResourceError(f"cell {config['estimator']} at N={config['n_inner']} on "
-                                    f"{config['task']} failed on a worker: {reason}") from None
+                raise ResourceError(f"cell {config.estimator} at N={config.n_inner} on "
+                                    f"{config.task} failed on a worker: {reason}") from None
             store.append(make_line(config, result))
-            bar.advance(result["trajectories"] * planned_trials(config))
+            bar.advance(result["trajectories"] * config.planned_trials)
     finally:
         client.close()
         if cluster is not None:
@@ -349,41 +350,5 @@ def _run_on_dask(sweep: Sweep, todo: dict[int, list[dict[str, Any]]], store: Sto
 def sweep_results(sweep: Sweep, store: Store) -> list[Any]:
     """The sweep's results as read back from the store (one per plan, in spec order)."""
     return [result for checked in sweep.plans
-            for result in results_of([store.lines[cell_key(c)] for c in checked.configs
-                                      if cell_key(c) in store])]
-
-
-def main_sweep(args: Any) -> int:
-    """The ``sweep`` command."""
-    max_work = None if args.no_work_limit else resources.DEFAULT_MAX_WORK
-    check_workers(args.workers, args.scheduler)
-    with resources.limit_memory(args.max_memory, name="--max-memory"):
-        sweep = build(read_spec(args.spec), source=args.spec)
-        output = args.json if args.json is not None else sweep.output
-        if output is None:
-            raise ParameterError(f"{args.spec}: no 'output' in the spec; name the results "
-                                 f"store with --json PATH")
-        store = Store(output, option="--json" if args.json is not None else "output")
-        lines_before = sum(1 for _ in read_lines(output))
-
-        def log(text: str) -> None:
-            if not args.quiet:
-                print(text, file=sys.stderr, flush=True)
-
-        from metarl_bench._src.core.progress import wanted
-
-        try:
-            computed, kept = run_sweep(sweep, store, force=args.force, serial=args.serial,
-                                       scheduler=args.scheduler, workers=args.workers,
-                                       max_work=max_work, progress=wanted(args.quiet), log=log)
-        except KeyboardInterrupt:
-            # read back what reached the file (lines, so that --force re-runs count too): an
-            # interrupt between a cell's write and any count kept here would miss that cell
-            finished = sum(1 for _ in read_lines(output)) - lines_before
-            print(f"metarl-bench: interrupted; {finished} finished cells of this run kept in "
-                  f"{output}: the same command resumes", file=sys.stderr)
-            return 130
-    for result in sweep_results(sweep, store):
-        print(result.table() + "\n")
-    print(f"{computed} cells computed, {kept} already in the store; results: {output}")
-    return 0
+            for result in results_of([store.lines[c.key] for c in checked.configs
+                                      if c.key in store])]

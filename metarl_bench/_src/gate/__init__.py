@@ -1,1 +1,1 @@
-"""The regression gate (``metarl-bench check``): statistics, time and memory of this tree against a baseline commit."""
+"""Layer 5: the regression gate (metarl-bench check) against a baseline tree or saved suite."""

@@ -1,1 +1,1 @@
-"""Tables, figures, the HTML report and paper reproductions, drawn from results; imports the layers below."""
+"""Layer 4: figures, the HTML report and the published reproductions, drawn from results."""

@@ -1,9 +1,12 @@
-"""PNG figures of results (matplotlib, Agg backend: no display needed).
+"""PNG figures of results (matplotlib's object API on an Agg canvas: no display needed, and
+the backend of a notebook or a script that imports metarl_bench is left as it was).
 
 For each task of a result set: bias, variance and MSE against N on log-log axes, one line per
 estimator with its 95% band and fitted slope; the statistical efficiency per unit of work
 (MSE x trajectories and MSE x seconds against N); and the cost of the estimates (seconds per
-1,000 estimates, and the peak memory of computing them where the records carry it).
+1,000 estimates, and the peak memory of computing them where the records carry it). An
+estimator has one colour in every figure (``estimator_colour``); variants of it with other
+options differ by line style.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from metarl_bench._src.reporting.tables import trials_used
+from metarl_bench._src.evaluation.tables import estimator_colour, series_label, trials_used
 
 #: (record key, axis label) of the three statistics panels
 STATISTICS = (("bias", "bias (noise-corrected)"), ("variance", "variance (trace)"),
@@ -36,29 +39,52 @@ class Figure:
     task: str = ""
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+#: Line styles of the variants of one estimator (other options), in order of appearance.
+LINE_STYLES = ("-", "--", "-.", ":")
 
 
-def series_label(record: dict[str, Any]) -> str:
-    """The estimator's name, with its options when it has any (they are different series)."""
-    options = record.get("options") or {}
-    if not options:
-        return record["estimator"]
-    shown = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
-    return f"{record['estimator']}:{shown}"
+@dataclass(frozen=True)
+class Series:
+    """One estimator entry's records, sorted by N, with how its line is drawn."""
+
+    label: str
+    rows: list[dict[str, Any]]
+    colour: str
+    style: str
+
+    @property
+    def n(self) -> list[int]:
+        return [r["n_inner"] for r in self.rows]
+
+    def plot(self, axis, values: Sequence[float], *, label: str | None = None):
+        (line,) = axis.plot(self.n, values, marker="o", ms=3.5, color=self.colour,
+                            linestyle=self.style, label=self.label if label is None else label)
+        return line
 
 
-def _series(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def _series(records: Iterable[dict[str, Any]]) -> list[Series]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        out.setdefault(series_label(record), []).append(record)
-    return {k: sorted(v, key=lambda r: r["n_inner"]) for k, v in out.items()}
+        grouped.setdefault(series_label(record), []).append(record)
+    variants: dict[str, int] = {}
+    out = []
+    for label, rows in grouped.items():
+        name = rows[0]["estimator"]
+        style = LINE_STYLES[variants.get(name, 0) % len(LINE_STYLES)]
+        variants[name] = variants.get(name, 0) + 1
+        out.append(Series(label, sorted(rows, key=lambda r: r["n_inner"]),
+                          estimator_colour(name), style))
+    return out
+
+
+def _figure(width: float, height: float):
+    """A figure on its own Agg canvas: pyplot's global state is never touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MatplotlibFigure
+
+    figure = MatplotlibFigure(figsize=(width, height), constrained_layout=True)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def _slug(text: str) -> str:
@@ -88,7 +114,6 @@ def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Fig
     One set per result and task (file names are prefixed by the result's position when there
     are several results), so that cells of different configurations never share a line.
     """
-    plt = _pyplot()
     os.makedirs(folder, exist_ok=True)
     figures: list[Figure] = []
     for index, result in enumerate(results):
@@ -97,10 +122,8 @@ def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Fig
             by_task.setdefault(record["task"], []).append(record)
         slopes: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         for slope in result.slopes:
-            label = series_label({"estimator": slope["estimator"],
-                                  "options": slope.get("options")})
-            slopes.setdefault(slope["task"], {})[(label, slope["metric"])] = slope
-        dtype = str(result.config.get("dtype", "float64"))
+            slopes.setdefault(slope["task"], {})[(series_label(slope), slope["metric"])] = slope
+        dtype = result.settings.dtype
         eps = {"float32": 2.0 ** -23, "float16": 2.0 ** -10}.get(dtype, 2.0 ** -52)
         prefix = f"{index + 1}-" if len(results) > 1 else ""
         for task, records in by_task.items():
@@ -108,10 +131,10 @@ def write_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Fig
             stem = os.path.join(folder, prefix + _slug(task))
             truth_note = "truth: " + ", ".join(sorted(
                 {f"{r.get('truth')} ({r.get('truth_kind')})" for r in records}))
-            for figure in (_statistics_figure(plt, stem, task, series, slopes.get(task, {}),
+            for figure in (_statistics_figure(stem, task, series, slopes.get(task, {}),
                                               truth_note, eps),
-                           _efficiency_figure(plt, stem, task, series),
-                           _cost_figure(plt, stem, task, series)):
+                           _efficiency_figure(stem, task, series),
+                           _cost_figure(stem, task, series)):
                 figures.append(dataclasses.replace(figure, result_index=index, task=task))
     return figures
 
@@ -124,9 +147,8 @@ def _has_positive(axis) -> bool:
     return any(bool(np.any(np.isfinite(v) & (v > 0))) for v in values)
 
 
-def _save(plt, fig, path: str) -> None:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _save(figure, path: str) -> None:
+    figure.savefig(path, dpi=110)
 
 
 def _log_axes(axis, title: str, fontsize: int | None = None) -> None:
@@ -145,13 +167,14 @@ def _log_axes(axis, title: str, fontsize: int | None = None) -> None:
         axis.legend(fontsize=fontsize)
 
 
-def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), constrained_layout=True)
+def _statistics_figure(stem, task, series, slopes, truth_note, eps) -> Figure:
+    fig = _figure(15, 4.4)
+    axes = fig.subplots(1, 3)
     hidden = False
     for axis, (metric, label) in zip(axes, STATISTICS):
         drawn: list[tuple[Any, list[int], list[float], list[float], list[float]]] = []
-        for name, rows in series.items():
-            n = [r["n_inner"] for r in rows]
+        for one in series:
+            rows, n = one.rows, one.n
             floors = [NOISE_EPSILONS * eps * (r.get("truth_norm") or 0.0) for r in rows]
             if metric != "bias":
                 floors = [f * f for f in floors]
@@ -159,8 +182,8 @@ def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figu
             shown = [v if v > f else math.nan for v, f in zip(values, floors)]
             hidden |= any(math.isfinite(v) and not math.isfinite(w)
                           for v, w in zip(values, shown))
-            line, = axis.plot(n, shown, marker="o", ms=3.5,
-                              label=f"{name}{_slope_text(slopes, name, metric)}")
+            line = one.plot(axis, shown,
+                            label=f"{one.label}{_slope_text(slopes, one.label, metric)}")
             bands = [r.get(f"{metric}_ci") or [None, None] for r in rows]
             low = [lo if lo > f else math.nan
                    for lo, f in zip(_positive([b[0] for b in bands]), floors)]
@@ -180,7 +203,7 @@ def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figu
         axis.legend(fontsize=7, title="estimator (slope)", title_fontsize=7)
     fig.suptitle(f"{task}: statistics against N; {truth_note}; bands: 95% intervals")
     path = f"{stem}-statistics.png"
-    _save(plt, fig, path)
+    _save(fig, path)
     caption = ("Log-log axes; slopes fitted over the values above noise are in the legends "
                "(none where fewer than 3 such values exist). A band reaching the bottom of "
                "a panel means the value cannot be told from zero there.")
@@ -190,46 +213,42 @@ def _statistics_figure(plt, stem, task, series, slopes, truth_note, eps) -> Figu
     return Figure(path, f"{task}: bias, variance and MSE against N", caption)
 
 
-def _efficiency_figure(plt, stem, task, series) -> Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for name, rows in series.items():
-        n = [r["n_inner"] for r in rows]
-        axes[0].plot(n, _positive([r.get("mse_x_trajectories") for r in rows]), marker="o",
-                     ms=3.5, label=name)
-        axes[1].plot(n, _positive([(r.get("mse") or math.nan) * (r.get("seconds") or math.nan)
-                                   / trials_used(r) for r in rows]),
-                     marker="o", ms=3.5, label=name)
+def _efficiency_figure(stem, task, series) -> Figure:
+    fig = _figure(11, 4.2)
+    axes = fig.subplots(1, 2)
+    for one in series:
+        one.plot(axes[0], _positive([r.get("mse_x_trajectories") for r in one.rows]))
+        one.plot(axes[1], _positive([(r.get("mse") or math.nan) * (r.get("seconds") or math.nan)
+                                     / trials_used(r) for r in one.rows]))
     for axis, title in zip(axes, ("MSE x trajectories per estimate",
                                   "MSE x seconds per estimate")):
         _log_axes(axis, title, fontsize=7)
     fig.suptitle(f"{task}: statistical efficiency per unit of work (lower is better)")
     path = f"{stem}-efficiency.png"
-    _save(plt, fig, path)
+    _save(fig, path)
     return Figure(path, f"{task}: efficiency per unit of work",
                   "MSE times the trajectories (or the seconds) one estimate costs: to reach a "
                   "given MSE, the estimator with the lower curve needs less of that resource.")
 
 
-def _cost_figure(plt, stem, task, series) -> Figure:
-    has_memory = any(r.get("peak_memory_bytes") for rows in series.values() for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_memory else 1, figsize=(11 if has_memory else 6, 4.2),
-                             constrained_layout=True, squeeze=False)
-    for name, rows in series.items():
-        n = [r["n_inner"] for r in rows]
-        axes[0][0].plot(n, _positive([(r.get("seconds") or math.nan) * 1e6 / trials_used(r)
-                                      for r in rows]),
-                        marker="o", ms=3.5, label=name)
+def _cost_figure(stem, task, series) -> Figure:
+    has_memory = any(r.get("peak_memory_bytes") for one in series for r in one.rows)
+    fig = _figure(11 if has_memory else 6, 4.2)
+    axes = fig.subplots(1, 2 if has_memory else 1, squeeze=False)
+    for one in series:
+        one.plot(axes[0][0], _positive([(r.get("seconds") or math.nan) * 1e6 / trials_used(r)
+                                        for r in one.rows]))
         if has_memory:
-            axes[0][1].plot(n, _positive([(r.get("peak_memory_bytes") or math.nan) / 2 ** 20
-                                          for r in rows]), marker="o", ms=3.5, label=name)
+            one.plot(axes[0][1], _positive([(r.get("peak_memory_bytes") or math.nan) / 2 ** 20
+                                            for r in one.rows]))
     titles = ["milliseconds per 1,000 estimates"] + (["peak memory (MiB)"] * has_memory)
     for axis, title in zip(axes[0], titles):
         _log_axes(axis, title, fontsize=7)
-    trials = sorted({trials_used(r) for rows in series.values() for r in rows})
+    trials = sorted({trials_used(r) for one in series for r in one.rows})
     shown = (f"{trials[0]}" if len(trials) == 1 else f"{trials[0]} to {trials[-1]}")
     fig.suptitle(f"{task}: cost ({shown} estimates per cell)")
     path = f"{stem}-cost.png"
-    _save(plt, fig, path)
+    _save(fig, path)
     return Figure(path, f"{task}: time{' and memory' if has_memory else ''} per estimator",
                   "Wall time per 1,000 estimates (sampling included), measured in the run that "
                   "produced the results; time depends on the machine and its load."

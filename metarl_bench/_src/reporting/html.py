@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from metarl_bench._src.reporting.figures import Figure, series_label, write_figures
-from metarl_bench._src.reporting.tables import _num, rel_ci_text, trials_used
-from metarl_bench._src.evaluation.store import make_folder
+from metarl_bench._src.core.files import make_folder
+from metarl_bench._src.evaluation.tables import (SLOPE_COLUMNS, number, rel_ci_text,
+                                                 series_label, slope_rows, trials_used)
+from metarl_bench._src.reporting.figures import Figure, write_figures
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
@@ -67,8 +67,8 @@ def _embed(figure: Figure) -> str:
 
 def _interval(value: Any, ci: Any) -> str:
     if not ci or ci[0] is None or ci[1] is None or ci[0] == ci[1] == value:
-        return _num(value)  # exact moments: the interval is the point
-    return f"{_num(value)} [{_num(ci[0])}, {_num(ci[1])}]"
+        return number(value)  # exact moments: the interval is the point
+    return f"{number(value)} [{number(ci[0])}, {number(ci[1])}]"
 
 
 def _trials_cell(record: dict[str, Any]) -> str:
@@ -78,49 +78,34 @@ def _trials_cell(record: dict[str, Any]) -> str:
     return f"{trials_used(record)} (±{rel_ci_text(record)})"
 
 
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A table whose first column (the series) is left-aligned."""
+    def row(cells: Sequence[Any], tag: str) -> str:
+        return "<tr>" + "".join(f'<{tag}{" class=name" if i == 0 else ""}>'
+                                f"{html.escape(str(c))}</{tag}>"
+                                for i, c in enumerate(cells)) + "</tr>"
+
+    return f"<table>{row(header, 'th')}{''.join(row(cells, 'td') for cells in rows)}</table>"
+
+
 def _records_table(records: Sequence[dict[str, Any]]) -> str:
+    """The records in the order the terminal prints them (the run's order)."""
     header = ["estimator", "N", "bias [95% CI]", "|mean-truth|", "noise", "variance [95% CI]",
               "mse [95% CI]", "cosine", "corr", "mse x traj", "moments", "truth", "trials", "ms",
               "peak MiB"]
     rows = []
-    for r in sorted(records, key=lambda r: (series_label(r), r["n_inner"])):
-        cells = [series_label(r), r["n_inner"], _interval(r.get("bias"), r.get("bias_ci")),
-                 _num(r.get("bias_raw")), _num(r.get("bias_noise")),
-                 _interval(r.get("variance"), r.get("variance_ci")),
-                 _interval(r.get("mse"), r.get("mse_ci")), _num(r.get("cosine")),
-                 _num(r.get("correlation")), _num(r.get("mse_x_trajectories")),
-                 r.get("moments", "-"), f"{r.get('truth')} ({r.get('truth_kind')})",
-                 _trials_cell(r),
-                 "-" if r.get("seconds") is None else f"{r['seconds'] * 1e3:.1f}",
-                 "-" if r.get("peak_memory_bytes") is None
-                 else f"{r['peak_memory_bytes'] / 2 ** 20:.3g}"]
-        rows.append("<tr>" + "".join(
-            f'<td{" class=name" if i == 0 else ""}>{html.escape(str(c))}</td>'
-            for i, c in enumerate(cells)) + "</tr>")
-    head = "".join(f'<th{" class=name" if i == 0 else ""}>{html.escape(h)}</th>'
-                   for i, h in enumerate(header))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _slopes_table(slopes: Sequence[dict[str, Any]]) -> str:
-    by_series: dict[str, dict[str, dict[str, Any]]] = {}
-    for s in slopes:
-        label = series_label({"estimator": s["estimator"], "options": s.get("options")})
-        by_series.setdefault(label, {})[s["metric"]] = s
-    rows = []
-    for label, metrics in sorted(by_series.items()):
-        cells = [label]
-        for metric in ("bias", "variance", "mse"):
-            s = metrics.get(metric)
-            if s is None or s.get("slope") is None or not math.isfinite(s["slope"]):
-                cells.append("n/a")
-            else:
-                cells.append(f"{s['slope']:+.2f} ± {_num(s.get('stderr'))}")
-        rows.append("<tr>" + "".join(
-            f'<td{" class=name" if i == 0 else ""}>{html.escape(c)}</td>'
-            for i, c in enumerate(cells)) + "</tr>")
-    return ("<table><tr><th class=name>estimator</th><th>bias</th><th>variance</th>"
-            f"<th>mse</th></tr>{''.join(rows)}</table>")
+    for r in records:
+        rows.append([series_label(r), r["n_inner"], _interval(r.get("bias"), r.get("bias_ci")),
+                     number(r.get("bias_raw")), number(r.get("bias_noise")),
+                     _interval(r.get("variance"), r.get("variance_ci")),
+                     _interval(r.get("mse"), r.get("mse_ci")), number(r.get("cosine")),
+                     number(r.get("correlation")), number(r.get("mse_x_trajectories")),
+                     r.get("moments", "-"), f"{r.get('truth')} ({r.get('truth_kind')})",
+                     _trials_cell(r),
+                     "-" if r.get("seconds") is None else f"{r['seconds'] * 1e3:.1f}",
+                     "-" if r.get("peak_memory_bytes") is None
+                     else f"{r['peak_memory_bytes'] / 2 ** 20:.3g}"])
+    return _html_table(header, rows)
 
 
 def _config_line(config: dict[str, Any]) -> str:
@@ -128,26 +113,59 @@ def _config_line(config: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in shown.items())
 
 
+def _tasks(result: Any) -> list[str]:
+    return list(dict.fromkeys(r["task"] for r in result.records)) or [
+        str(result.config.get("task", "?"))]
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def headings(results: Sequence[Any]) -> list[str]:
+    """One section heading per result: its tasks, and, where another result shares a task,
+    the settings that tell the two apart (``seed=1``, ``inner_lr=2.0, n_trials=500``)."""
+    out = []
+    for index, result in enumerate(results):
+        tasks = _tasks(result)
+        others = [other for i, other in enumerate(results)
+                  if i != index and set(_tasks(other)) & set(tasks)]
+        differing = [key for key in result.config if key not in ("estimators", "n_inner")
+                     and any(other.config.get(key) != result.config[key] for other in others)]
+        differing = list(dict.fromkeys(differing + [
+            key for other in others for key in other.config if key not in result.config]))
+        heading = ", ".join(tasks)
+        if differing:
+            heading += " (" + ", ".join(f"{key}={_short(result.config.get(key, '-'))}"
+                                        for key in differing) + ")"
+        out.append(heading)
+    return out
+
+
 def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
-                 title: str = "metarl_bench report", source: str | None = None) -> str:
-    """Write the figures and ``index.html`` of ``results`` into ``folder``; returns its path."""
+                 title: str | None = None, source: str | None = None) -> str:
+    """Write the figures and ``index.html`` of ``results`` into ``folder``; returns its path.
+
+    ``title`` defaults to one naming the results' tasks (the scope of the page)."""
     make_folder(folder, "folder")
     figures = write_figures(results, folder)
+    if title is None:
+        title = "metarl_bench: " + ", ".join(dict.fromkeys(
+            task for result in results for task in _tasks(result)))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>"
              f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p class=note>Written {stamp}"
              + (f" from <code>{html.escape(source)}</code>" if source else "") + ".</p>"]
-    for index, result in enumerate(results):
-        tasks = list(dict.fromkeys(r["task"] for r in result.records)) or [
-            result.config.get("task", "?")]
-        parts.append(f"<h2>{html.escape(', '.join(map(str, tasks)))}</h2>")
+    for index, (result, heading) in enumerate(zip(results, headings(results))):
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(f"<p class=note>{html.escape(_config_line(result.config))}</p>")
         parts.extend(_embed(f) for f in figures if f.result_index == index)
         if result.slopes:
             parts.append("<p>Log-log slopes against N (± standard error):</p>")
-            parts.append(_slopes_table(result.slopes))
+            parts.append(_html_table(["estimator", *SLOPE_COLUMNS], slope_rows(result.slopes)))
         parts.append(_records_table(result.records))
     parts.append(_READING)
     parts.append("</body></html>")

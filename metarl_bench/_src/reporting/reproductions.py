@@ -20,6 +20,7 @@ HEADLINE = (
 )
 HEADLINE_ESTIMATORS = ("unbiased", "lsf", "maml", "fomaml")
 HEADLINE_N = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+HEADLINE_TRIALS = 2000
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def _tang2022() -> list[dict[str, Any]]:
     from metarl_bench._src.core.registry import make_task
 
     return [dict(task=make_task(task_id, **params), estimators=list(HEADLINE_ESTIMATORS),
-                 n_inner=list(HEADLINE_N), n_trials=2000, inner_lr=inner_lr, seed=0,
+                 n_inner=list(HEADLINE_N), n_trials=HEADLINE_TRIALS, inner_lr=inner_lr, seed=0,
                  truth="finite")
             for task_id, params, inner_lr in HEADLINE]
 
@@ -50,7 +51,7 @@ def reproduce(name: str, folder: str | os.PathLike, *, progress: Any = None) -> 
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.evaluation.evaluate import evaluate
     from metarl_bench._src.reporting.html import write_report
-    from metarl_bench._src.evaluation.store import make_folder
+    from metarl_bench._src.core.files import make_folder
 
     if name not in REPRODUCTIONS:
         raise unknown_name("reproduction", name, REPRODUCTIONS)

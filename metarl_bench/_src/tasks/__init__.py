@@ -1,5 +1,4 @@
-"""Meta-RL tasks, one module per kind: ``base`` (the interface every task satisfies and the
-sampling helpers), ``tabular`` (random MDPs), ``bandit`` (K-armed bandits)."""
+"""Layer 1: meta-RL tasks (bandits, MDPs, navigation, MuJoCo), their policies and environments."""
 
 from metarl_bench._src.tasks.bandit import BanditTask, make_bandit
 from metarl_bench._src.tasks.base import Task

@@ -32,22 +32,43 @@ import torch
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError
-from metarl_bench._src.core.trajectories import Trajectories, reward_to_go
+from metarl_bench._src.core.trajectories import Trajectories, discounts, reward_to_go
 
 BASELINES = (None, "linear")
 
 
-def time_features(horizon: int, like: torch.Tensor) -> torch.Tensor:
-    """(t/100, (t/100)**2, (t/100)**3) for t = 0..T-1: (T, 3) (garage's scaling)."""
-    t = torch.arange(horizon, dtype=like.dtype, device=like.device) / 100.0
+def _cubic(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([t, t * t, t * t * t], -1)
+
+
+def time_features_per_100_steps(horizon: int, like: torch.Tensor) -> torch.Tensor:
+    """(t/100, (t/100)**2, (t/100)**3) for t = 0..T-1: (T, 3). garage's (and MAML-RL's)
+    scaling, the same at every horizon: the linear feature baseline of the inner step."""
+    return _cubic(torch.arange(horizon, dtype=like.dtype, device=like.device) / 100.0)
+
+
+def time_features_per_horizon(horizon: int, like: torch.Tensor) -> torch.Tensor:
+    """(t/T, (t/T)**2, (t/T)**3) for t = 0..T-1: (T, 3). The fraction of the horizon
+    elapsed: the linear critic of the DiCE family (``estimators.critics``)."""
+    return _cubic(torch.arange(horizon, dtype=like.dtype, device=like.device) / horizon)
+
+
+def decay_matrix(horizon: int, decay: float, like: torch.Tensor) -> torch.Tensor:
+    """M[u, t] = decay**(u - t) for u >= t, else 0: (T, T), with 0**0 = 1.
+
+    x @ M sums each step's future (sum_{u >= t} decay**(u-t) x_u); x @ M.T its past.
+    """
+    steps = torch.arange(horizon, device=like.device)
+    lag = steps.unsqueeze(1) - steps.unsqueeze(0)
+    return torch.where(lag >= 0, decay ** lag.clamp(min=0).to(like.dtype),
+                       torch.zeros((), dtype=like.dtype, device=like.device))
 
 
 def linear_features(observations: torch.Tensor) -> torch.Tensor:
     """(x, x**2, t, t**2, t**3, 1) for every step: (R, N, T, d) -> (R, N, T, 2d + 4)."""
     n_rows, n_traj, horizon = observations.shape[:3]
     x = observations.reshape(n_rows, n_traj, horizon, -1)
-    times = time_features(horizon, x).expand(n_rows, n_traj, horizon, 3)
+    times = time_features_per_100_steps(horizon, x).expand(n_rows, n_traj, horizon, 3)
     return torch.cat([x, x * x, times, torch.ones_like(x[..., :1])], -1)
 
 
@@ -73,24 +94,27 @@ def linear_feature_baseline(observations: torch.Tensor, returns: torch.Tensor, *
     return (design @ weights).reshape(n_rows, n_traj, horizon)
 
 
+def gae_from_values(discounted_rewards: torch.Tensor, values: torch.Tensor,
+                    gae_lambda: float) -> torch.Tensor:
+    """Generalised advantage estimation (Schulman et al. 2016) in time-0 units: (R, N, T).
+
+    A_t = sum_{l >= 0} lambda**l delta_{t+l}, delta_t = gamma**t r_t + W_{t+1} - W_t, from the
+    discounted rewards gamma**t r_t (R, N, T) and the values W (R, N, T + 1), W_T = 0, also
+    discounted from time 0. lambda = 1 gives G_t - W_t, lambda = 0 the one-step TD error;
+    one (T, T) matmul. The one GAE: the inner step's (``gae``) and the critics' of the DiCE
+    family (``estimators.critics``).
+    """
+    delta = discounted_rewards + values[..., 1:] - values[..., :-1]
+    return torch.einsum("rnu,ut->rnt", delta, decay_matrix(delta.shape[-1], gae_lambda, delta))
+
+
 def gae(rewards: torch.Tensor, baseline: torch.Tensor, gamma: float,
         gae_lambda: float) -> torch.Tensor:
-    """gamma**t A_t^GAE(gamma, lambda) from rewards and a baseline fitted to G_t: (R, N, T).
-
-    With delta'_t = gamma**t r_t + b_{t+1} - b_t (b_T = 0), which is gamma**t times the usual
-    TD error, the result is sum_k lambda**k delta'_{t+k}, one (T, T) matmul.
-    """
-    horizon = rewards.shape[-1]
-    discounted = rewards * gamma ** torch.arange(horizon, dtype=rewards.dtype,
-                                                 device=rewards.device)
-    following = torch.cat([baseline[..., 1:], torch.zeros_like(baseline[..., :1])], -1)
-    delta = discounted + following - baseline
-    steps = torch.arange(horizon, device=rewards.device)
-    lag = steps.unsqueeze(0) - steps.unsqueeze(1)                             # (t, s): s - t
-    weights = torch.where(lag >= 0, torch.as_tensor(gae_lambda, dtype=rewards.dtype,
-                                                   device=rewards.device) ** lag.clamp(min=0),
-                          torch.zeros((), dtype=rewards.dtype, device=rewards.device))
-    return delta @ weights.T
+    """gamma**t A_t^GAE(gamma, lambda) from rewards and a baseline fitted to G_t: (R, N, T)
+    (``gae_from_values`` with b_T = 0)."""
+    discounted = rewards * discounts(gamma, rewards.shape[-1], rewards)
+    values = torch.cat([baseline, torch.zeros_like(baseline[..., :1])], -1)
+    return gae_from_values(discounted, values, gae_lambda)
 
 
 def normalize(advantages: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

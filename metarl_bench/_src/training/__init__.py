@@ -1,1 +1,1 @@
-"""Meta-training with any estimator (``train``) and its crash-safe log and checkpoint (``state``)."""
+"""Layer 4: meta-training with any estimator, and its crash-safe log and checkpoint."""

@@ -5,14 +5,13 @@ of finished iterations, theta, the optimiser's state, the random generator's sta
 last finished row, as plain JSON (never pickle). Rules, so that a crash, Ctrl-C or SIGKILL
 loses no finished iteration and the same call resumes bit for bit:
 
-* Per iteration the checkpoint is written first (a temporary file in the same folder,
-  flushed, fsynced, then ``os.replace``: a reader sees the old checkpoint or the new one,
-  never a mix), then the row is appended to the log. So the log holds either every row
+* Per iteration the checkpoint is replaced atomically first (``core.files``: a reader sees
+  the old checkpoint or the new one, never a mix), then the row is appended to the log. So the log holds either every row
   the checkpoint has finished or all but its last; resuming appends that last row.
 * Nothing is written before the first iteration has finished, so a call that fails at
   once (e.g. an estimator refusing the task) leaves no file behind.
-* The log is only appended to; the one exception is a torn last line (a write cut short),
-  which is removed before the next append.
+* The log is only appended to, as every JSON-lines file is (``core.files``): a torn last
+  line (a write cut short) is removed before the next append.
 * Everything is checked before anything is written: a log of another configuration, a log
   without its checkpoint, a checkpoint that disagrees with its log, or a file that is not
   a training log is refused with one line, and no file is touched.
@@ -32,8 +31,9 @@ from typing import Any
 
 import torch
 
+from metarl_bench._src.core import files
 from metarl_bench._src.core.errors import ParameterError, ResultsFileError
-from metarl_bench._src.evaluation.store import check_path, plain, torn_line
+from metarl_bench._src.core.files import check_path, plain
 
 #: The log's schema (its header's ``schema_version``).
 LOG_SCHEMA_VERSION = 1
@@ -139,36 +139,29 @@ def parse_log(path: str, data: bytes) -> LogContents:
     """Read a log's bytes; anything that is not a training log of this schema raises one
     line naming the file and the line."""
     contents = LogContents()
-    pieces = data.split(b"\n")
-    offset = 0
-    for number, raw in enumerate(pieces, 1):
-        last = number == len(pieces)
-        if last and torn_line(raw, _OPENING):
-            break
+    lines, contents.complete_bytes = files.complete_lines(data, _OPENING)
+    for number, raw in lines:
         where = f"{path}:{number}"
-        if raw.strip():
-            try:
-                line = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise ParameterError(f"{where}: not a JSON line; {path} is not a metarl-bench "
-                                     f"training log") from None
-            kind = line.pop("type", None) if isinstance(line, dict) else None
-            if contents.header is None:
-                if kind != "header":
-                    raise ParameterError(f"{where}: not a metarl-bench training log (its first "
-                                         f"line is not a training header)")
-                version = line.pop("schema_version", None)
-                if version != LOG_SCHEMA_VERSION:
-                    raise ParameterError(f"{where}: a training log of schema_version "
-                                         f"{version!r}; this version reads {LOG_SCHEMA_VERSION}")
-                contents.header = line
-            elif kind == "iteration" and line.get("iteration") == len(contents.rows):
-                contents.rows.append(line)
-            else:
-                raise ParameterError(f"{where}: expected iteration {len(contents.rows)} of a "
-                                     f"training log, found {kind!r} line")
-        offset += len(raw) + (0 if last else 1)
-    contents.complete_bytes = offset
+        try:
+            line = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ParameterError(f"{where}: not a JSON line; {path} is not a metarl-bench "
+                                 f"training log") from None
+        kind = line.pop("type", None) if isinstance(line, dict) else None
+        if contents.header is None:
+            if kind != "header":
+                raise ParameterError(f"{where}: not a metarl-bench training log (its first "
+                                     f"line is not a training header)")
+            version = line.pop("schema_version", None)
+            if version != LOG_SCHEMA_VERSION:
+                raise ParameterError(f"{where}: a training log of schema_version "
+                                     f"{version!r}; this version reads {LOG_SCHEMA_VERSION}")
+            contents.header = line
+        elif kind == "iteration" and line.get("iteration") == len(contents.rows):
+            contents.rows.append(line)
+        else:
+            raise ParameterError(f"{where}: expected iteration {len(contents.rows)} of a "
+                                 f"training log, found {kind!r} line")
     return contents
 
 
@@ -202,8 +195,6 @@ class TrainingFiles:
         self.initial_theta = encode_tensor(initial_theta)
         self.fd: int | None = None
         self.has_header = False
-        self._torn_from: int | None = None
-        self._unterminated = False
         self._missing: list[dict[str, Any]] = []
         try:
             self.resume = self._read()
@@ -217,14 +208,8 @@ class TrainingFiles:
             raise ParameterError(f"jsonl {self.path!r} is not a regular file")
         contents = LogContents()
         if exists:
-            self.fd = _open(self.path, os.O_RDWR | os.O_APPEND)
-            _lock(self.fd, self.path)
-            data = os.pread(self.fd, os.fstat(self.fd).st_size, 0)
-            contents = parse_log(self.path, data)
-            if contents.complete_bytes < len(data):
-                self._torn_from = contents.complete_bytes
-            elif data and not data.endswith(b"\n"):
-                self._unterminated = True  # a whole last line whose newline was cut off
+            self.fd = self._open(os.O_RDWR | os.O_APPEND)
+            contents = parse_log(self.path, os.pread(self.fd, os.fstat(self.fd).st_size, 0))
         checkpoint = self._read_checkpoint()
         if contents.header is not None:
             differences = _differences(contents.header, self.config)
@@ -301,10 +286,8 @@ class TrainingFiles:
     def start(self) -> None:
         """Make the log agree with the checkpoint: drop a torn tail, append what is missing."""
         try:
-            if self._torn_from is not None:
-                os.ftruncate(self.fd, self._torn_from)
-            if self._unterminated:
-                os.write(self.fd, b"\n")
+            if self.fd is not None:
+                files.repair_tail(self.fd, _OPENING)
         except OSError as exc:
             raise ResultsFileError(f"cannot repair {self.path}: {exc.strerror}") from None
         if self._missing:
@@ -319,7 +302,7 @@ class TrainingFiles:
                       "theta": encode_tensor(theta), "optimizer": encode_optimizer(optimizer),
                       "generator": encode_generator(generator), "last_row": row}
         try:
-            _write_atomically(self.state_path, json.dumps(checkpoint, allow_nan=False))
+            files.write_atomically(self.state_path, json.dumps(checkpoint, allow_nan=False))
         except OSError as exc:
             raise ResultsFileError(f"cannot write checkpoint {self.state_path}: "
                                    f"{exc.strerror}") from None
@@ -329,61 +312,31 @@ class TrainingFiles:
         lines = [] if self.has_header else [
             {"type": "header", "schema_version": LOG_SCHEMA_VERSION, **self.config}]
         lines += [{"type": "iteration", **row} for row in rows]
-        data = "".join(json.dumps(line, allow_nan=False) + "\n" for line in lines).encode()
+        data = files.encode_lines(lines)
         try:
             if self.fd is None:
-                self.fd = _open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
-                _lock(self.fd, self.path)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
-            os.fsync(self.fd)
+                self.fd = self._open(os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+            files.write_all(self.fd, data)
         except OSError as exc:
             raise ResultsFileError(f"cannot write {self.path}: {exc.strerror}; the iterations "
                                    f"written before are kept") from None
         self.has_header = True
 
+    def _open(self, flags: int) -> int:
+        """The log, opened and locked for this run alone (another run writing it is refused)."""
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise ParameterError(f"cannot open {self.path}: {exc.strerror}") from None
+        try:
+            files.lock(fd, wait=False)
+        except BlockingIOError:
+            os.close(fd)
+            raise ParameterError(f"{self.path} is being written by another run; wait for it "
+                                 f"to finish or choose another --json path") from None
+        return fd
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # also releases the lock
             self.fd = None
-
-
-def _open(path: str, flags: int) -> int:
-    try:
-        return os.open(path, flags, 0o644)
-    except OSError as exc:
-        raise ParameterError(f"cannot open {path}: {exc.strerror}") from None
-
-
-def _lock(fd: int, path: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: one writer per log, unchecked
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ParameterError(f"{path} is being written by another run; wait for it to "
-                             f"finish or choose another --json path") from None
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` with ``text``: a reader (or a crash) sees the old or the new file.
-    The temporary name is fixed: the log's lock means one writer per checkpoint."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    try:  # make the rename itself durable
-        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)

@@ -8,8 +8,8 @@ SGD (ascent: F_N is a return). It logs, per iteration, the mean return of the in
 trajectories (before adaptation) and of the outer ones (after adaptation): the learning
 curve of meta-RL papers.
 
-Output: JSON lines (schema below), and a PNG learning curve drawn with matplotlib's Agg
-backend. Schema (``SCHEMA_VERSION``): one ``{"type": "header", ...}`` line with the
+Output: JSON lines (schema below), and a PNG learning curve drawn on matplotlib's Agg
+canvas. Schema (``SCHEMA_VERSION``): one ``{"type": "header", ...}`` line with the
 configuration, then one ``{"type": "iteration", "iteration", "return_before",
 "return_after", "grad_norm", "seconds"}`` line per iteration, flushed as it finishes.
 
@@ -28,18 +28,15 @@ from typing import Any, Callable
 
 import torch
 
-from metarl_bench._src.core import resources
-
-from metarl_bench._src.training import state as train_state
-
-from metarl_bench._src.core import validation
+from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError
-from metarl_bench._src.evaluation.evaluate import plain
+from metarl_bench._src.core.files import check_path, plain
 from metarl_bench._src.core.progress import Progress
 from metarl_bench._src.core.registry import estimator_spec
-from metarl_bench._src.evaluation.store import check_path
-from metarl_bench._src.tasks import Task
 from metarl_bench._src.core.trajectories import Trajectories
+from metarl_bench._src.evaluation.tables import estimator_colour
+from metarl_bench._src.tasks import Task
+from metarl_bench._src.training import state as train_state
 
 SCHEMA_VERSION = train_state.LOG_SCHEMA_VERSION
 OPTIMIZERS = ("adam", "sgd")
@@ -269,17 +266,17 @@ def load_training(path: str | os.PathLike) -> TrainResult:
 
 
 def plot_learning_curves(results: dict[str, TrainResult], path: str | os.PathLike) -> None:
-    """Return before (dashed) and after (solid) adaptation per iteration, one colour per
-    label, written as a PNG with matplotlib's Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Return before (dashed) and after (solid) adaptation per iteration, in each
+    estimator's colour (as in the reports), written as a PNG on an Agg canvas (no display
+    needed; pyplot and the global backend are left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for index, (label, result) in enumerate(results.items()):
-        colour = f"C{index}"
+    for label, result in results.items():
+        colour = estimator_colour(result.config.get("estimator", label))
         steps = [row["iteration"] for row in result.iterations]
         axes.plot(steps, result.curve("return_after"), color=colour,
                   label=f"{label}: after adaptation")
