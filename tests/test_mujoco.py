@@ -262,13 +262,13 @@ def test_benchmark_grid_runs_halfcheetah_with_a_sampled_outer_step():
     assert case.run().shape == (case.n_trials, *case.theta.shape)
 
 
-def test_cli_run_prints_a_table_against_an_estimated_truth(capsys):
+def test_cli_run_prints_a_table_against_an_estimated_truth(tmp_path, capsys):
     from metarl_bench._src.cli import main
 
     assert main(["run", "--task", "halfcheetah-vel-v0", "--task-param", "n_tasks=1",
                  "--task-param", "horizon=5", "--task-param", "hidden=[8]", "--n-outer", "2",
                  "--n-inner", "2", "--trials", "3", "--truth-samples", "5", "--inner-lr",
-                 "1e-3", "--estimators", "lsf,fomaml"]) == 0
+                 "1e-3", "--estimators", "lsf,fomaml", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "truth=finite (estimated)" in out and "lsf" in out and "fomaml" in out
 
