@@ -362,11 +362,15 @@ def _run(args: argparse.Namespace) -> int:
                       n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
                       max_trials=args.max_trials, target_metric=args.target_metric)
                  for name, params, lr in grid]
-        if args.out is None:
-            args.out = (DEFAULT_OUT if args.json is None
-                        else os.path.splitext(args.json)[0] + "-report")
-        check_folder(args.out, "--out")
         in_out = args.json is None
+        if args.out is None:
+            args.out = (DEFAULT_OUT if in_out else os.path.splitext(args.json)[0] + "-report")
+        if not args.no_report:
+            from metarl_bench._src.reporting.html import check_report_folder
+
+            check_report_folder(args.out, "--out")
+        elif in_out:  # --no-report with --json elsewhere: nothing is written into --out
+            check_folder(args.out, "--out")
         if in_out:
             args.json = os.path.join(args.out, "results.jsonl")
         # the default store lives in --out; if that folder is still to be made the store is
@@ -488,7 +492,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluation.evaluate import load_results
-    from metarl_bench._src.reporting.html import write_report
+    from metarl_bench._src.reporting.html import check_report_folder, write_report
     from metarl_bench._src.evaluation.store import make_folder
 
     if not os.path.isfile(args.results):
@@ -496,8 +500,9 @@ def _report(args: argparse.Namespace) -> int:
     results = load_results(args.results)
     if not any(result.records for result in results):
         raise ParameterError(f"{args.results!r} holds no results to report")
-    folder = make_folder(os.path.splitext(args.results)[0] + "-report" if args.out is None
-                         else args.out, "-o/--out")
+    folder = os.path.splitext(args.results)[0] + "-report" if args.out is None else args.out
+    check_report_folder(folder, "-o/--out")
+    folder = make_folder(folder, "-o/--out")
     page = write_report(results, folder, source=args.results)
     print(f"report: {page} (figures in {folder})")
     return 0
@@ -506,12 +511,12 @@ def _report(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.core.progress import wanted
-    from metarl_bench._src.evaluation.store import check_folder
+    from metarl_bench._src.reporting.html import check_report_folder
 
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
-    folder = check_folder(f"reproduce-{args.name}" if args.out is None else args.out,
-                          "-o/--out")
+    folder = f"reproduce-{args.name}" if args.out is None else args.out
+    check_report_folder(folder, "-o/--out")
 
     page = reproductions.reproduce(args.name, folder, progress=wanted(args.quiet))
     print(f"report: {page}")
