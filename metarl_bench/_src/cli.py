@@ -458,6 +458,10 @@ def _train(args: argparse.Namespace) -> int:
     plot = args.plot if args.plot is not None else os.path.splitext(args.json)[0] + ".png"
     _writable(args.json, "--json")
     _writable(checkpoint_path(args.json), "--json's checkpoint")
+    if args.plot is None and os.path.splitext(args.json)[1].lower() == ".png":
+        raise ParameterError(f"--json {args.json!r} ends in .png, where the learning curve goes "
+                             f"when no --plot is given; name the log e.g. train.jsonl, or give "
+                             f"--plot PATH")
     check_plot_path(plot, "--plot", log=args.json)
     task = make_task(args.task, **dict(args.task_param))
     reported: list[dict[str, Any]] = []
