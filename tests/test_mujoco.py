@@ -91,10 +91,12 @@ def test_each_sub_environment_of_a_vector_env_has_its_own_task():
     np.testing.assert_allclose(np.diff(rewards), -1.0, atol=1e-12)
 
 
-def test_rewards_reduce_to_gymnasium_v5_with_its_constants():
+def test_rewards_reduce_to_gymnasium_v5_with_its_constants(tmp_path, monkeypatch):
     """HalfCheetahDir(+1, ctrl 0.1) is HalfCheetah-v5 and AntDir with Ant-v5's weights is
     Ant-v5 (fixed horizon, no contact forces observed): the forward velocity, control and
     contact costs follow Gymnasium's definitions to the last bit."""
+    # Gymnasium's own HalfCheetah-v5 has MuJoCo log a deprecation to ./MUJOCO_LOG.TXT
+    monkeypatch.chdir(tmp_path)
     pairs = [
         (gymnasium.make("metarl_bench/HalfCheetahDir-v0", ctrl_cost_weight=0.1),
          gymnasium.make("HalfCheetah-v5")),
