@@ -190,3 +190,13 @@ def test_no_report_with_the_store_elsewhere_never_checks_out(tmp_path, capsys):
     # without --json the store lives in --out, which is checked as before
     assert main([*RUN, "--no-report", "--out", str(tmp_path / "afile")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_reproduce_refuses_a_foreign_page_before_it_runs(tmp_path, monkeypatch):
+    from metarl_bench._src.reporting import reproductions
+
+    (tmp_path / "index.html").write_text(NOTES)
+    monkeypatch.setattr(reproductions, "REPRODUCTIONS", {"tang2022": None})  # never reached
+    with pytest.raises(mb.ParameterError, match="holds an index.html that metarl-bench did not"):
+        reproductions.reproduce("tang2022", tmp_path)
+    assert os.listdir(tmp_path) == ["index.html"]
