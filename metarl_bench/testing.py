@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from metarl_bench._src.estimators.conformance import CHECKS, CheckDef, CheckFailure, Context, run_check
-from metarl_bench._src.core.errors import ParameterError
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError
 from metarl_bench._src.core.registry import (BIAS_CLAIMS, ESTIMATORS, EstimatorSpec, _load_plugins,
                                         estimator_spec)
 
@@ -92,8 +92,10 @@ class Check:
         if status == "failed":
             raise CheckFailure(message)
         if status == "skipped":
-            import pytest
-
+            try:
+                import pytest
+            except ImportError:  # called outside pytest, which is not installed
+                raise UnsupportedError(f"check {self} does not apply: {message}") from None
             pytest.skip(message)
         return message
 

@@ -3,11 +3,15 @@ it may fail (a seed may change only with a note in the commit saying why)."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import metarl_bench as mb
+
+#: The repository's root; tests run in an empty temporary folder (../conftest.py).
+REPO = Path(__file__).resolve().parents[1]
 
 # A published independent check: 3 arms, r = (1, 0, 0.5), theta = (0, 0.5, -0.5),
 # eta = 2, exact outer.

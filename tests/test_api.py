@@ -363,3 +363,19 @@ def test_help_shows_the_call_a_user_makes():
     assert signature.parameters["n_trials"].annotation in (int, "int")
     assert "Called as registered" in mb.get_estimator("lsf").__doc__
     assert mb.estimator_spec("lsf").summary == "Linearized score function (LSF) estimate."
+
+
+def test_a_summary_is_the_whole_first_sentence():
+    from metarl_bench._src.core.registry import TASKS, summary_of
+
+    def wrapped():
+        """Any Gymnasium environment (default Pendulum-v1) as a task, sampled through
+        ``SyncVectorEnv``. A second sentence.
+
+        Details."""
+
+    assert summary_of(wrapped) == ("Any Gymnasium environment (default Pendulum-v1) as a "
+                                   "task, sampled through ``SyncVectorEnv``.")
+    summaries = [TASKS[name].summary for name in mb.list_tasks()] + [
+        mb.estimator_spec(name).summary for name in mb.list_estimators()]
+    assert all(summary.endswith((".", "?", "!")) for summary in summaries), summaries

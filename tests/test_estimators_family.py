@@ -473,13 +473,13 @@ def test_es_maml_targets_the_smoothed_gradient_whose_bias_shrinks_like_sigma_squ
 
 # ---- the command line ------------------------------------------------------------------
 
-def test_cli_lists_and_runs_the_family(capsys):
+def test_cli_lists_and_runs_the_family(tmp_path, capsys):
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("loaded-dice", "lvc", "taypo", "emaml", "es-maml"))
     assert main(["run", "--task", "bandit-v0", "--estimators",
                  "loaded-dice,lvc,taypo,emaml,es-maml", "--n-inner", "2,8",
-                 "--trials", "30"]) == 0
+                 "--trials", "30", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     rows = [line.split() for line in table.splitlines()
             if line.split() and line.split()[0] in ("loaded-dice", "lvc", "taypo", "emaml",

@@ -91,10 +91,12 @@ def test_each_sub_environment_of_a_vector_env_has_its_own_task():
     np.testing.assert_allclose(np.diff(rewards), -1.0, atol=1e-12)
 
 
-def test_rewards_reduce_to_gymnasium_v5_with_its_constants():
+def test_rewards_reduce_to_gymnasium_v5_with_its_constants(tmp_path, monkeypatch):
     """HalfCheetahDir(+1, ctrl 0.1) is HalfCheetah-v5 and AntDir with Ant-v5's weights is
     Ant-v5 (fixed horizon, no contact forces observed): the forward velocity, control and
     contact costs follow Gymnasium's definitions to the last bit."""
+    # Gymnasium's own HalfCheetah-v5 has MuJoCo log a deprecation to ./MUJOCO_LOG.TXT
+    monkeypatch.chdir(tmp_path)
     pairs = [
         (gymnasium.make("metarl_bench/HalfCheetahDir-v0", ctrl_cost_weight=0.1),
          gymnasium.make("HalfCheetah-v5")),
@@ -262,13 +264,13 @@ def test_benchmark_grid_runs_halfcheetah_with_a_sampled_outer_step():
     assert case.run().shape == (case.n_trials, *case.theta.shape)
 
 
-def test_cli_run_prints_a_table_against_an_estimated_truth(capsys):
+def test_cli_run_prints_a_table_against_an_estimated_truth(tmp_path, capsys):
     from metarl_bench._src.cli import main
 
     assert main(["run", "--task", "halfcheetah-vel-v0", "--task-param", "n_tasks=1",
                  "--task-param", "horizon=5", "--task-param", "hidden=[8]", "--n-outer", "2",
                  "--n-inner", "2", "--trials", "3", "--truth-samples", "5", "--inner-lr",
-                 "1e-3", "--estimators", "lsf,fomaml"]) == 0
+                 "1e-3", "--estimators", "lsf,fomaml", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "truth=finite (estimated)" in out and "lsf" in out and "fomaml" in out
 

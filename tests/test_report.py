@@ -173,3 +173,92 @@ def test_the_page_names_its_tasks_and_tells_apart_sections_of_one_task(tmp_path)
     terminal = [line.split()[0] for line in runs[0].table().splitlines()
                 if line.strip().startswith(("maml ", "lsf "))]
     assert terminal[:4] == names[-4:]
+
+
+NOTES = "<html><body><h1>My notes on these runs</h1></body></html>"
+RUN = ["run", "--task", "bandit-v0", "--estimators", "lsf", "--n-inner", "1,2", "--trials",
+       "10", "--quiet"]
+
+
+@pytest.mark.parametrize("argv", [
+    [*RUN, "--out", "{out}"],
+    [*RUN, "--out", "{out}", "--json", "{other}"],
+    ["report", "{store}", "-o", "{out}"],
+    ["reproduce", "tang2022", "-o", "{out}"],
+])
+def test_a_foreign_index_html_is_refused_before_anything_runs(results, tmp_path, capsys, argv):
+    store, _ = results
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "index.html").write_text(NOTES)
+    (out / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\nmine")
+    names = dict(out=str(out), store=store, other=str(tmp_path / "other.jsonl"))
+    code = main([a.format(**names) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"--out {str(out)!r} holds an index.html that metarl-bench did not write; choose "
+            f"another folder, or move that file") in err
+    assert sorted(os.listdir(out)) == ["index.html", "plot.png"]
+    assert (out / "index.html").read_text() == NOTES
+    assert sorted(os.listdir(tmp_path)) == ["notes"]
+
+
+def test_write_report_refuses_a_foreign_page_too(results, tmp_path):
+    _, result = results
+    (tmp_path / "index.html").write_text(NOTES)
+    with pytest.raises(mb.ParameterError, match="holds an index.html that metarl-bench did not"):
+        write_report([result], tmp_path)
+    assert os.listdir(tmp_path) == ["index.html"]
+
+
+def test_a_report_replaces_its_own_page_and_removes_only_its_stale_figures(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*RUN, "--out", str(out)]) == 0
+    (out / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\nmine")           # the user's
+    (out / "notes.txt").write_text("mine")
+    first = (out / "index.html").read_text()
+    # another task into the same folder: the page covers it alone, and the bandit's figures
+    # (listed by the first page) go with it
+    assert main(["run", "--task", "tabular-v0", "--task-param", "n_states=3", "--task-param",
+                 "n_actions=2", "--task-param", "horizon=2", "--estimators", "lsf",
+                 "--n-inner", "1,2", "--trials", "10", "--quiet", "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["index.html", "notes.txt", "plot.png", "results.jsonl",
+                                       "tabular-v0-cost.png", "tabular-v0-efficiency.png",
+                                       "tabular-v0-statistics.png"]
+    assert (out / "index.html").read_text() != first
+    capsys.readouterr()
+
+
+def test_a_page_of_an_earlier_version_is_replaced(results, tmp_path):
+    _, result = results
+    earlier = ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>metarl_bench "
+               "report</title></head><body>\n<h2>How to read this report</h2>\n</body></html>")
+    (tmp_path / "index.html").write_text(earlier)
+    (tmp_path / "old-bandit-v0-cost.png").write_bytes(b"\x89PNG\r\n\x1a\n")   # not listed: kept
+    write_report([result], tmp_path)
+    assert "bandit-v0-cost.png" in os.listdir(tmp_path)
+    assert "old-bandit-v0-cost.png" in os.listdir(tmp_path)
+    assert (tmp_path / "index.html").read_text() != earlier
+
+
+def test_no_report_with_the_store_elsewhere_never_checks_out(tmp_path, capsys):
+    """--out is only the report's folder here: a path there that could not be written is no
+    reason to refuse (a file stands in for a read-only folder, which root could write)."""
+    (tmp_path / "afile").write_text("keep")
+    store = tmp_path / "r.jsonl"
+    assert main([*RUN, "--no-report", "--json", str(store), "--out",
+                 str(tmp_path / "afile")]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["afile", "r.jsonl"]
+    # without --json the store lives in --out, which is checked as before
+    assert main([*RUN, "--no-report", "--out", str(tmp_path / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_reproduce_refuses_a_foreign_page_before_it_runs(tmp_path, monkeypatch):
+    from metarl_bench._src.reporting import reproductions
+
+    (tmp_path / "index.html").write_text(NOTES)
+    monkeypatch.setattr(reproductions, "REPRODUCTIONS", {"tang2022": None})  # never reached
+    with pytest.raises(mb.ParameterError, match="holds an index.html that metarl-bench did not"):
+        reproductions.reproduce("tang2022", tmp_path)
+    assert os.listdir(tmp_path) == ["index.html"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from conftest import cli_command, signal_when_written
+from conftest import REPO, cli_command, signal_when_written
 from metarl_bench._src.evaluation import store as store_module
 from metarl_bench._src.cli import main
 
@@ -90,18 +90,92 @@ def test_to_json_appends_to_the_store_and_never_truncates(tmp_path):
     (b'[1, 2, 3]', ":1: a JSON list"),                 # no newline: still not a torn line
     (b'{"type": "header", "schema_version": 1}\n', ":1: results of schema_version 1"),
     (b'{"hello": "world"}\n', ":1: not a metarl-bench results line"),
-    (b'\n{"schema": "metarl-bench/results", "schema_version": 3}\n', ":2: schema_version 3"),
+    (b'\n{"schema": "metarl-bench/results", "schema_version": 3}\n',
+     ":2: schema_version 3 (a newer metarl-bench?); this version of metarl-bench reads 2"),
+    # an edited schema name is said as such, not as an older version
+    (b'{"schema": "metarl-bench/resultz", "schema_version": 2}\n',
+     ":1: \"schema\" is 'metarl-bench/resultz', not 'metarl-bench/results': not a "
+     "metarl-bench results line"),
+    (b'{"schema_version": 2, "key": "0"}\n', ":1: not a metarl-bench results line (no"),
     (b"not json at all\n", ":1: not a JSON line"),
     (b'{"type": "header", "schema_version": 1, "meta_batch": 20}\n', ":1: a meta-training log"),
 ])
 def test_a_foreign_or_corrupted_file_is_one_error_naming_the_line(tmp_path, content, message):
     path = tmp_path / "foreign.jsonl"
     path.write_bytes(content)
-    with pytest.raises(mb.ResultsFileError, match=message):
+    with pytest.raises(mb.ResultsFileError, match=re.escape(message)):
         mb.load_results(path)
-    with pytest.raises(mb.ResultsFileError, match=message):
+    with pytest.raises(mb.ResultsFileError, match=re.escape(message)):
         mb.evaluate(bandit(), ["lsf"], **SMALL, jsonl=path)
     assert path.read_bytes() == content
+
+
+def test_genuine_results_agree_with_themselves(tmp_path):
+    """The consistency checks of a read line hold on every line the previous main wrote
+    (exact and Monte Carlo moments, estimated truths, adaptive trials, float32) and on
+    fresh Monte Carlo cells, whose intervals come from a bootstrap."""
+    assert len(list(store_module.read_lines(REPO / "tests" / "data" / "store_92246d3.jsonl"))) \
+        == 23
+    path = tmp_path / "r.jsonl"
+    task = mb.make_task("tabular-v0", n_states=3, n_actions=2, horizon=3)
+    mb.evaluate(task, ["lsf", "maml", "unbiased", "dice"], n_inner=[1, 2, 8], n_trials=40,
+                exact=False, truth_samples=100, jsonl=path)
+    mb.evaluate(bandit(), ["lsf", "unbiased"], n_inner=[2], n_trials=20, exact=False,
+                target_rel_ci=0.5, max_trials=100, jsonl=path)
+    assert len(list(store_module.read_lines(path))) == 14
+
+
+def _scaled(result, name, factor):
+    result[name] *= factor
+    result[f"{name}_ci"] = [value * factor for value in result[f"{name}_ci"]]
+
+
+@pytest.mark.parametrize("edit, message", [
+    # the hand edit of the issue: a bias with another cell's point interval
+    (lambda result: result.update(bias=123, bias_ci=[1.4e-16, 1.4e-16]),
+     "bias 123.0 lies outside its 95% interval [1.4e-16, 1.4e-16]"),
+    (lambda result: result.update(variance=-0.5, variance_ci=[-1, 0]),
+     "variance is -0.5, below 0"),
+    (lambda result: _scaled(result, "mse", 2), "is not bias^2 + variance"),
+    (lambda result: result.update(cosine_ci=[0.5, 1.5]), "cosine's interval [0.5, 1.5] leaves"),
+    (lambda result: result.update(bias_raw=3 * result["bias_raw"] + 1),
+     "does not follow from bias_raw"),
+    (lambda result: result.update(bias=None, bias_ci=[None, None]),
+     "bias, variance or mse is null, but no problem is given"),
+    (lambda result: result.update(mse_x_trajectories=2 * result["mse_x_trajectories"]),
+     "is not mse x trajectories"),
+])
+def test_a_line_whose_numbers_contradict_each_other_is_damaged(tmp_path, capsys, edit,
+                                                                message):
+    path = tmp_path / "r.jsonl"
+    mb.evaluate(bandit(), ["lsf"], n_inner=[2], n_trials=20, exact=False, jsonl=path)
+    line = json.loads(path.read_text())
+    edit(line["result"])
+    path.write_text("\n" + json.dumps(line) + "\n")
+    with pytest.raises(mb.ResultsFileError) as info:
+        mb.load_results(path)
+    assert str(info.value).startswith(f"{path}:2: a damaged result (was the line edited?): ")
+    assert message in str(info.value)
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:2: a damaged result" in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["r.jsonl"]
+
+
+def test_results_of_earlier_statistics_are_still_read(tmp_path):
+    """Before bias_raw (d237413), bias was |mean - truth|, often outside its own interval,
+    and mse the mean squared error: those lines are genuine, not damaged."""
+    path = tmp_path / "r.jsonl"
+    mb.evaluate(bandit(), ["lsf"], n_inner=[2], n_trials=20, exact=False, jsonl=path)
+    line = json.loads(path.read_text())
+    result = line["result"]
+    for name in ("bias_raw", "cosine_raw", "correlation_raw"):
+        result.pop(name)
+    result.update(bias=2 * result["bias_ci"][1] + 1e-3, mse=result["mse"] * 1.01,
+                  mse_x_trajectories=result["mse"] * 1.01 * result["trajectories"])
+    path.write_text(json.dumps(line) + "\n")
+    (loaded,) = mb.load_results(path)
+    assert loaded.records[0]["bias"] == result["bias"]
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -1,13 +1,14 @@
 """Sweeps: spec checking, and the same bits on a 2-process Dask cluster as serially."""
 
 import json
+import os
 import signal
 import subprocess
 
 import pytest
 
 import metarl_bench as mb
-from conftest import cli_command, signal_when_written
+from conftest import REPO, cli_command, signal_when_written
 from metarl_bench._src.cli import main
 from metarl_bench._src.evaluation.store import TIMING_FIELDS
 
@@ -118,8 +119,31 @@ def test_a_bad_spec_is_one_line_and_writes_nothing(tmp_path, capsys, text, messa
 def test_the_example_spec_is_valid():
     from metarl_bench._src.evaluation.sweep import build, read_spec
 
-    sweep = build(read_spec("examples/sweeps/small.toml"))
+    sweep = build(read_spec(REPO / "examples" / "sweeps" / "small.toml"))
     assert sweep.output and sum(len(p.configs) for p in sweep.plans) == 80
+
+
+def test_the_spec_output_folder_is_made_once_every_check_has_passed(tmp_path, monkeypatch,
+                                                                     capsys):
+    """As the example spec is run (``output = "results/small-sweep.jsonl"``, no results/
+    folder yet): the folder is made, as run makes its --out; a refused command makes none."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('output = "results/small.jsonl"\nestimators = ["lsf"]\nn_inner = [2]\n'
+                    'n_trials = 10\n[[tasks]]\nname = "bandit-v0"\n')
+    assert run([str(spec), "--serial", "--max-memory", "1KiB"]) == 2
+    assert "needs about" in capsys.readouterr().err
+    assert run([str(spec), "--serial", "--workers", "100000"]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["spec.toml"]
+    assert run([str(spec), "--serial"]) == 0
+    assert "results: results/small.jsonl" in capsys.readouterr().out
+    assert len((tmp_path / "results" / "small.jsonl").read_text().splitlines()) == 1
+    assert run([str(spec), "--serial"]) == 0                # resumes: nothing new
+    assert len((tmp_path / "results" / "small.jsonl").read_text().splitlines()) == 1
+    (tmp_path / "afile").write_text("keep")
+    assert run([str(spec), "--serial", "--json", str(tmp_path / "afile" / "r.jsonl")]) == 2
+    assert "--json 'afile' exists and is not a folder" in capsys.readouterr().err.replace(
+        str(tmp_path) + os.sep, "")
 
 
 def test_n_steps_is_a_sweep_axis_in_the_cell_key_only_beyond_one_step(tmp_path, capsys):

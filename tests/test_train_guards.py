@@ -45,8 +45,11 @@ def files_of(folder):
     (["--plot", "t.jsonl"], "--plot 't.jsonl' is the training log"),
     (["--plot", "t.state.json"], "--plot 't.state.json' is the training checkpoint"),
     (["--plot", "missing/curve.png"], "cannot be written: no folder"),
+    # no --plot given: the flag named is the one given
+    (["--json", "pic.png"], "--json 'pic.png' ends in .png, where the learning curve goes "
+                            "when no --plot is given"),
 ], ids=["n-outer", "meta-batch", "n-inner", "work", "max-memory", "plot-not-png", "empty-plot",
-        "empty-json", "plot-is-log", "plot-is-checkpoint", "plot-no-folder"])
+        "empty-json", "plot-is-log", "plot-is-checkpoint", "plot-no-folder", "json-is-png"])
 def test_a_refused_train_command_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
                                                                 extra, message):
     monkeypatch.chdir(tmp_path)

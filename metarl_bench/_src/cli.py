@@ -400,11 +400,15 @@ def _run(args: argparse.Namespace) -> int:
                       n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
                       max_trials=args.max_trials, target_metric=args.target_metric)
                  for name, params, lr in grid]
-        if args.out is None:
-            args.out = (DEFAULT_OUT if args.json is None
-                        else os.path.splitext(args.json)[0] + "-report")
-        check_folder(args.out, "--out")
         in_out = args.json is None
+        if args.out is None:
+            args.out = (DEFAULT_OUT if in_out else os.path.splitext(args.json)[0] + "-report")
+        if not args.no_report:
+            from metarl_bench._src.reporting.html import check_report_folder
+
+            check_report_folder(args.out, "--out")
+        elif in_out:  # --no-report with --json elsewhere: nothing is written into --out
+            check_folder(args.out, "--out")
         if in_out:
             args.json = os.path.join(args.out, "results.jsonl")
         # the default store lives in --out; if that folder is still to be made the store is
@@ -487,8 +491,9 @@ def _sweep(args: argparse.Namespace) -> int:
     from metarl_bench._src.core import resources
     from metarl_bench._src.core.progress import wanted
     from metarl_bench._src.evaluation.store import Store
-    from metarl_bench._src.evaluation.sweep import (build, check_workers, read_spec, run_sweep,
-                                                    sweep_results)
+    from metarl_bench._src.core.files import check_folder, make_folder
+    from metarl_bench._src.evaluation.sweep import (build, check_sweep, check_workers,
+                                                    read_spec, run_sweep, sweep_results)
 
     check_workers(args.workers, args.scheduler)
     with resources.limit_memory(args.max_memory, name="--max-memory"):
@@ -497,7 +502,17 @@ def _sweep(args: argparse.Namespace) -> int:
         if output is None:
             raise ParameterError(f"{args.spec}: no 'output' in the spec; name the results "
                                  f"store with --json PATH")
-        store = Store(output, option="--json" if args.json is not None else "output")
+        option = "--json" if args.json is not None else "output"
+        folder = os.path.dirname(output)
+        if folder and not os.path.isdir(folder):
+            # made, as run makes its --out, only once every check has passed (against the
+            # empty store a new folder holds)
+            check_folder(folder, option)
+            check_sweep(sweep, None, force=args.force, serial=args.serial,
+                        scheduler=args.scheduler, workers=args.workers,
+                        max_work=_max_work(args))
+            make_folder(folder, option)
+        store = Store(output, option=option)
         lines_before = _lines_in(output)
 
         def log(text: str) -> None:
@@ -536,6 +551,10 @@ def _train(args: argparse.Namespace) -> int:
     plot = args.plot if args.plot is not None else os.path.splitext(args.json)[0] + ".png"
     _writable(args.json, "--json")
     _writable(checkpoint_path(args.json), "--json's checkpoint")
+    if args.plot is None and os.path.splitext(args.json)[1].lower() == ".png":
+        raise ParameterError(f"--json {args.json!r} ends in .png, where the learning curve goes "
+                             f"when no --plot is given; name the log e.g. train.jsonl, or give "
+                             f"--plot PATH")
     check_plot_path(plot, "--plot", log=args.json)
     task = make_task(args.task, **dict(args.task_param))
     reported: list[dict[str, Any]] = []
@@ -570,16 +589,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from metarl_bench._src.evaluation.evaluate import load_results
-    from metarl_bench._src.reporting.html import write_report
     from metarl_bench._src.core.files import make_folder
+    from metarl_bench._src.reporting.html import check_report_folder, write_report
 
     if not os.path.isfile(args.results):
         raise ParameterError(f"no results file {args.results!r}")
     results = load_results(args.results)
     if not any(result.records for result in results):
         raise ParameterError(f"{args.results!r} holds no results to report")
-    folder = make_folder(os.path.splitext(args.results)[0] + "-report" if args.out is None
-                         else args.out, "-o/--out")
+    folder = os.path.splitext(args.results)[0] + "-report" if args.out is None else args.out
+    check_report_folder(folder, "-o/--out")
+    folder = make_folder(folder, "-o/--out")
     page = write_report(results, folder, source=args.results)
     print(f"report: {page} (figures in {folder})")
     return 0
@@ -588,12 +608,12 @@ def _report(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.core.progress import wanted
-    from metarl_bench._src.core.files import check_folder
+    from metarl_bench._src.reporting.html import check_report_folder
 
     if args.name not in reproductions.REPRODUCTIONS:
         raise unknown_name("reproduction", args.name, reproductions.REPRODUCTIONS)
-    folder = check_folder(f"reproduce-{args.name}" if args.out is None else args.out,
-                          "-o/--out")
+    folder = f"reproduce-{args.name}" if args.out is None else args.out
+    check_report_folder(folder, "-o/--out")
 
     page = reproductions.reproduce(args.name, folder, progress=wanted(args.quiet))
     print(f"report: {page}")

@@ -36,6 +36,14 @@ class Estimator(Protocol):
                  generator: torch.Generator | None = None, **options: Any) -> torch.Tensor: ...
 
 
+def summary_of(documented: Any) -> str:
+    """The first sentence of a docstring, whole: a sentence that runs onto a second line is
+    joined, not cut at the line's end (as ``metarl-bench list`` once showed two tasks)."""
+    paragraph = " ".join((inspect.getdoc(documented) or "").split("\n\n")[0].split())
+    sentence = re.match(r"(.+?[.!?])(?=\s+[A-Z`(]|$)", paragraph)
+    return sentence.group(1) if sentence else paragraph
+
+
 @dataclass(frozen=True)
 class EstimatorSpec:
     """A registered estimator.
@@ -80,8 +88,7 @@ class EstimatorSpec:
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.fn) or ""
-        return doc.splitlines()[0] if doc else ""
+        return summary_of(self.fn)
 
     def __call__(self, task: Any, theta: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Call the estimator itself: a spec is usable wherever an estimator is."""
@@ -106,8 +113,7 @@ class TaskSpec:
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.factory()) or ""
-        return doc.splitlines()[0] if doc else ""
+        return summary_of(self.factory())
 
 
 #: The keywords every registered estimator is called with (task and theta positionally).

@@ -66,7 +66,7 @@ def parse_bytes(name: str, value: Any) -> int:
 
 def available_memory() -> int:
     """Bytes of memory available to new allocations now (psutil's ``available``)."""
-    import psutil  # a dependency of dask.distributed
+    import psutil
 
     return int(psutil.virtual_memory().available)
 

@@ -97,16 +97,23 @@ def _parse(path: str, number: int, raw: bytes) -> dict[str, Any]:
                 line.get("type") == "header" and "meta_batch" in line):
             raise ResultsFileError(f"{where}: a meta-training log (metarl-bench train), not a "
                                    f"results file")
-        if line.get("type") == "header" or "schema_version" in line:
-            version = line.get("schema_version")
+        version = line.get("schema_version")
+        if line.get("type") == "header" or (
+                "schema" not in line and isinstance(version, int) and version < SCHEMA_VERSION):
             raise ResultsFileError(f"{where}: results of schema_version {version!r} (an older "
                                    f"metarl-bench); this version reads {SCHEMA_VERSION}: write "
                                    f"to a new file")
+        if "schema" in line:
+            raise ResultsFileError(f"{where}: \"schema\" is {line['schema']!r}, not {SCHEMA!r}: "
+                                   f"not a metarl-bench results line (was it edited?)")
         raise ResultsFileError(f"{where}: not a metarl-bench results line (no "
                                f"\"schema\": {SCHEMA!r})")
     if line.get("schema_version") != SCHEMA_VERSION:
-        raise ResultsFileError(f"{where}: schema_version {line.get('schema_version')!r}; this "
-                               f"version of metarl-bench reads {SCHEMA_VERSION}")
+        version = line.get("schema_version")
+        newer = (" (a newer metarl-bench?)" if isinstance(version, int)
+                 and not isinstance(version, bool) and version > SCHEMA_VERSION else "")
+        raise ResultsFileError(f"{where}: schema_version {version!r}{newer}; this version of "
+                               f"metarl-bench reads {SCHEMA_VERSION}")
     if not (isinstance(line.get("key"), str) and isinstance(line.get("config"), dict)
             and isinstance(line.get("result"), dict)):
         raise ResultsFileError(f"{where}: a results line needs \"key\", \"config\" and "
@@ -152,6 +159,65 @@ def _check_fields(where: str, line: dict[str, Any]) -> None:
                 and all(map(_number_or_null, interval))):
             raise ResultsFileError(f"{where}: result field {name + '_ci'!r} is {interval!r}; "
                                    f"expected [low, high] numbers or nulls")
+    _check_consistency(where, result)
+
+
+#: Relative rounding that a stored identity may show: the numbers are recomputed here from
+#: their shortest JSON forms, a few operations in float64 away from how they were computed.
+_ROUNDING = 1e-9
+
+
+def _check_consistency(where: str, result: dict[str, Any]) -> None:
+    """Refuse a result whose numbers contradict each other, which no run writes (a
+    hand-edited line): a negative bias, variance or MSE, a cosine or correlation outside
+    [-1, 1], statistics missing with no problem said, mse_x_trajectories != mse x
+    trajectories; and, in results that have ``bias_raw`` (written since the statistics agree
+    with themselves, d237413: before, bias was |mean - truth| and often lay outside its own
+    interval, and mse was the mean squared error), a statistic outside its own 95% interval,
+    mse != bias^2 + variance, a bias that does not follow from bias_raw and bias_noise."""
+    def damaged(what: str) -> ResultsFileError:
+        return ResultsFileError(f"{where}: a damaged result (was the line edited?): {what}")
+
+    def value(name: str) -> float | None:
+        number = result.get(name)
+        return None if number is None or not _number_or_null(number) else float(number)
+
+    def close(first: float, second: float, scale: float) -> bool:
+        return abs(first - second) <= _ROUNDING * scale
+
+    bias, variance, mse = value("bias"), value("variance"), value("mse")
+    if result.get("problem") is None and None in (bias, variance, mse):
+        raise damaged("bias, variance or mse is null, but no problem is given")
+    for name in ("bias", "variance", "mse", "bias_raw", "bias_noise"):
+        number = value(name)
+        if number is not None and number < 0:
+            raise damaged(f"{name} is {number!r}, below 0")
+    agreeing = "bias_raw" in result
+    for name in METRICS:
+        point, interval = value(name), result.get(f"{name}_ci") or [None, None]
+        if point is None or None in interval:
+            continue
+        low, high = interval
+        if agreeing and not low <= point <= high:
+            raise damaged(f"{name} {point!r} lies outside its 95% interval [{low!r}, "
+                          f"{high!r}]")
+        if name in ("cosine", "correlation", "cosine_per_estimate") and \
+                not -1 - _ROUNDING <= low <= high <= 1 + _ROUNDING:
+            raise damaged(f"{name}'s interval [{low!r}, {high!r}] leaves [-1, 1]")
+    if agreeing and None not in (bias, variance, mse) and \
+            not close(mse, bias * bias + variance, mse):
+        raise damaged(f"mse {mse!r} is not bias^2 + variance = {bias * bias + variance!r}")
+    raw, noise = value("bias_raw"), value("bias_noise")
+    if None not in (bias, raw, noise):
+        # bias = sqrt(max(raw^2 - noise^2, 0)), the squares a cancellation away at worst
+        if not close(bias * bias, max(raw * raw - noise * noise, 0.0), raw * raw + noise * noise):
+            raise damaged(f"bias {bias!r} does not follow from bias_raw {raw!r} and "
+                          f"bias_noise {noise!r}")
+    product, trajectories = value("mse_x_trajectories"), value("trajectories")
+    if None not in (product, trajectories, mse) and \
+            not close(product, mse * trajectories, product):
+        raise damaged(f"mse_x_trajectories {product!r} is not mse x trajectories = "
+                      f"{mse * trajectories!r}")
 
 
 def latest(lines: Iterable[tuple[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -249,19 +249,12 @@ def run_sweep(sweep: Sweep, store: Store, *, force: bool = False, serial: bool =
     ``workers``: processes of the local cluster (default: one per CPU), never more than the
     cells to compute, and at most :data:`MAX_WORKERS_PER_CPU` per CPU (ParameterError).
     """
-    check_workers(workers, scheduler)
-    todo = {id(p): pending(p, store, force) for p in sweep.plans}
+    todo, n_done, workers, serial, total = check_sweep(
+        sweep, store, force=force, serial=serial, scheduler=scheduler, workers=workers,
+        max_work=max_work)
     n_todo = sum(len(v) for v in todo.values())
-    n_done = sum(len(p.configs) for p in sweep.plans) - n_todo
     if n_todo == 0:
         return 0, n_done
-    # a process with no cell to run would only cost its start-up (and its semaphores)
-    workers = min(workers or os.cpu_count() or 1, n_todo)
-    serial = serial or (scheduler is None and workers < 2)
-    concurrency = 1 if serial or scheduler is not None else workers
-    # each worker holds one cell at a time: the memory guard applies to them together
-    with resources.share_memory(concurrency):
-        total = check_plans(sweep.plans, store, force, max_work)
     with Progress(total, "sweep", enabled=progress, unit="traj") as bar:
         if serial:
             log(f"sweep: {n_todo} cells in this process ({n_done} already in the store)")
@@ -271,6 +264,28 @@ def run_sweep(sweep: Sweep, store: Store, *, force: bool = False, serial: bool =
         else:
             _run_on_dask(sweep, todo, store, scheduler, workers, bar, log, n_done)
     return n_todo, n_done
+
+
+def check_sweep(sweep: Sweep, store: Store | None, *, force: bool, serial: bool,
+                scheduler: str | None, workers: int | None, max_work: float | None
+                ) -> tuple[dict[int, list[CellConfig]], int, int, bool, float]:
+    """The guards of :func:`run_sweep`, run without computing or writing anything (``store``
+    None: an empty store); returns the pending cells of each plan (by id), the cells already
+    stored, the workers to start, whether to run serially, and the planned work."""
+    check_workers(workers, scheduler)
+    todo = {id(p): pending(p, store, force) for p in sweep.plans}
+    n_todo = sum(len(v) for v in todo.values())
+    n_done = sum(len(p.configs) for p in sweep.plans) - n_todo
+    if n_todo == 0:
+        return todo, n_done, 0, serial, 0.0
+    # a process with no cell to run would only cost its start-up (and its semaphores)
+    workers = min(workers or os.cpu_count() or 1, n_todo)
+    serial = serial or (scheduler is None and workers < 2)
+    concurrency = 1 if serial or scheduler is not None else workers
+    # each worker holds one cell at a time: the memory guard applies to them together
+    with resources.share_memory(concurrency):
+        total = check_plans(sweep.plans, store, force, max_work)
+    return todo, n_done, workers, serial, total
 
 
 def dask_setup(worker: Any) -> None:

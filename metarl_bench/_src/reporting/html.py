@@ -8,14 +8,26 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
+import re
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from metarl_bench._src.core.files import make_folder
+from metarl_bench._src.core.errors import ParameterError
+from metarl_bench._src.core.files import check_folder, make_folder
 from metarl_bench._src.evaluation.tables import (SLOPE_COLUMNS, number, rel_ci_text,
                                                  series_label, slope_rows, trials_used)
 from metarl_bench._src.reporting.figures import Figure, write_figures
+
+#: In the head of every page written here: how a later report recognises its own page (and
+#: replaces it) in a folder, and refuses to replace anyone else's index.html.
+MARKER = '<meta name="generator" content="metarl-bench report">'
+#: The figures a page was written with, so that the next report into the folder removes those
+#: it does not write again, and no other PNG: ``<!-- metarl-bench figures: [names] -->``.
+_FIGURES = re.compile(r"<!-- metarl-bench figures: (\[.*?\]) -->")
+#: What pages written before the marker hold (they are ours too; their figures unlisted).
+_LEGACY_ENDING = "<h2>How to read this report</h2>"
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
@@ -143,18 +155,59 @@ def headings(results: Sequence[Any]) -> list[str]:
     return out
 
 
+def check_report_folder(folder: str | os.PathLike, option: str = "folder") -> list[str]:
+    """Check, without writing, that a report may be written into ``folder``: it can be
+    made, and any ``index.html`` there is a page this module wrote (anyone else's, e.g. a
+    user's notes, is refused rather than replaced). Returns the figures that page lists."""
+    folder = check_folder(folder, option)
+    page = os.path.join(folder, "index.html")
+    if not os.path.lexists(page):
+        return []
+    refusal = (f"{option} {folder!r} holds an index.html that metarl-bench did not write; "
+               f"choose another folder, or move that file")
+    if not os.path.isfile(page):
+        raise ParameterError(refusal)
+    try:
+        with open(page, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ParameterError(f"{option} {folder!r}: its index.html cannot be read to check "
+                             f"that metarl-bench wrote it: {exc.strerror}") from None
+    if MARKER not in text:
+        if _LEGACY_ENDING in text and text.startswith("<!DOCTYPE html><html lang=en><head>"):
+            return []  # a page of an earlier version: replaced, its figures left alone
+        raise ParameterError(refusal)
+    if not os.access(page, os.W_OK):
+        raise ParameterError(f"{option} {folder!r}: its index.html cannot be replaced: "
+                             f"permission denied")
+    listed = _FIGURES.search(text)
+    try:
+        names = json.loads(listed.group(1)) if listed else []
+    except ValueError:
+        names = []
+    # plain names of PNG files in the folder itself, nothing a damaged list could point at
+    return [name for name in names if isinstance(name, str) and name.endswith(".png")
+            and os.path.basename(name) == name and name not in (".", "..")]
+
+
 def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
                  title: str | None = None, source: str | None = None) -> str:
     """Write the figures and ``index.html`` of ``results`` into ``folder``; returns its path.
 
-    ``title`` defaults to one naming the results' tasks (the scope of the page)."""
+    ``title`` defaults to one naming the results' tasks (the scope of the page). Refuses
+    (ParameterError) a folder whose ``index.html`` another program or person wrote; the
+    figures a previous report listed and this one does not write are removed.
+    """
+    previous = check_report_folder(folder)
     make_folder(folder, "folder")
     figures = write_figures(results, folder)
+    written = [os.path.basename(f.path) for f in figures]
     if title is None:
         title = "metarl_bench: " + ", ".join(dict.fromkeys(
             task for result in results for task in _tasks(result)))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>"
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8>{MARKER}"
+             f"<!-- metarl-bench figures: {json.dumps(written)} --><title>"
              f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p class=note>Written {stamp}"
@@ -172,4 +225,8 @@ def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
     path = os.path.join(folder, "index.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(parts))
+    for name in sorted(set(previous) - set(written)):
+        stale = os.path.join(folder, name)
+        if os.path.isfile(stale) and not os.path.islink(stale):
+            os.remove(stale)
     return path

@@ -50,12 +50,13 @@ def reproduce(name: str, folder: str | os.PathLike, *, progress: Any = None) -> 
     """Run the reproduction ``name`` into ``folder``; returns the path of its HTML report."""
     from metarl_bench._src.core.errors import unknown_name
     from metarl_bench._src.evaluation.evaluate import evaluate
-    from metarl_bench._src.reporting.html import write_report
     from metarl_bench._src.core.files import make_folder
+    from metarl_bench._src.reporting.html import check_report_folder, write_report
 
     if name not in REPRODUCTIONS:
         raise unknown_name("reproduction", name, REPRODUCTIONS)
     entry = REPRODUCTIONS[name]
+    check_report_folder(folder)  # a foreign index.html: refused before the runs, not after
     folder = make_folder(folder, "folder")
     store = os.path.join(folder, "results.jsonl")
     results = [evaluate(jsonl=store, progress=progress, **kwargs) for kwargs in entry.runs()]

@@ -90,7 +90,11 @@ def linear_feature_baseline(observations: torch.Tensor, returns: torch.Tensor, *
     ridge = (reg * n_traj * horizon) ** 0.5 * torch.eye(
         n_features, dtype=returns.dtype, device=returns.device).expand(n_rows, -1, -1)
     targets = torch.cat([returns.reshape(n_rows, -1), returns.new_zeros(n_rows, n_features)], 1)
-    weights = torch.linalg.lstsq(torch.cat([design, ridge], 1), targets.unsqueeze(-1)).solution
+    # gels (Householder QR) needs only full column rank, which the ridge rows give; the CPU
+    # default, gelsy (QR with column pivoting), returns different last bits from one call to
+    # the next on the same input, and a training run would then not repeat bit for bit
+    weights = torch.linalg.lstsq(torch.cat([design, ridge], 1), targets.unsqueeze(-1),
+                                 driver="gels").solution
     return (design @ weights).reshape(n_rows, n_traj, horizon)
 
 
