@@ -45,8 +45,12 @@ class Policy:
 
     def initial_params(self, dtype: torch.dtype = torch.float64,
                        device: torch.device | str | None = None) -> torch.Tensor:
-        """The initial parameters, shape ``param_shape`` (deterministic)."""
-        raise NotImplementedError
+        """The initial parameters, shape ``param_shape`` (deterministic): a copy of the flat
+        ``_init`` that a policy built at construction, or its own override."""
+        init = getattr(self, "_init", None)
+        if init is None:
+            raise NotImplementedError
+        return init.to(dtype=dtype, device=device).clone()
 
     def log_prob(self, params: torch.Tensor, observations: torch.Tensor,
                  actions: torch.Tensor) -> torch.Tensor:
@@ -195,6 +199,12 @@ class _GaussianPolicy(Policy):
         """mean (R, *batch, A) and log_std (R, 1.., A) broadcastable against it."""
         raise NotImplementedError
 
+    def _shaped(self, mean: torch.Tensor, log_std: torch.Tensor, rows: int,
+                batch: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A flat mean (R, B, A) and log_std (R, A) shaped as ``mean_and_log_std`` returns."""
+        return (mean.reshape(rows, *batch, self.action_dim),
+                log_std.reshape(rows, *([1] * len(batch)), -1))
+
     def log_prob(self, params: torch.Tensor, observations: torch.Tensor,
                  actions: torch.Tensor) -> torch.Tensor:
         _check_rows(params, observations)
@@ -228,17 +238,12 @@ class LinearGaussian(_GaussianPolicy):
         self.spec = dict(observation_dim=observation_dim, action_dim=action_dim,
                          init_std=init_std)
 
-    def initial_params(self, dtype: torch.dtype = torch.float64,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        return self._init.to(dtype=dtype, device=device).clone()
-
     def mean_and_log_std(self, params: torch.Tensor, observations: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.layout.split(params)
         flat, batch = _flat_batch(observations, self.observation_dim)
         mean = torch.baddbmm(blocks["bias"].unsqueeze(1), flat, blocks["gain"].transpose(1, 2))
-        log_std = blocks["log_std"].reshape(params.shape[0], *([1] * len(batch)), -1)
-        return mean.reshape(params.shape[0], *batch, self.action_dim), log_std
+        return self._shaped(mean, blocks["log_std"], params.shape[0], batch)
 
 
 class GaussianMLP(_GaussianPolicy):
@@ -261,17 +266,12 @@ class GaussianMLP(_GaussianPolicy):
         self.spec = dict(observation_dim=observation_dim, action_dim=action_dim,
                          hidden=list(hidden), init_std=init_std, seed=seed)
 
-    def initial_params(self, dtype: torch.dtype = torch.float64,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        return self._init.to(dtype=dtype, device=device).clone()
-
     def mean_and_log_std(self, params: torch.Tensor, observations: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         blocks = self.layout.split(params)
         flat, batch = _flat_batch(observations, self.observation_dim)
         mean = _dense_stack(blocks, self.n_layers, flat)
-        log_std = blocks["log_std"].reshape(params.shape[0], *([1] * len(batch)), -1)
-        return mean.reshape(params.shape[0], *batch, self.action_dim), log_std
+        return self._shaped(mean, blocks["log_std"], params.shape[0], batch)
 
 
 class CategoricalMLP(Policy):
@@ -291,10 +291,6 @@ class CategoricalMLP(Policy):
         self._init = self.layout.join(_dense_init(sizes, seed, last_scale=0.01))
         self.spec = dict(observation_dim=observation_dim, n_actions=n_actions,
                          hidden=list(hidden), seed=seed)
-
-    def initial_params(self, dtype: torch.dtype = torch.float64,
-                       device: torch.device | str | None = None) -> torch.Tensor:
-        return self._init.to(dtype=dtype, device=device).clone()
 
     def log_softmax(self, params: torch.Tensor, observations: torch.Tensor) -> torch.Tensor:
         """log pi(.|x), (R, *batch, n_actions)."""
