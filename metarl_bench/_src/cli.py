@@ -380,7 +380,8 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.files import check_folder, make_folder
     from metarl_bench._src.core.progress import Progress, wanted
     from metarl_bench._src.core.registry import make_task
-    from metarl_bench._src.evaluation.evaluate import check_plans, plan, run_plans
+    from metarl_bench._src.evaluation.evaluate import (check_plans, plan, run_plans,
+                                                       unmatched_lines)
     from metarl_bench._src.evaluation.store import Store
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
@@ -420,6 +421,9 @@ def _run(args: argparse.Namespace) -> int:
         if store is None:
             make_folder(args.out, "--out")
             store = Store(args.json, option="--json")
+    note = unmatched_lines(store, [checked.task for checked in plans])
+    if note is not None:
+        print(f"metarl-bench: {note}", file=sys.stderr)
     lines_before = _lines_in(args.json)
     started = [time.perf_counter()]
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -27,7 +28,7 @@ from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.core.files import plain
 from metarl_bench._src.core.progress import as_advance
-from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec, unmatched_arguments
 from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                           summarize_exact)
 from metarl_bench._src.estimators.entries import resolve_all
@@ -416,7 +417,12 @@ def evaluate(task: Task,
                        truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
                        options=options, n_steps=n_steps, target_rel_ci=target_rel_ci,
                        max_trials=max_trials, target_metric=target_metric)
+        if jsonl is not None:
+            check_storable(checked.task)
         store = Store(jsonl) if jsonl is not None else None
+        note = unmatched_lines(store, [checked.task])
+        if note is not None:
+            warnings.warn(note, stacklevel=2)
         total = check_plans([checked], store, force, max_work)
         on_record = None if progress is None or isinstance(progress, bool) else progress
         advance, bar = as_advance(progress is True, total, f"evaluate {task.name}", "traj")
@@ -458,6 +464,42 @@ def pending(checked: Plan | Sequence[CellConfig], store: Store | None, force: bo
     in the store."""
     configs = checked.configs if isinstance(checked, Plan) else checked
     return [c for c in configs if force or store is None or c.key not in store]
+
+
+def check_storable(task: Task) -> None:
+    """Refuse to store results of a task made with an argument that has no stable written
+    form (a lambda, a local function): its key could not tell two such tasks apart."""
+    if task.unkeyed:
+        shown = ", ".join(f"{name}={task.spec_kwargs.get(name)!r}" for name in task.unkeyed)
+        raise ParameterError(f"task {task.name!r} was made with {shown}, which has no stable "
+                             f"name to key stored results by; pass a function defined at a "
+                             f"module's top level, or leave out the results file")
+
+
+def unmatched_lines(store: Store | None, tasks: Sequence[Task]) -> str | None:
+    """One line saying how many lines of ``store`` hold results of these tasks that can never
+    be read back, and why (None: there are none): lines whose task arguments are not a whole
+    identity of today's task (``registry.unmatched_arguments``), such as a MuJoCo result
+    stored before ``init_std`` entered the key. Such a line may hold another
+    configuration's numbers, so it is ignored, never reused; its cells are computed again."""
+    if store is None:
+        return None
+    by_name = {task.name: task for task in tasks}
+    count, reasons = 0, set()
+    for line in store.lines.values():
+        task = by_name.get(line["config"]["task"])
+        if task is None:
+            continue
+        names = unmatched_arguments(task, line["config"].get("task_params") or {})
+        if names:
+            count += 1
+            reasons.update(names)
+    if not count:
+        return None
+    return (f"note: {count} line{'s' if count > 1 else ''} of {store.path} for "
+            f"{', '.join(sorted(by_name))} {'are' if count > 1 else 'is'} ignored: written by "
+            f"an older metarl-bench whose key left out or wrote otherwise the task argument(s) "
+            f"{', '.join(sorted(reasons))}, so they may hold another configuration's numbers")
 
 
 def run_plan(checked: Plan, store: Store | None, force: bool,
