@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_bench._src.core import validation
+from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.draws import normal
 from metarl_bench._src.tasks.envs.lq import sample_goals
 from metarl_bench._src.tasks.policies import LinearGaussian
@@ -120,6 +120,12 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
     ``start_std``^2 I).
     """
     dim = validation.positive_int("dim", dim)
+    # the policy's parameters (d^2 + 2d), made twice (initial values and theta), before any
+    # evaluation's own check can run
+    resources.check_memory(2 * 8 * (dim * dim + 2 * dim),
+                           f"an lq-navigation-v0 task with dim={dim} ({dim * dim + 2 * dim:,} "
+                           f"policy parameters)",
+                           "lower dim, or raise the limit (--max-memory SIZE, max_memory=)")
     horizon = validation.positive_int("horizon", horizon)
     gamma = validation.finite_float("gamma", gamma, low=0.0, high=1.0)
     n_tasks = validation.positive_int("n_tasks", n_tasks)
