@@ -110,3 +110,15 @@ def test_a_long_plan_says_its_size_first(tmp_path, capsys, monkeypatch):
     assert run(tmp_path, "--task", "bandit-v0", "--estimators", "lsf", "--n-inner", "2,4",
                "--trials", "10") == 0
     assert "planned" not in capsys.readouterr().err
+
+
+def test_a_memory_refusal_names_what_can_come_down(tmp_path, capsys):
+    # a chunk at its fixed size: only the limit helps
+    line = one_line_refusal(capsys, run(tmp_path, "--task", "navigation2d-v0", "--estimators",
+                                        "lsf", "--max-memory", "500MB"))
+    assert "raise the limit to at least" in line and "whatever the counts" in line
+    # the truth's samples, all in one chunk, and their bootstrap weights
+    line = one_line_refusal(capsys, run(tmp_path, "--task", "tabular-v0", "--estimators",
+                                        "lsf", "--n-inner", "1", "--max-memory", "100MB"))
+    assert "lower --truth-samples" in line
+    assert not (tmp_path / "r.jsonl").exists()

@@ -119,7 +119,8 @@ def _in_force(setting: tuple[int | None, str, int]) -> Iterator[None]:
 def size(n_bytes: float) -> str:
     for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if n_bytes >= scale:
-            return f"{n_bytes / scale:.3g} {unit}"
+            value = n_bytes / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
     return f"{int(n_bytes)} B"
 
 
@@ -236,7 +237,9 @@ def truth_chunk(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtype
 #: The API argument and the CLI flag that set each size a memory estimate depends on.
 FLAGS = {"n_inner": "n_inner (--n-inner)", "n_outer": "n_outer (--n-outer)",
          "n_trials": "n_trials (--trials)", "truth_samples": "truth_samples (--truth-samples)",
-         "meta_batch": "meta_batch (--meta-batch)"}
+         "meta_batch": "meta_batch (--meta-batch)",
+         "chunk": "little: one chunk of a cell holds up to 1 GiB whatever the counts (a "
+                  "fixed size, so that results do not depend on the machine)"}
 
 
 def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
@@ -265,8 +268,15 @@ def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
     resampling = 8 * 3 * n_boot * samples if bootstrap else 0.0
     working = max(estimator, truth, resampling)
     counts = "truth_samples" if (truth_samples or 0) > n_trials else "n_trials"
-    driver = (counts if working == resampling or kept >= working else
-              "n_outer" if (n_outer or 0) > n_inner else "n_inner")
+    if working == resampling or kept >= working:
+        driver = counts
+    else:
+        # the largest chunk: of the estimates, or of the truth
+        count, rows = ((n_trials, chunk) if working == estimator else
+                       (truth_samples, min(truth_rows, truth_samples)))
+        driver = ("n_trials" if working == estimator else "truth_samples") if rows == count \
+            else "chunk" if rows > 1 \
+            else "n_outer" if (n_outer or 0) > n_inner else "n_inner"
     return kept + working, FLAGS[driver]
 
 

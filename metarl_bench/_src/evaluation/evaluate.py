@@ -347,6 +347,9 @@ def check_resources(task: Task, configs: Sequence[CellConfig],
             needed, f"the cell {config.estimator} at N={config.n_inner} on {task.name} "
             f"(n_trials={config.planned_trials}, n_outer={config.n_outer}, "
             f"truth_samples={n_truth})",
+            f"raise the limit to at least {resources.size(needed)} (--max-memory SIZE, "
+            f"max_memory=); lowering the counts helps {driver}"
+            if driver == resources.FLAGS["chunk"] else
             f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
         steps += resources.cell_work(task, **sizes)
         # the cells at one N share one truth (run_plan), so its trajectories count once
