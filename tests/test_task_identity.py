@@ -15,8 +15,7 @@ import torch
 import metarl_bench as mb
 from metarl_bench._src.cli import main
 from metarl_bench._src.core.registry import TASKS
-from metarl_bench._src.evaluation.evaluate import cell_config
-from metarl_bench._src.evaluation.store import cell_key
+from metarl_bench._src.evaluation.config import CellConfig, cell_key
 
 OLD_STORE = Path(__file__).parent / "data" / "store_92246d3.jsonl"
 
@@ -114,11 +113,8 @@ BASES = {
 
 
 def _key(task):
-    config = cell_config(task, estimator="lsf", options={}, n_inner=1, n_outer=None,
-                         inner_lr=1.0, n_trials=2, seed=0, truth="finite",
-                         truth_samples=2, exact=True, n_boot=10, theta=None,
-                         dtype="float64", device="cpu")
-    return cell_key(config)
+    return CellConfig(task=task.name, task_params=task.params, estimator="lsf", n_inner=1,
+                      n_trials=2, truth_samples=2, n_boot=10).key
 
 
 @pytest.mark.parametrize("task_id", sorted(TASKS))
