@@ -544,8 +544,9 @@ def _interrupted(path: str, lines_before: int) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from metarl_bench._src.core import resources
     from metarl_bench._src.core.progress import wanted
-    from metarl_bench._src.evaluation.store import Store
     from metarl_bench._src.core.files import check_folder, make_folder
+    from metarl_bench._src.evaluation.evaluate import unmatched_lines
+    from metarl_bench._src.evaluation.store import Store
     from metarl_bench._src.evaluation.sweep import (build, check_sweep, check_workers,
                                                     read_spec, run_sweep, sweep_results)
 
@@ -567,6 +568,9 @@ def _sweep(args: argparse.Namespace) -> int:
                         max_work=_max_work(args))
             make_folder(folder, option)
         store = Store(output, option=option)
+        note = unmatched_lines(store, [checked.task for checked in sweep.plans])
+        if note is not None:
+            print(f"metarl-bench: {note}", file=sys.stderr)
         lines_before = _lines_in(output)
 
         def log(text: str) -> None:
