@@ -25,17 +25,34 @@ from metarl_bench._src.tasks import Task
 from metarl_bench._src.core.trajectories import Trajectories
 from metarl_bench._src.estimators.truth import estimate_meta_gradient, exact_moments, meta_gradient
 
+# Each task's run defaults (``metarl-bench run --task ID``) finish in a few minutes on two
+# cores with finite statistics: a smaller grid where the truth is estimated, the inner step
+# that suits the family's reward scale, n_outer and a smaller budget where there is no model.
+# Tasks with a model keep 20,000 truth samples: the store key holds truth_samples (even
+# under --truth limit), so results stored by commands that relied on it still resume.
+_TABULAR = dict(n_inner=(1, 2, 4, 8, 16, 32, 64))
+_MUJOCO = dict(inner_lr=1e-3, n_inner=(2, 8), n_outer=8, n_trials=8, truth_samples=32)
 register_task("bandit-v0", "metarl_bench._src.tasks.bandit:make_bandit")
-register_task("bernoulli-bandit-v0", "metarl_bench._src.tasks.bandit:make_bernoulli_bandit")
-register_task("gaussian-bandit-v0", "metarl_bench._src.tasks.bandit:make_gaussian_bandit")
-register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular")
-register_task("navigation2d-v0", "metarl_bench._src.tasks.navigation:make_navigation2d")
-register_task("lq-navigation-v0", "metarl_bench._src.tasks.lq:make_lq_navigation")
-register_task("halfcheetah-vel-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_vel")
-register_task("halfcheetah-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_dir")
-register_task("ant-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_ant_dir")
-register_task("gym-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_gym")
-register_task("tabular-discounted-v0", "metarl_bench._src.tasks.tabular:make_discounted_tabular")
+register_task("bernoulli-bandit-v0", "metarl_bench._src.tasks.bandit:make_bernoulli_bandit",
+              defaults=_TABULAR)
+register_task("gaussian-bandit-v0", "metarl_bench._src.tasks.bandit:make_gaussian_bandit",
+              defaults=_TABULAR)
+register_task("tabular-v0", "metarl_bench._src.tasks.tabular:make_tabular", defaults=_TABULAR)
+register_task("navigation2d-v0", "metarl_bench._src.tasks.navigation:make_navigation2d",
+              defaults=dict(inner_lr=1e-3, n_inner=(2, 4, 8), n_outer=8, n_trials=20,
+                            truth_samples=50))
+register_task("lq-navigation-v0", "metarl_bench._src.tasks.lq:make_lq_navigation",
+              defaults=dict(inner_lr=0.01, n_inner=(1, 2, 4, 8, 16, 32)))
+register_task("halfcheetah-vel-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_vel",
+              defaults=_MUJOCO)
+register_task("halfcheetah-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_halfcheetah_dir",
+              defaults=_MUJOCO)
+register_task("ant-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_ant_dir",
+              defaults={**_MUJOCO, "n_inner": (2, 4), "n_outer": 2, "n_trials": 4,
+                        "truth_samples": 8})
+register_task("gym-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_gym", defaults=_MUJOCO)
+register_task("tabular-discounted-v0", "metarl_bench._src.tasks.tabular:make_discounted_tabular",
+              defaults=dict(n_inner=(1, 2, 4, 8), n_trials=1000))
 _envs.register_gymnasium_envs()
 _estimators._register_builtin()
 

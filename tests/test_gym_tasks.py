@@ -48,3 +48,14 @@ def test_gym_task_errors():
         mb.make_task("gym-v0", env_id="NoSuchEnv-v0")
     with pytest.raises(mb.ParameterError, match="set_task"):
         mb.make_task("gym-v0", env_id="Pendulum-v1", tasks=[{"g": 1.0}])
+
+
+def test_the_simulator_cache_evicts_the_least_recently_used():
+    task = mb.make_task("gym-v0", env_id="Pendulum-v1", horizon=3, hidden=(4,))
+    limit = 4
+    first = {n: task.simulator(n) for n in range(1, limit + 1)}
+    assert task.simulator(1) is first[1]          # used again: now the most recent
+    task.simulator(limit + 1)                     # one too many: evicts size 2, not size 1
+    assert task.simulator(1) is first[1]
+    assert task.simulator(2) is not first[2]
+    assert [n for _, n in task._simulators] == [4, limit + 1, 1, 2]

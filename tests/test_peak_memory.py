@@ -85,3 +85,49 @@ def test_the_training_guard_estimate_is_within_a_small_factor_of_an_iterations_p
     assert driver == "n_inner (--n-inner)"  # the largest count
     # generous, never far below what one iteration holds (a few MiB of interpreter noise)
     assert 0.8 * peak.bytes < estimate < 4 * peak.bytes, (peak.bytes, estimate)
+
+
+#: Cells whose measured peak is well above the interpreter's noise, one per family; the
+#: estimate-to-peak ratios measured when this was written are in the comments.
+CELLS = [
+    ("tabular-v0", {}, 64, None, 2000, 2000, 1.0),                        # 1.87
+    ("lq-navigation-v0", {"dim": 20}, 16, None, 500, 2000, 0.01),          # 1.42
+    ("navigation2d-v0", {"horizon": 20, "n_tasks": 4}, 8, 8, 50, 200, 0.1),  # 1.80
+    ("halfcheetah-vel-v0", {"horizon": 20, "n_tasks": 2}, 4, 4, 16, 32, 1e-3),  # 1.43
+]
+
+
+@linux
+@pytest.mark.parametrize("task_id, params, n, n_outer, n_trials, truth_samples, lr", CELLS,
+                         ids=[c[0] for c in CELLS])
+def test_the_cell_memory_estimate_is_within_a_factor_2_of_a_cells_peak(
+        task_id, params, n, n_outer, n_trials, truth_samples, lr):
+    """A cell runs its truth, then its estimates and statistics: its peak is the larger of
+    the two blocks' peaks, each measured here."""
+    from metarl_bench._src.evaluation.evaluate import (compute_cell, compute_truth,
+                                                       estimated_truth, plan)
+
+    if task_id.startswith("halfcheetah"):
+        pytest.importorskip("mujoco")
+    task = mb.make_task(task_id, **params)
+
+    def run(n, n_trials, truth_samples):
+        checked = plan(task, ["lsf"], n_inner=[n], n_trials=n_trials, inner_lr=lr,
+                       n_outer=n_outer, seed=0, truth="finite", theta=None, exact=True,
+                       truth_samples=truth_samples, n_boot=200, dtype=torch.float64,
+                       device="cpu", options=None)
+        (config,) = checked.configs
+        with resources.PeakMemory(torch.device("cpu")) as truth_peak:
+            truth = compute_truth(task, checked.theta, config)
+        with resources.PeakMemory(torch.device("cpu")) as cell_peak:
+            compute_cell(task, checked.theta, config, truth)
+        return config, max(truth_peak.bytes, cell_peak.bytes)
+
+    run(1, 2, 2)                                   # libraries' and simulators' first use
+    config, peak = run(n, n_trials, truth_samples)
+    estimate, _ = resources.cell_memory(
+        task, n_inner=n, n_outer=n_outer, n_trials=n_trials,
+        truth_samples=truth_samples if estimated_truth(task, config) else None, n_boot=200,
+        dtype=torch.float64)
+    assert peak > 50 * MiB                         # far above the interpreter's noise
+    assert 0.5 * peak <= estimate <= 2 * peak, (estimate / MiB, peak / MiB)

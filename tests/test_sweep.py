@@ -10,6 +10,7 @@ import pytest
 import metarl_bench as mb
 from conftest import REPO, cli_command, signal_when_written
 from metarl_bench._src.cli import main
+from metarl_bench._src.evaluation.config import cell_key
 from metarl_bench._src.evaluation.store import TIMING_FIELDS
 
 SPEC = """
@@ -248,3 +249,22 @@ def test_ctrl_c_keeps_the_finished_cells_and_the_same_command_completes_them(tmp
     assert f"{16 - kept} cells computed, {kept} already in the store" in done.stdout.decode()
     assert run([str(spec), "--json", str(whole), "--serial"]) == 0
     assert lines_by_key(interrupted) == lines_by_key(whole)
+
+
+def test_a_store_line_of_an_older_key_is_reported_by_the_sweep_and_not_reused(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('estimators = ["lsf"]\nn_inner = [2]\nn_trials = 20\n\n'
+                    '[[tasks]]\nname = "bandit-v0"\ninner_lr = [2.0]\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["sweep", str(spec), "--json", str(out), "--quiet", "--serial"]) == 0
+    (line,) = [json.loads(text) for text in out.read_text().splitlines()]
+    # the same cell as a version whose key held an argument today's factory does not take
+    line["config"]["task_params"]["arms_layout"] = "old"
+    line["key"] = cell_key(line["config"])
+    out.write_text(json.dumps(line) + "\n")
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--json", str(out), "--quiet", "--serial"]) == 0
+    err = capsys.readouterr().err
+    (note,) = [text for text in err.splitlines() if "ignored" in text]
+    assert "1 line of" in note and "arms_layout" in note
+    assert len(out.read_text().splitlines()) == 2  # computed again, appended

@@ -32,9 +32,9 @@ def files_of(folder):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--n-outer", "1000000000000"], "lower n_outer (--n-outer), or raise the limit "
+    (["--n-outer", "1000000000000"], "lower --n-outer, or raise the limit "
                                      "(--max-memory SIZE"),
-    (["--meta-batch", "1000000000"], "lower meta_batch (--meta-batch)"),
+    (["--meta-batch", "1000000000"], "lower --meta-batch, or raise"),
     (["--n-inner", "100000000"], "needs about 253 GiB of memory, more than 4 GiB"),
     (["--iterations", "1000000000"], "plans 8e+11 trajectory steps, more than the 1e+10 "
                                      "allowed"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -187,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_parser(commands: Any) -> None:
-    _command(commands, "list", _list)
+    listing = _command(commands, "list", _list)
+    listing.add_argument("--tasks", action="store_true",
+                         help="the tasks only, each with the settings 'run --task ID' uses "
+                              "by default")
 
 
 def _run_parser(commands: Any) -> None:
@@ -199,11 +203,12 @@ def _run_parser(commands: Any) -> None:
                           f"(default: {HEADLINE_ESTIMATORS})")
     run.add_argument("--n-steps", type=_positive_int, default=CellConfig.n_steps,
                      help="inner adaptation steps K, fresh trajectories at each (default: 1)")
-    run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
-                     help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
-    run.add_argument("--trials", type=_positive_int, default=HEADLINE_TRIALS,
+    run.add_argument("--n-inner", type=_int_list, default=None,
+                     help=f"inner trajectories N, comma-separated (default: the task's, see "
+                          f"'list --tasks'; {HEADLINE_N} for the headline)")
+    run.add_argument("--trials", type=_positive_int, default=None,
                      help=f"independent estimates per cell; with --target-rel-ci, the first "
-                          f"batch (default: {HEADLINE_TRIALS})")
+                          f"batch (default: the task's; {HEADLINE_TRIALS} for the headline)")
     run.add_argument("--target-rel-ci", type=_float, default=None, metavar="WIDTH",
                      help="adaptive trials: add estimates to each cell until the 95%% interval "
                           "of --target-metric is at most WIDTH times its value (e.g. 0.1), or "
@@ -214,16 +219,18 @@ def _run_parser(commands: Any) -> None:
                      default=CellConfig.target_metric,
                      help="the metric whose interval --target-rel-ci targets (default: mse)")
     run.add_argument("--inner-lr", type=_float, default=None,
-                     help="inner step size (default: 2.0 on the headline bandit, else 1.0)")
+                     help="inner step size (default: the task's, e.g. 1e-3 on MuJoCo; 2.0 on "
+                          "the headline bandit)")
     run.add_argument("--n-outer", type=_positive_int, default=None,
-                     help="outer trajectories M (default: exact outer value and gradient)")
+                     help="outer trajectories M (default: the task's: the exact outer value "
+                          "and gradient where it has a model)")
     run.add_argument("--seed", type=_seed, default=CellConfig.seed, help="seed (default: 0)")
     run.add_argument("--truth", choices=("finite", "limit"), default=CellConfig.truth,
                      help="compare against grad F_N (finite) or grad F_inf (limit)")
-    run.add_argument("--truth-samples", type=_positive_int, default=CellConfig.truth_samples,
+    run.add_argument("--truth-samples", type=_positive_int, default=None,
                      help=f"samples of an estimated finite truth: leave-one-out with a model, "
-                          f"unbiased with --n-outer without one (default: "
-                          f"{CellConfig.truth_samples})")
+                          f"unbiased with --n-outer without one (default: the task's; "
+                          f"{CellConfig.truth_samples} for the headline)")
     run.add_argument("--monte-carlo", action="store_true",
                      help="use Monte Carlo moments even where exact enumeration is possible")
     run.add_argument("--dtype", choices=("float64", "float32"), default=CellConfig.dtype)
@@ -369,6 +376,10 @@ def _list(args: argparse.Namespace) -> int:
     print("tasks:")
     for name in list_tasks():
         print(f"  {name:<{width}} {TASKS[name].summary}")
+        if args.tasks:
+            print(f"  {'':<{width}} run defaults: {TASKS[name].defaults.describe()}")
+    if args.tasks:
+        return 0
     print("estimators:")
     for name in list_estimators():
         print(f"  {name:<{width}} {estimator_spec(name).summary}")
@@ -379,27 +390,29 @@ def _run(args: argparse.Namespace) -> int:
     from metarl_bench._src.core import resources
     from metarl_bench._src.core.files import check_folder, make_folder
     from metarl_bench._src.core.progress import Progress, wanted
-    from metarl_bench._src.core.registry import make_task
-    from metarl_bench._src.evaluation.evaluate import check_plans, plan, run_plans
+    from metarl_bench._src.core.registry import RunDefaults, make_task, task_spec
+    from metarl_bench._src.evaluation.evaluate import (check_plans, plan, run_plans,
+                                                       unmatched_lines)
     from metarl_bench._src.evaluation.store import Store
 
     estimators = [entry.label for entry in _estimator_entries(args.estimators)]
     if args.task is None:
         if args.task_param:
             raise ParameterError("--task-param needs --task")
-        grid = [(name, dict(params), lr) for name, params, lr in reproductions.HEADLINE]
+        grid = [(name, dict(params),
+                 RunDefaults(inner_lr=lr, n_inner=reproductions.HEADLINE_N,
+                             n_trials=HEADLINE_TRIALS, truth_samples=CellConfig.truth_samples))
+                for name, params, lr in reproductions.HEADLINE]
     else:
-        grid = [(args.task, dict(args.task_param), CellConfig.inner_lr)]
+        grid = [(args.task, dict(args.task_param), task_spec(args.task).defaults)]
     with resources.limit_memory(args.max_memory):
         # every task, cell and guard is checked before the results file is opened
-        plans = [plan(make_task(name, **params), estimators, n_inner=args.n_inner,
-                      n_trials=args.trials, inner_lr=lr if args.inner_lr is None else args.inner_lr,
-                      n_outer=args.n_outer, seed=args.seed, truth=args.truth,
-                      exact=not args.monte_carlo, truth_samples=args.truth_samples,
+        plans = [plan(make_task(name, **params), estimators, **_settings(args, defaults),
+                      seed=args.seed, truth=args.truth, exact=not args.monte_carlo,
                       dtype=getattr(torch, args.dtype), device=args.device,
                       n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
                       max_trials=args.max_trials, target_metric=args.target_metric)
-                 for name, params, lr in grid]
+                 for name, params, defaults in grid]
         in_out = args.json is None
         if args.out is None:
             args.out = (DEFAULT_OUT if in_out else os.path.splitext(args.json)[0] + "-report")
@@ -420,6 +433,10 @@ def _run(args: argparse.Namespace) -> int:
         if store is None:
             make_folder(args.out, "--out")
             store = Store(args.json, option="--json")
+    note = unmatched_lines(store, [checked.task for checked in plans])
+    if note is not None:
+        print(f"metarl-bench: {note}", file=sys.stderr)
+    _announce(plans, total, store, args.force)
     lines_before = _lines_in(args.json)
     started = [time.perf_counter()]
 
@@ -447,6 +464,43 @@ def _run(args: argparse.Namespace) -> int:
             f"{len(problems)} cells have no statistics (e.g. {first['estimator']} at "
             f"N={first['n_inner']}: {first['problem']}); see the table")
     return 0
+
+
+#: A run planned to take longer than this (seconds) says its size and duration first.
+ANNOUNCE_SECONDS = 60.0
+
+
+def _announce(plans: Sequence[Any], total: float, store: Any, force: bool) -> None:
+    """One line before a long run starts: its cells, trajectories and the time they should
+    take at the pace of a pilot call on this machine (shown even with --quiet: a run of
+    many minutes should never start silently)."""
+    from metarl_bench._src.evaluation.evaluate import pending, planned_seconds
+
+    seconds, cells = 0.0, 0
+    for checked in plans:
+        configs = pending(checked, store, force)
+        cells += len(configs)
+        seconds += planned_seconds(checked, configs, announce=ANNOUNCE_SECONDS)
+    if seconds > ANNOUNCE_SECONDS:
+        print(f"metarl-bench: planned {cells} cells, {total:.3g} trajectories; about "
+              f"{_duration(seconds)} at this machine's pace (a pilot call); --quiet hides the "
+              f"progress bar, Ctrl-C keeps the finished cells", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _settings(args: argparse.Namespace, defaults: Any) -> dict[str, Any]:
+    """The sizes of a run: each flag given, else the task's default (``RunDefaults``)."""
+    given = dict(inner_lr=args.inner_lr, n_inner=args.n_inner, n_trials=args.trials,
+                 n_outer=args.n_outer, truth_samples=args.truth_samples)
+    return {name: getattr(defaults, name) if value is None else value
+            for name, value in given.items()}
 
 
 def _note_short_cells(results: Sequence[Any]) -> None:
@@ -490,8 +544,9 @@ def _interrupted(path: str, lines_before: int) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from metarl_bench._src.core import resources
     from metarl_bench._src.core.progress import wanted
-    from metarl_bench._src.evaluation.store import Store
     from metarl_bench._src.core.files import check_folder, make_folder
+    from metarl_bench._src.evaluation.evaluate import unmatched_lines
+    from metarl_bench._src.evaluation.store import Store
     from metarl_bench._src.evaluation.sweep import (build, check_sweep, check_workers,
                                                     read_spec, run_sweep, sweep_results)
 
@@ -513,6 +568,9 @@ def _sweep(args: argparse.Namespace) -> int:
                         max_work=_max_work(args))
             make_folder(folder, option)
         store = Store(output, option=option)
+        note = unmatched_lines(store, [checked.task for checked in sweep.plans])
+        if note is not None:
+            print(f"metarl-bench: {note}", file=sys.stderr)
         lines_before = _lines_in(output)
 
         def log(text: str) -> None:
@@ -620,12 +678,45 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The flag that sets each API argument a refusal may name (run's and train's).
+API_FLAGS = {"n_trials": "--trials", "n_outer": "--n-outer", "n_inner": "--n-inner",
+             "n_steps": "--n-steps", "truth": "--truth", "truth_samples": "--truth-samples",
+             "n_samples": "--truth-samples", "inner_lr": "--inner-lr",
+             "max_trials": "--max-trials", "target_rel_ci": "--target-rel-ci",
+             "target_metric": "--target-metric", "meta_batch": "--meta-batch",
+             "outer_lr": "--outer-lr", "max_memory": "--max-memory"}
+
+
+def flag_words(message: str) -> str:
+    """A refusal raised by the API, worded for the command line: each argument it names
+    becomes its flag (``pass n_outer=M`` -> ``pass --n-outer M``, ``n_outer=None`` -> ``no
+    --n-outer``); where the message already names both (``n_trials (--trials)``), the flag
+    alone stays."""
+    names = "|".join(sorted(API_FLAGS, key=len, reverse=True))
+    message = re.sub(rf"\b({names}) \((--[a-z-]+)\)", r"\2", message)
+    message = re.sub(r"\((--max-memory SIZE), max_memory=\)", r"(\1)", message)
+    message = re.sub(r"max_memory= / --max-memory|--max-memory / max_memory", "--max-memory",
+                     message)
+    message = re.sub(rf"\b(?:use|pass) ({names})=None\b",
+                     lambda m: f"leave out {API_FLAGS[m.group(1)]}", message)
+    message = re.sub(rf"(?<![\w-])({names})=None\b",
+                     lambda m: f"no {API_FLAGS[m.group(1)]}", message)
+    message = re.sub(rf"(?<![\w-])({names})=('?)([\w.+-]+)\2",
+                     lambda m: f"{API_FLAGS[m.group(1)]} {m.group(3)}", message)
+    # a bare name only where it cannot be a plain word ("the truth") or a keyword's name
+    bare = "|".join(sorted((n for n in API_FLAGS if n not in ("truth", "n_steps")), key=len,
+                           reverse=True))
+    return re.sub(rf"(?<![\w-])({bare})\b(?![=(])", lambda m: API_FLAGS[m.group(1)],
+                  message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except MetaRLBenchError as exc:
-        print(f"metarl-bench: error: {exc}", file=sys.stderr)
+        message = flag_words(str(exc)) if args.command in ("run", "train") else str(exc)
+        print(f"metarl-bench: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # run and sweep say what they kept; no traceback for the rest
         print("metarl-bench: interrupted", file=sys.stderr)

@@ -4,8 +4,11 @@ Estimators: ``register_estimator(name, fn)`` or ``@register_estimator(name)``. T
 packages add entries through the entry-point group ``metarl_bench.estimators`` (entry name =
 estimator name, object = the estimator function); they are loaded on first use.
 
-Tasks: ``register_task(id, entry_point="module:factory")``, ids versioned ``name-vN``; the
-factory is imported only when the task is made. Entry-point group ``metarl_bench.tasks``.
+Tasks: ``register_task(id, entry_point="module:factory", defaults=RunDefaults(...))``, ids
+versioned ``name-vN``; the factory is imported only when the task is made. Entry-point group
+``metarl_bench.tasks``. A task's identity is every argument its factory was called with
+(``make_task`` binds the full signature, as Gymnasium's ``EnvSpec.kwargs``): see
+:func:`task_identity`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -20,8 +24,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from metarl_bench._src.core.errors import (RegistrationError, UnknownNameError, did_you_mean,
-                                      unknown_name)
+from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, RegistrationError,
+                                           UnknownNameError, did_you_mean, unknown_name)
 
 
 class Estimator(Protocol):
@@ -96,10 +100,37 @@ class EstimatorSpec:
 
 
 @dataclass(frozen=True)
+class RunDefaults:
+    """The settings ``metarl-bench run --task ID`` uses where the command line gives none.
+
+    Each task family needs its own: the inner step size that suits its rewards (MuJoCo's
+    returns are 1000 times a bandit's), ``n_outer`` where there is no model (its outer step is
+    sampled), a truth budget and trials that finish in minutes on two cores, and the grid of N.
+    """
+
+    inner_lr: float = 1.0
+    n_inner: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    n_trials: int = 2000
+    n_outer: int | None = None
+    truth_samples: int = 20_000
+
+    def describe(self) -> str:
+        """One line: the flags these defaults stand for."""
+        grid = ",".join(map(str, self.n_inner))
+        outer = "" if self.n_outer is None else f" --n-outer {self.n_outer}"
+        return (f"--inner-lr {self.inner_lr:g} --n-inner {grid} --trials {self.n_trials}"
+                f"{outer} --truth-samples {self.truth_samples}")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
+    """A registered task: its factory, the arguments the registration fixes (``kwargs``) and
+    the run settings its family needs (``defaults``)."""
+
     id: str
     entry_point: str | Callable[..., Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    defaults: RunDefaults = field(default_factory=RunDefaults)
 
     def factory(self) -> Callable[..., Any]:
         if callable(self.entry_point):
@@ -248,17 +279,34 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
 
 
 def register_task(id: str, entry_point: str | Callable[..., Any], *, overwrite: bool = False,
-                  **kwargs: Any) -> None:
+                  defaults: RunDefaults | dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Register a task factory under a versioned id such as ``"bandit-v0"``.
 
     ``entry_point`` is ``"module:factory"`` (imported lazily) or a callable; ``kwargs``
-    are default arguments passed to the factory.
+    are default arguments passed to the factory; ``defaults``: the run settings the task
+    needs (a :class:`RunDefaults` or a dict of its fields; unset fields keep theirs).
+    Bump the version whenever the task's dynamics, rewards or an argument's default change:
+    a default is part of every stored result that did not name the argument.
     """
     if not isinstance(id, str) or "-v" not in id or not id.rsplit("-v", 1)[1].isdigit():
         raise RegistrationError(f"task id must look like 'name-vN', got {id!r}")
     if id in TASKS and not overwrite:
         raise RegistrationError(f"task {id!r} is already registered; pass overwrite=True")
-    TASKS[id] = TaskSpec(id=id, entry_point=entry_point, kwargs=dict(kwargs))
+    if defaults is None:
+        defaults = RunDefaults()
+    elif isinstance(defaults, dict):
+        known = [f.name for f in dataclasses.fields(RunDefaults)]
+        for key in defaults:
+            if key not in known:
+                raise RegistrationError(f"task {id!r}: unknown default {key!r}."
+                                        f"{did_you_mean(key, known)} Defaults: "
+                                        f"{', '.join(known)}")
+        defaults = RunDefaults(**{**defaults, "n_inner": tuple(defaults.get(
+            "n_inner", RunDefaults.n_inner))})
+    elif not isinstance(defaults, RunDefaults):
+        raise RegistrationError(f"task {id!r}: defaults must be a RunDefaults or a dict, got "
+                                f"{type(defaults).__name__}")
+    TASKS[id] = TaskSpec(id=id, entry_point=entry_point, kwargs=dict(kwargs), defaults=defaults)
 
 
 def _load_plugins() -> None:
@@ -313,24 +361,184 @@ def get_estimator(name: str) -> Callable[..., torch.Tensor]:
     return estimator_spec(name).fn
 
 
-def make_task(id: str, **kwargs: Any) -> Any:
-    """Build the task registered under ``id``; keyword arguments override its defaults."""
+def task_spec(id: str) -> TaskSpec:
+    """The registration of task ``id`` (unknown ids: a typed error with a suggestion)."""
     _load_plugins()
     if id not in TASKS:
         raise unknown_name("task", id, TASKS)
-    spec = TASKS[id]
+    return TASKS[id]
+
+
+def make_task(id: str, **kwargs: Any) -> Any:
+    """Build the task registered under ``id``; keyword arguments override its defaults.
+
+    The task records every argument of its factory, defaults applied, in canonical form
+    (``task.spec_kwargs``, see :func:`task_identity`), and derives from it ``task.params``,
+    which enters the key of every stored result: two tasks with equal arguments share their
+    results, any other argument gives other results. ``task.spec`` is the registration.
+    """
+    spec = task_spec(id)
     factory = spec.factory()
+    arguments = {**spec.kwargs, **kwargs}
+    identity = task_identity(id, factory, arguments)
+    # the factory gets the canonical values (so the key names exactly what ran), except
+    # objects such as functions, which a written name only stands for
+    task = factory(**{name: value if name in identity.objects else identity.kwargs[name]
+                      for name, value in arguments.items()})
+    task.spec = spec
+    task.spec_kwargs = dict(identity.kwargs)
+    task.params = dict(identity.params)
+    task.unkeyed = identity.unkeyed
+    return task
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """Every argument of a task's factory (``kwargs``: bound, defaults applied, canonical),
+    the part of it that enters a stored result's key (``params``), the arguments that are
+    objects rather than data (``objects``: functions, written by name) and those of them with
+    no stable name (``unkeyed``: e.g. a lambda; results of such a task are not stored)."""
+
+    kwargs: dict[str, Any]
+    params: dict[str, Any]
+    objects: tuple[str, ...] = ()
+    unkeyed: tuple[str, ...] = ()
+
+
+def task_identity(id: str, factory: Callable[..., Any], arguments: dict[str, Any]
+                  ) -> TaskIdentity:
+    """The identity of the task ``factory(**arguments)`` registered as ``id``.
+
+    ``kwargs`` binds the factory's full signature with its defaults applied, each value in
+    canonical form, so that equal arguments written differently are equal: tuples become
+    lists, numpy and torch values Python numbers and lists, a number takes the type its
+    parameter declares (by its default, else its annotation: ``gamma=1`` is ``1.0``,
+    ``hidden=[64.0, 64.0]`` is ``[64, 64]``), a module-level function its ``module:name``.
+
+    ``params`` (the store key's part) is ``kwargs`` less the options left off: an argument
+    whose default is None or False and whose value is that default. Every other argument is
+    written, at its default too. This rule keeps the keys of results stored before the
+    identity was derived (those factories listed their arguments by hand, and left out
+    exactly the options not given), while any argument set to another value changes the key.
+    A changed default, which this rule cannot see, is a new task version (``register_task``).
+    """
     try:
         signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    if signature is not None and not any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        allowed = [p for p in signature.parameters]
-        for key in kwargs:
+    except (TypeError, ValueError):  # no signature to bind: the arguments as given
+        forms = {name: _canonical_form(value, None) for name, value in arguments.items()}
+        kwargs = {name: out for name, (out, _) in forms.items()}
+        return TaskIdentity(kwargs, dict(kwargs),
+                            tuple(n for n, (_, f) in forms.items() if f != "data"),
+                            tuple(n for n, (_, f) in forms.items() if f == "unkeyed"))
+    parameters = signature.parameters
+    var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    allowed = [name for name, p in parameters.items()
+               if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                             inspect.Parameter.KEYWORD_ONLY)]
+    if not var_keyword:
+        for key in arguments:
             if key not in allowed:
                 raise UnknownNameError(
                     f"unknown parameter {key!r} for task {id!r}."
                     f"{did_you_mean(key, allowed)} Parameters: {', '.join(allowed)}.")
-    return factory(**{**spec.kwargs, **kwargs})
+    try:
+        bound = signature.bind(**arguments)
+    except TypeError as exc:
+        raise ParameterError(f"task {id!r}: {exc}") from None
+    bound.apply_defaults()
+    kwargs: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    objects: list[str] = []
+    unkeyed: list[str] = []
+    for name, value in bound.arguments.items():
+        parameter = parameters[name]
+        extra = parameter.kind is inspect.Parameter.VAR_KEYWORD
+        left_off = not extra and any(parameter.default is off for off in _OFF_DEFAULTS)
+        for key, given in (value.items() if extra else [(name, value)]):
+            out, form = _canonical_form(given, None if extra else _number_kind(parameter))
+            kwargs[key] = out
+            if form != "data":
+                objects.append(key)
+            if form == "unkeyed":
+                unkeyed.append(key)
+            if not (left_off and out is parameter.default):
+                params[key] = out
+    return TaskIdentity(kwargs, params, tuple(objects), tuple(unkeyed))
 
+
+def unmatched_arguments(task: Any, params: dict[str, Any]) -> list[str]:
+    """Why a stored result's ``task_params``, written for a task of this id, can never be
+    read back: the arguments that the identity of ``make_task(id, **params)`` has and they
+    lack (written by a version that left them out of the key), or has in another form, or
+    that the factory does not take. Empty when ``params`` is an identity of today's factory.
+    """
+    spec = getattr(task, "spec", None)
+    if not isinstance(spec, TaskSpec):
+        return []
+    try:
+        identity = task_identity(spec.id, spec.factory(), {**spec.kwargs, **params})
+    except MetaRLBenchError:
+        known = set(task.spec_kwargs)
+        return sorted(name for name in params if name not in known) or ["its arguments"]
+    def written(values: dict[str, Any], name: str) -> str | None:
+        return json.dumps(values[name], sort_keys=True) if name in values else None
+
+    return sorted(name for name in set(identity.params) | set(params)
+                  if written(identity.params, name) != written(params, name))
+
+
+#: Defaults that mean "this option is left off": an argument at one of them stays out of
+#: ``task.params`` (see :func:`task_identity`).
+_OFF_DEFAULTS = (None, False)
+
+
+def _number_kind(parameter: inspect.Parameter) -> type | None:
+    """int or float: the type a numeric argument of ``parameter`` takes (from its default,
+    or failing that its annotation); None where neither says."""
+    default = parameter.default
+    values = list(default) if isinstance(default, (tuple, list)) else [default]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if values and len(numbers) == len(values):
+        return float if any(isinstance(v, float) for v in numbers) else int
+    annotation = parameter.annotation
+    words = set(re.findall(r"[A-Za-z_]+", annotation if isinstance(annotation, str)
+                           else getattr(annotation, "__name__", str(annotation))))
+    if "float" in words and "int" not in words:
+        return float
+    if "int" in words and "float" not in words:
+        return int
+    return None
+
+
+#: What a canonical form is, from best to worst: the value itself ("data"), the name of an
+#: object ("named"), or a placeholder that does not identify the value ("unkeyed").
+_FORMS = ("data", "named", "unkeyed")
+
+
+def _canonical_form(value: Any, kind: type | None) -> tuple[Any, str]:
+    """(canonical form of an argument, what that form is: one of ``_FORMS``)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value, "data"
+    if isinstance(value, int):
+        return (float(value) if kind is float else value), "data"
+    if isinstance(value, float):
+        return (int(value) if kind is int and value.is_integer() else value), "data"
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy, torch
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu()
+        return _canonical_form(value.tolist(), kind)
+    if isinstance(value, (list, tuple, dict)):
+        pairs = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        forms = {key: _canonical_form(item, None if isinstance(value, dict) else kind)
+                 for key, item in pairs}
+        worst = max((form for _, form in forms.values()), key=_FORMS.index, default="data")
+        if isinstance(value, dict):
+            return {str(key): out for key, (out, _) in forms.items()}, worst
+        return [out for out, _ in forms.values()], worst
+    module = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", None)
+    if callable(value) and module and qualname:
+        # a function or class is named by where it is defined; a lambda or a function
+        # defined inside another has no such name, and two of them could look the same
+        return f"{module}:{qualname}", "unkeyed" if "<" in qualname else "named"
+    return f"<{type(value).__name__}>", "unkeyed"

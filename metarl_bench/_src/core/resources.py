@@ -119,7 +119,8 @@ def _in_force(setting: tuple[int | None, str, int]) -> Iterator[None]:
 def size(n_bytes: float) -> str:
     for unit, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if n_bytes >= scale:
-            return f"{n_bytes / scale:.3g} {unit}"
+            value = n_bytes / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
     return f"{int(n_bytes)} B"
 
 
@@ -184,6 +185,26 @@ def bytes_per_trajectory(task: Any, itemsize: int) -> float:
             + itemsize * 4 * horizon_of(task) * _policy_width(task))
 
 
+#: Most bytes one chunk of a batch may hold (its trajectories, rows and autograd graphs).
+CHUNK_BYTES = 2 ** 30
+#: Most trajectories one chunk of an estimator run samples.
+CHUNK_TRAJECTORIES = 2 ** 20
+#: Most inner trajectories (per task) one chunk of a leave-one-out truth samples.
+LOO_CHUNK_TRAJECTORIES = 2 ** 15
+
+
+def rows_per_chunk(bytes_per_row: float, most: int) -> int:
+    """Rows (trials, truth samples) per chunk of a batch: at most ``most``, and no more than
+    ``CHUNK_BYTES`` hold, each row weighing ``bytes_per_row``; at least one."""
+    return max(1, min(most, int(CHUNK_BYTES // max(bytes_per_row, 1.0))))
+
+
+def trial_bytes(task: Any, n_inner: int, n_outer: int | None, itemsize: int) -> float:
+    """One trial of an estimator (one row per task, each with its N + M trajectories)."""
+    return task.n_tasks * ((n_inner + (n_outer or 0)) * bytes_per_trajectory(task, itemsize)
+                           + bytes_per_row(task, n_outer is None, itemsize))
+
+
 def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtype) -> int:
     """Trials per chunk of an estimator run: about 2**20 trajectories and at most 1 GiB.
 
@@ -191,44 +212,72 @@ def chunk_trials(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtyp
     changes the numbers: the generator simply runs on from one chunk to the next.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
-    per_trial = task.n_tasks * (
-        (n_inner + (n_outer or 0)) * bytes_per_trajectory(task, itemsize)
-        + bytes_per_row(task, n_outer is None, itemsize))
     trajectories = (n_inner + (n_outer or 0)) * task.n_tasks
-    return max(1, min(2 ** 20 // trajectories, int(2 ** 30 // per_trial)))
+    return rows_per_chunk(trial_bytes(task, n_inner, n_outer, itemsize),
+                          CHUNK_TRAJECTORIES // trajectories)
+
+
+def truth_chunk(task: Any, n_inner: int, n_outer: int | None, dtype: torch.dtype
+                ) -> tuple[int, float]:
+    """(samples per chunk, bytes per sample) of an estimated truth at N = ``n_inner`` (times
+    the inner steps): with a model, leave-one-out estimates (one row per inner trajectory,
+    each with the exact value), about 2**15 inner trajectories per task and at most 1 GiB a
+    chunk; without one, estimates with ``n_outer`` sampled outer trajectories, chunked as an
+    estimator run. A function of the configuration alone, as :func:`chunk_trials`."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if task.has_model:
+        per_sample = task.n_tasks * n_inner * (bytes_per_trajectory(task, itemsize)
+                                               + bytes_per_row(task, True, itemsize))
+        return (rows_per_chunk(per_sample, max(1, LOO_CHUNK_TRAJECTORIES // n_inner)),
+                per_sample)
+    return chunk_trials(task, n_inner, n_outer, dtype), trial_bytes(task, n_inner, n_outer,
+                                                                   itemsize)
 
 
 #: The API argument and the CLI flag that set each size a memory estimate depends on.
 FLAGS = {"n_inner": "n_inner (--n-inner)", "n_outer": "n_outer (--n-outer)",
          "n_trials": "n_trials (--trials)", "truth_samples": "truth_samples (--truth-samples)",
-         "meta_batch": "meta_batch (--meta-batch)"}
+         "meta_batch": "meta_batch (--meta-batch)",
+         "chunk": "little: one chunk of a cell holds up to 1 GiB whatever the counts (a "
+                  "fixed size, so that results do not depend on the machine)"}
 
 
 def cell_memory(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
                 truth_samples: int | None, n_boot: int, dtype: torch.dtype,
                 bootstrap: bool = True) -> tuple[float, str]:
     """Estimated peak bytes of one evaluation cell (see the module docstring), and the
-    argument that drives the largest part of it (to name in a refusal)."""
+    argument that drives the largest part of it (to name in a refusal).
+
+    A cell runs its truth, then its estimates, then its statistics, one after the other: its
+    peak is what it keeps throughout (the truth's samples and the estimates, one parameter
+    vector each) plus the largest of the three working sets (a chunk of the truth, a chunk of
+    the estimates, the bootstrap's resample weights). A chunk is at most 1 GiB, whatever the
+    counts, so a refusal names a count only where that count itself must come down: the
+    trials and truth samples kept, or N (and M) where one trial alone outweighs a chunk.
+    """
     itemsize = torch.empty((), dtype=dtype).element_size()
     n_params = _shape(task)[0]
-    trajectories = n_inner + (n_outer or 0)
     chunk = min(chunk_trials(task, n_inner, n_outer, dtype), n_trials)
-    estimator = chunk * task.n_tasks * (trajectories * bytes_per_trajectory(task, itemsize)
-                                        + bytes_per_row(task, n_outer is None, itemsize))
+    estimator = chunk * trial_bytes(task, n_inner, n_outer, itemsize)
     truth = 0.0
     if truth_samples is not None:
-        # leave-one-out: one row per inner trajectory, each with the exact value
-        loo_chunk = max(1, 2 ** 15 // n_inner)
-        truth = min(loo_chunk, truth_samples) * task.n_tasks * n_inner * (
-            bytes_per_trajectory(task, itemsize) + bytes_per_row(task, True, itemsize))
+        truth_rows, per_sample = truth_chunk(task, n_inner, n_outer, dtype)
+        truth = min(truth_rows, truth_samples) * per_sample
     samples = n_trials + (truth_samples or 0)
-    kept = 8 * n_params * samples + (8 * 3 * n_boot * samples if bootstrap else 0)
-    parts = {
-        "n_outer" if (n_outer or 0) > n_inner else "n_inner": max(estimator, truth),
-        "truth_samples" if (truth_samples or 0) > n_trials else "n_trials": kept,
-    }
-    driver = max(parts, key=parts.get)
-    return max(estimator, truth) + kept, FLAGS[driver]
+    kept = 8 * n_params * samples
+    resampling = 8 * 3 * n_boot * samples if bootstrap else 0.0
+    working = max(estimator, truth, resampling)
+    counts = "truth_samples" if (truth_samples or 0) > n_trials else "n_trials"
+    if working == resampling or kept >= working:
+        driver = counts
+    else:
+        # the largest chunk: of the estimates, or of the truth
+        count, rows = ((n_trials, chunk) if working == estimator else
+                       (truth_samples, min(truth_rows, truth_samples)))
+        driver = ("n_trials" if working == estimator else "truth_samples") if rows == count \
+            else "chunk" if rows > 1 \
+            else "n_outer" if (n_outer or 0) > n_inner else "n_inner"
+    return kept + working, FLAGS[driver]
 
 
 def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
@@ -236,7 +285,9 @@ def cell_work(task: Any, *, n_inner: int, n_outer: int | None, n_trials: int,
     """Trajectory steps one cell samples (its estimates and, if estimated, its truth)."""
     steps = n_trials * task.n_tasks * (n_inner + (n_outer or 0)) * horizon_of(task)
     if truth_samples is not None:
-        steps += truth_samples * task.n_tasks * n_inner * horizon_of(task)
+        # without a model the truth samples the outer step too
+        per_sample = n_inner + (0 if task.has_model else (n_outer or 0))
+        steps += truth_samples * task.n_tasks * per_sample * horizon_of(task)
     return float(steps)
 
 

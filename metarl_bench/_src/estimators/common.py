@@ -303,12 +303,20 @@ def validate_call(task: Any, theta: torch.Tensor, n_inner: Any, inner_lr: Any, n
 CHUNK_STEPS = 2 ** 21
 
 
-def trials_per_chunk(task: Any, trajectories: int) -> int:
-    """Trials per chunk of a call whose one trial samples ``trajectories`` per task: set by
-    the task's shape and the call alone, never by the machine, so a seeded call gives the
-    same numbers everywhere."""
+def trials_per_chunk(task: Any, trajectories: int, exact_outer: bool = False,
+                     dtype: torch.dtype = torch.float64) -> int:
+    """Trials per chunk of a call whose one trial samples ``trajectories`` per task:
+    ``CHUNK_STEPS`` trajectory steps, and no more than ``resources.CHUNK_BYTES`` (1 GiB,
+    which binds on tasks with heavy trajectories, such as an MLP policy's). Set by the task's
+    shape and the call alone, never by the machine, so a seeded call gives the same numbers
+    everywhere."""
     steps = task.n_tasks * trajectories * resources.horizon_of(task)
-    return max(1, CHUNK_STEPS // max(steps, 1))  # an all-exact estimate samples nothing
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    heaviest = resources.rows_per_chunk(
+        resources.trial_bytes(task, trajectories, None if exact_outer else 0, itemsize),
+        resources.CHUNK_TRAJECTORIES // max(task.n_tasks * trajectories, 1))
+    # an all-exact estimate samples nothing
+    return max(1, min(CHUNK_STEPS // max(steps, 1), heaviest))
 
 
 #: How the inner trajectories of a batch of rows are drawn, when not at theta:
@@ -393,7 +401,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
         # K inner steps sample K times N inner trajectories per trial
         per_task = (trajectories(n_inner, n_outer, options) if trajectories is not None
                     else n_inner * n_steps + (n_outer or 0))
-        counts = chunk_counts(n_trials, trials_per_chunk(task, per_task))
+        counts = chunk_counts(n_trials, trials_per_chunk(task, per_task, n_outer is None,
+                                                         theta.dtype))
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
     estimator.__name__ = from_samples.__name__.replace("_from_samples", "")

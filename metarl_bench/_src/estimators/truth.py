@@ -130,12 +130,14 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     """grad F_N estimated as the mean of ``n_samples`` exactly unbiased estimates.
 
     Tasks with a model: leave-one-out estimates (``loo``: exact outer, O(1/N) variance), in
-    chunks of about 2**15 trajectories. Tasks without one: ``unbiased`` score-function
+    chunks of about 2**15 inner trajectories per task and at most 1 GiB
+    (``resources.truth_chunk``). Tasks without one: ``unbiased`` score-function
     estimates with ``n_outer`` sampled outer trajectories and a constant baseline b, the mean
     return of a separate pilot batch of 64 trajectories per task at theta (independent of
     every estimate, so each stays exactly unbiased while the score term
     (V(theta') - b) sum_i s_i loses most of its variance), in the chunks of an estimator
-    cell. K = ``n_steps`` inner steps: their K-step forms (``loo`` with exact lookahead
+    cell (at most 1 GiB each: a MuJoCo trajectory weighs a thousand tabular ones).
+    K = ``n_steps`` inner steps: their K-step forms (``loo`` with exact lookahead
     baselines) stay exactly unbiased, ``loo``'s variance O(1) in N instead of O(1/N): the
     reference gets noisier, and its standard error says by how much. Chunk sizes depend on
     the configuration alone (N, K, M), never on the machine, so the result is the same
@@ -153,24 +155,19 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     steps_note = "" if n_steps == 1 else f", K={n_steps} steps"
     if task.has_model:
         name, options, n_outer = "loo", {}, None
-        default_chunk = max(1, 2 ** 15 // (n_inner * n_steps))
-        per_chunk_bytes = task.n_tasks * n_inner * n_steps * (
-            resources.bytes_per_trajectory(task, itemsize)
-            + resources.bytes_per_row(task, True, itemsize))
         method = f"mean of {n_samples} loo estimates (exact outer), N={n_inner}{steps_note}"
+    elif n_outer is None:
+        raise UnsupportedError(
+            f"task {task.name!r} has no model: an estimated truth samples the outer step, "
+            f"so it needs n_outer=M")
     else:
-        if n_outer is None:
-            raise UnsupportedError(
-                f"task {task.name!r} has no model: an estimated truth samples the outer step, "
-                f"so it needs n_outer=M")
         name = "unbiased"
-        default_chunk = resources.chunk_trials(task, n_inner * n_steps, n_outer, theta.dtype)
-        per_chunk_bytes = task.n_tasks * (
-            (n_inner * n_steps + n_outer) * resources.bytes_per_trajectory(task, itemsize)
-            + resources.bytes_per_row(task, False, itemsize))
+    # chunks sized by what a sample weighs (trajectories, rows, graphs), never by the machine
+    default_chunk, per_sample_bytes = resources.truth_chunk(task, n_inner * n_steps, n_outer,
+                                                            theta.dtype)
     chunk = default_chunk if chunk is None else validation.positive_int("chunk", chunk)
     resources.check_memory(
-        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * per_chunk_bytes,
+        n_samples * theta.numel() * itemsize + min(chunk, n_samples) * per_sample_bytes,
         f"estimate_meta_gradient(n_samples={n_samples}, n_inner={n_inner}) on {task.name}",
         "lower n_samples or n_inner, or raise the limit (max_memory= / --max-memory)")
     if not task.has_model:

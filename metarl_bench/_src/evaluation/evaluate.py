@@ -18,7 +18,8 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -27,7 +28,8 @@ from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.core.files import plain
 from metarl_bench._src.core.progress import as_advance
-from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
+from metarl_bench._src.core.registry import (EstimatorSpec, estimator_spec, list_estimators,
+                                             unmatched_arguments)
 from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                           summarize_exact)
 from metarl_bench._src.estimators.entries import resolve_all
@@ -225,6 +227,8 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
         if n_steps > 1 and "n_steps" not in _keywords(entry.spec.fn):
             raise UnsupportedError(f"estimator {entry.label!r} takes one inner step only "
                                    f"(it has no n_steps keyword); use n_steps=1")
+    if not task.has_model:
+        check_model_free(task, entries)
     grid = _n_inner_grid(n_inner)
     n_trials = validation.positive_int("n_trials", n_trials, minimum=2)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
@@ -269,6 +273,18 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
                             max_trials=max_trials)
                  for entry in entries] for n in grid}
     return Plan(task, theta, cells)
+
+
+def check_model_free(task: Task, entries: Sequence[Any]) -> None:
+    """Refuse, first, an estimator that needs a model on a task without one: no other
+    setting (truth, n_outer, memory) could make it run."""
+    needing = [entry.label for entry in entries if entry.spec.needs_model]
+    if needing:
+        usable = [name for name in list_estimators() if not estimator_spec(name).needs_model]
+        raise UnsupportedError(
+            f"{' and '.join(map(repr, needing))} need{'s' if len(needing) == 1 else ''} a "
+            f"model (the exact value of the task), which {task.name!r} does not have; "
+            f"estimators that sample the outer step: {', '.join(usable)}")
 
 
 def check_adaptive(target_rel_ci: Any, max_trials: Any, target_metric: Any, n_trials: int
@@ -318,6 +334,7 @@ def check_resources(task: Task, configs: Sequence[CellConfig],
     exceeds the limits; returns the planned trajectories (for progress)."""
     steps = 0.0
     trajectories = 0.0
+    truths: set[tuple[int, int]] = set()
     for config in configs:
         n_truth = config.truth_samples if estimated_truth(task, config) else None
         # K inner steps hold about K steps' trajectories and graphs at once
@@ -330,9 +347,15 @@ def check_resources(task: Task, configs: Sequence[CellConfig],
             needed, f"the cell {config.estimator} at N={config.n_inner} on {task.name} "
             f"(n_trials={config.planned_trials}, n_outer={config.n_outer}, "
             f"truth_samples={n_truth})",
+            f"raise the limit to at least {resources.size(needed)} (--max-memory SIZE, "
+            f"max_memory=); lowering the counts helps {driver}"
+            if driver == resources.FLAGS["chunk"] else
             f"lower {driver}, or raise the limit (--max-memory SIZE, max_memory=)")
         steps += resources.cell_work(task, **sizes)
-        trajectories += _cell_trajectories(task, config, n_truth)
+        # the cells at one N share one truth (run_plan), so its trajectories count once
+        shared = (config.n_inner, config.n_steps)
+        trajectories += _cell_trajectories(task, config, None if shared in truths else n_truth)
+        truths.add(shared)
     resources.check_work(steps, max_work, f"this evaluation ({len(configs)} cells)",
                          "lower n_trials / truth_samples / N, or lift the guard "
                          "(--no-work-limit, max_work=None)")
@@ -346,6 +369,82 @@ def trajectories_per_trial(task: Task, config: CellConfig) -> int:
     return task.n_tasks * (spec.trajectories_per_task(config.n_inner, config.n_outer,
                                                       config.call_options)
                            + config.inner_per_trial - config.n_inner)
+
+
+#: Pilot calls of :func:`planned_seconds` at the largest N stop growing before one would
+#: take longer than this.
+PILOT_SECONDS = 2.0
+
+
+def planned_seconds(checked: Plan, configs: Sequence[CellConfig],
+                    announce: float = math.inf) -> float:
+    """About how long the cells ``configs`` of ``checked`` take on this machine, from the
+    pace (trajectories per second) of pilot calls: of an estimator, and of the estimated
+    truth where there is one. One unit at the smallest N first (cheap; its pace is the
+    slowest, so a plan that it already puts below ``announce`` seconds stops there), then at
+    the largest N, growing fourfold towards a chunk of its cell while a call is predicted to
+    take under ``PILOT_SECONDS`` (small calls run at a lower throughput than a cell's). So
+    a pilot costs seconds, even before a run of days. An estimate within a few times the
+    truth, not a promise (a plan whose single truth sample takes a minute, such as 100 inner
+    steps with leave-one-out baselines, pays that minute); pilots draw from their own
+    generator, so no result depends on them."""
+    if not configs:
+        return 0.0
+    task, theta = checked.task, checked.theta
+
+    def size(config: CellConfig) -> tuple[int, float]:
+        return config.inner_per_trial, _cell_trajectories(task, config, None)
+
+    smallest, largest = min(configs, key=size), max(configs, key=size)
+    generator = torch.Generator(device=theta.device).manual_seed(0)
+
+    def estimator(config: CellConfig, count: int) -> None:
+        _call_estimator(estimator_spec(config.estimator), task, theta, count,
+                        generator=generator, **config.call_keywords())
+
+    def truth(config: CellConfig, count: int) -> None:
+        estimate_meta_gradient(task, theta, n_inner=config.n_inner, inner_lr=config.inner_lr,
+                               n_samples=count, n_outer=config.n_outer, generator=generator,
+                               n_steps=config.n_steps)
+
+    def per_trial(config: CellConfig) -> float:
+        return _cell_trajectories(task, replace(config, n_trials=1, max_trials=None), None)
+
+    def per_sample(config: CellConfig) -> float:
+        return _cell_trajectories(task, replace(config, n_trials=0, max_trials=0), 1)
+
+    truths = {(c.n_inner, c.n_steps): c.truth_samples * per_sample(c)
+              for c in configs if estimated_truth(task, c)}
+    n_large = largest.inner_per_trial
+    # (call, trajectories to plan, trajectories per unit at the largest N, most units a call)
+    pilots = [(estimator, sum(_cell_trajectories(task, c, None) for c in configs),
+               per_trial, min(largest.planned_trials, resources.chunk_trials(
+                   task, n_large, largest.n_outer, theta.dtype)))]
+    if truths:
+        pilots.append((truth, sum(truths.values()), per_sample, min(
+            largest.truth_samples,
+            resources.truth_chunk(task, n_large, largest.n_outer, theta.dtype)[0])))
+
+    def timed(call: Callable[..., None], config: CellConfig, count: int) -> float:
+        start = time.perf_counter()
+        call(config, count)
+        return time.perf_counter() - start
+
+    estimator(smallest, 1)  # one-time costs: lazy imports, first-use kernels, simulators
+    paces = [unit(smallest) / max(timed(call, smallest, 1), 1e-9) for call, _, unit, _ in pilots]
+    seconds = lambda: sum(planned / pace  # noqa: E731
+                          for (_, planned, _, _), pace in zip(pilots, paces))
+    if seconds() < announce:
+        return seconds()
+    for index, (call, _, unit, most) in enumerate(pilots):
+        count = 0
+        while count < most:
+            grown = min(most, 2 if count == 0 else 4 * count)
+            if grown * unit(largest) / paces[index] > PILOT_SECONDS:
+                break
+            paces[index] = grown * unit(largest) / max(timed(call, largest, grown), 1e-9)
+            count = grown
+    return seconds()
 
 
 def _cell_trajectories(task: Task, config: CellConfig, n_truth: int | None) -> float:
@@ -416,7 +515,12 @@ def evaluate(task: Task,
                        truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
                        options=options, n_steps=n_steps, target_rel_ci=target_rel_ci,
                        max_trials=max_trials, target_metric=target_metric)
+        if jsonl is not None:
+            check_storable(checked.task)
         store = Store(jsonl) if jsonl is not None else None
+        note = unmatched_lines(store, [checked.task])
+        if note is not None:
+            warnings.warn(note, stacklevel=2)
         total = check_plans([checked], store, force, max_work)
         on_record = None if progress is None or isinstance(progress, bool) else progress
         advance, bar = as_advance(progress is True, total, f"evaluate {task.name}", "traj")
@@ -458,6 +562,42 @@ def pending(checked: Plan | Sequence[CellConfig], store: Store | None, force: bo
     in the store."""
     configs = checked.configs if isinstance(checked, Plan) else checked
     return [c for c in configs if force or store is None or c.key not in store]
+
+
+def check_storable(task: Task) -> None:
+    """Refuse to store results of a task made with an argument that has no stable written
+    form (a lambda, a local function): its key could not tell two such tasks apart."""
+    if task.unkeyed:
+        shown = ", ".join(f"{name}={task.spec_kwargs.get(name)!r}" for name in task.unkeyed)
+        raise ParameterError(f"task {task.name!r} was made with {shown}, which has no stable "
+                             f"name to key stored results by; pass a function defined at a "
+                             f"module's top level, or leave out the results file")
+
+
+def unmatched_lines(store: Store | None, tasks: Sequence[Task]) -> str | None:
+    """One line saying how many lines of ``store`` hold results of these tasks that can never
+    be read back, and why (None: there are none): lines whose task arguments are not a whole
+    identity of today's task (``registry.unmatched_arguments``), such as a MuJoCo result
+    stored before ``init_std`` entered the key. Such a line may hold another
+    configuration's numbers, so it is ignored, never reused; its cells are computed again."""
+    if store is None:
+        return None
+    by_name = {task.name: task for task in tasks}
+    count, reasons = 0, set()
+    for line in store.lines.values():
+        task = by_name.get(line["config"]["task"])
+        if task is None:
+            continue
+        names = unmatched_arguments(task, line["config"].get("task_params") or {})
+        if names:
+            count += 1
+            reasons.update(names)
+    if not count:
+        return None
+    return (f"note: {count} line{'s' if count > 1 else ''} of {store.path} for "
+            f"{', '.join(sorted(by_name))} {'are' if count > 1 else 'is'} ignored: written by "
+            f"an older metarl-bench whose key left out or wrote otherwise the task argument(s) "
+            f"{', '.join(sorted(reasons))}, so they may hold another configuration's numbers")
 
 
 def run_plan(checked: Plan, store: Store | None, force: bool,

@@ -29,13 +29,13 @@ class BanditTask(TabularTask):
     #: rows per chunk when enumerating count vectors (bounds memory at large N)
     enumeration_chunk = 4096
 
-    def __init__(self, *, rewards: torch.Tensor, init_logits: torch.Tensor, params: dict[str, Any]):
+    def __init__(self, *, rewards: torch.Tensor, init_logits: torch.Tensor):
         n_tasks, n_arms = rewards.shape
         super().__init__(
             name="bandit-v0", start=torch.ones(n_tasks, 1, dtype=torch.float64),
             transitions=torch.ones(n_tasks, 1, n_arms, 1, dtype=torch.float64),
             rewards=rewards.reshape(n_tasks, 1, n_arms), horizon=1, gamma=1.0,
-            init_logits=init_logits, params=params)
+            init_logits=init_logits)
         self.n_arms = n_arms
         self.param_shape = (n_arms,)
         self.arm_rewards = rewards
@@ -119,9 +119,8 @@ class BernoulliBanditTask(BanditTask):
     enumerations at MAX_ENUMERATION, beyond which the truth is estimated).
     """
 
-    def __init__(self, *, success_probs: torch.Tensor, init_logits: torch.Tensor,
-                 params: dict[str, Any]):
-        super().__init__(rewards=success_probs, init_logits=init_logits, params=params)
+    def __init__(self, *, success_probs: torch.Tensor, init_logits: torch.Tensor):
+        super().__init__(rewards=success_probs, init_logits=init_logits)
         self.name = "bernoulli-bandit-v0"
         self.success_probs = success_probs
 
@@ -184,9 +183,8 @@ class GaussianBanditTask(BanditTask):
     continuous, so there is no enumeration and grad F_N is estimated (leave-one-out).
     """
 
-    def __init__(self, *, means: torch.Tensor, stds: torch.Tensor, init_logits: torch.Tensor,
-                 params: dict[str, Any]):
-        super().__init__(rewards=means, init_logits=init_logits, params=params)
+    def __init__(self, *, means: torch.Tensor, stds: torch.Tensor, init_logits: torch.Tensor):
+        super().__init__(rewards=means, init_logits=init_logits)
         self.name = "gaussian-bandit-v0"
         self.stds = stds
 
@@ -232,8 +230,7 @@ def log_multinomial(counts: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
 
 
 def _arm_values(name: str, value: Any, n_tasks: int, n_arms: int | None, seed: int | None,
-                params: dict[str, Any], low: float | None = None,
-                high: float | None = None) -> torch.Tensor:
+                low: float | None = None, high: float | None = None) -> torch.Tensor:
     """Per-arm numbers (n_tasks, K): an array (K,) or (n_tasks, K), or ``"random"``: U[0,1)
     of shape (n_tasks, n_arms) drawn from ``seed``. ``n_arms`` and ``seed`` (None when not
     given) only shape the random draw: given with an array, a seed is refused and an
@@ -244,7 +241,6 @@ def _arm_values(name: str, value: Any, n_tasks: int, n_arms: int | None, seed: i
         n_arms = validation.positive_int("n_arms", 3 if n_arms is None else n_arms, minimum=2)
         seed = validation.positive_int("seed", 0 if seed is None else seed, minimum=0)
         rng = np.random.default_rng(seed)
-        params.update({name: "random", "n_arms": n_arms, "seed": seed})
         return torch.as_tensor(rng.uniform(0.0, 1.0, size=(n_tasks, n_arms)))
     if seed is not None:
         raise ParameterError(f"seed draws {name}='random'; with {name} given as numbers it "
@@ -260,16 +256,13 @@ def _arm_values(name: str, value: Any, n_tasks: int, n_arms: int | None, seed: i
                              f"{tuple(out.shape)}")
     if (low is not None and (out < low).any()) or (high is not None and (out > high).any()):
         raise ParameterError(f"{name} must lie in [{low}, {high}], got {value!r}")
-    params[name] = np.asarray(value, dtype=float).tolist()
     return out
 
 
-def _initial_logits(init_logits: Any, n_arms: int, params: dict[str, Any]) -> torch.Tensor:
+def _initial_logits(init_logits: Any, n_arms: int) -> torch.Tensor:
     if init_logits is None:
         return torch.zeros(n_arms, dtype=torch.float64)
-    out = as_tensor("init_logits", init_logits, [(n_arms,)])
-    params["init_logits"] = out.tolist()
-    return out
+    return as_tensor("init_logits", init_logits, [(n_arms,)])
 
 
 def make_bandit(*, rewards: Any = (1.0, 0.0, 0.5), init_logits: Any = None, n_tasks: int = 1,
@@ -282,10 +275,9 @@ def make_bandit(*, rewards: Any = (1.0, 0.0, 0.5), init_logits: Any = None, n_ta
     initial logits (K,), zeros (uniform policy) by default.
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
-    params: dict[str, Any] = dict(n_tasks=n_tasks)
-    rewards_t = _arm_values("rewards", rewards, n_tasks, n_arms, seed, params)
-    init_t = _initial_logits(init_logits, rewards_t.shape[-1], params)
-    return BanditTask(rewards=rewards_t, init_logits=init_t, params=params)
+    rewards_t = _arm_values("rewards", rewards, n_tasks, n_arms, seed)
+    init_t = _initial_logits(init_logits, rewards_t.shape[-1])
+    return BanditTask(rewards=rewards_t, init_logits=init_t)
 
 
 def make_bernoulli_bandit(*, success_probs: Any = (0.9, 0.1, 0.5), init_logits: Any = None,
@@ -299,11 +291,10 @@ def make_bernoulli_bandit(*, success_probs: Any = (0.9, 0.1, 0.5), init_logits: 
     (MAML-RL's task distribution). ``init_logits``: the initial logits (K,), zeros by default.
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
-    params: dict[str, Any] = dict(n_tasks=n_tasks)
-    probs_t = _arm_values("success_probs", success_probs, n_tasks, n_arms, seed, params,
+    probs_t = _arm_values("success_probs", success_probs, n_tasks, n_arms, seed,
                           low=0.0, high=1.0)
-    init_t = _initial_logits(init_logits, probs_t.shape[-1], params)
-    return BernoulliBanditTask(success_probs=probs_t, init_logits=init_t, params=params)
+    init_t = _initial_logits(init_logits, probs_t.shape[-1])
+    return BernoulliBanditTask(success_probs=probs_t, init_logits=init_t)
 
 
 def make_gaussian_bandit(*, means: Any = (1.0, 0.0, 0.5), stds: Any = 1.0,
@@ -318,15 +309,12 @@ def make_gaussian_bandit(*, means: Any = (1.0, 0.0, 0.5), stds: Any = 1.0,
     rewards are continuous): the finite-N truth is estimated, the exact V is softmax . means.
     """
     n_tasks = validation.positive_int("n_tasks", n_tasks)
-    params: dict[str, Any] = dict(n_tasks=n_tasks)
-    means_t = _arm_values("means", means, n_tasks, n_arms, seed, params)
+    means_t = _arm_values("means", means, n_tasks, n_arms, seed)
     n_arms = means_t.shape[-1]
     scalar = isinstance(stds, (int, float)) and not isinstance(stds, bool)
     stds_t = as_tensor("stds", [stds] * n_arms if scalar else stds,
                        [(n_arms,), (n_tasks, n_arms)]).expand(n_tasks, n_arms)
     if (stds_t < 0).any():
         raise ParameterError(f"stds must be >= 0, got {stds!r}")
-    params["stds"] = float(stds) if scalar else np.asarray(stds, dtype=float).tolist()
-    init_t = _initial_logits(init_logits, n_arms, params)
-    return GaussianBanditTask(means=means_t, stds=stds_t.clone(), init_logits=init_t,
-                              params=params)
+    init_t = _initial_logits(init_logits, n_arms)
+    return GaussianBanditTask(means=means_t, stds=stds_t.clone(), init_logits=init_t)

@@ -26,7 +26,10 @@ class Task:
     ``n_tasks`` (size of the task distribution; the meta-objective averages over it),
     ``horizon`` T (None: episodes end at a random time and batches are padded, see
     ``Trajectories.mask``), ``gamma`` (the discount estimators apply to sampled rewards),
-    ``has_model`` (exact V available), ``params`` (the constructor arguments, for reports).
+    ``has_model`` (exact V available). ``make_task`` records what the task was made with:
+    ``spec`` (its registration: id, factory, run defaults), ``spec_kwargs`` (every argument
+    of the factory, defaults applied, canonical) and ``params`` (derived from it: what a
+    stored result's key and the reports name, see ``registry.task_identity``).
     """
 
     name: str = "task"
@@ -36,7 +39,10 @@ class Task:
     horizon: int | None = 1
     gamma: float = 1.0
     has_model: bool = False
+    spec: Any = None
+    spec_kwargs: dict[str, Any] = {}
     params: dict[str, Any] = {}
+    unkeyed: tuple[str, ...] = ()
 
     def initial_params(self, dtype: torch.dtype = torch.float64,
                        device: torch.device | str | None = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ These tasks have no model: estimators run with a sampled outer step (``n_outer=M
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -34,6 +35,9 @@ from metarl_bench._src.core.trajectories import Trajectories
 
 SAMPLERS = ("batch", "gymnasium")
 ACTION_DTYPES = {"float64": np.float64, "float32": np.float32}
+#: Simulators a task keeps, one per (sampler, size): the sizes of one run vary little (an
+#: estimator's chunk, the truth's, the pilot batch), and each holds its simulations' state.
+SIMULATOR_CACHE = 4
 # Reset seeds are drawn below 2**62 so that they stay exact through any integer conversion.
 _SEED_BOUND = 2 ** 62
 
@@ -119,8 +123,7 @@ class GymnasiumTask(Task):
     def __init__(self, *, name: str, env_id: str, env_kwargs: dict[str, Any],
                  tasks: list[Any], policy: Any, horizon: int, gamma: float, sampler: str,
                  action_dtype: str, nthread: int, goal_key: str | None,
-                 set_task: Callable[[Any, Any], None] | None, params: dict[str, Any],
-                 advantages: Any = None):
+                 set_task: Callable[[Any, Any], None] | None, advantages: Any = None):
         self.name = name
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
@@ -135,25 +138,25 @@ class GymnasiumTask(Task):
         self.nthread = nthread
         self.goal_key = goal_key
         self._set_task = set_task
-        self.params = params
         self.advantages = advantages if advantages is not None else make_advantages()
-        if not self.advantages.plain:
-            self.params = {**params, **self.advantages.describe()}
         self._reference_env = _require_gymnasium_env(env_id, self.env_kwargs).unwrapped
         # memory of one trajectory against a tabular one (sets evaluate's chunk size): per
         # step, float observations and actions and the policy's widest layer of activations
         space = self._reference_env.observation_space
         width = max([space.shape[0], *policy.spec.get("hidden", [])])
         self.trajectory_cost = max(1, horizon * width // 16)
-        self._simulators: dict[tuple[str, int], Any] = {}
+        self._simulators: OrderedDict[tuple[str, int], Any] = OrderedDict()
 
     def simulator(self, n_sims: int, sampler: str | None = None) -> Any:
-        """The (cached) simulator of ``n_sims`` simulations for ``sampler``."""
+        """The (cached) simulator of ``n_sims`` simulations for ``sampler``: the cache keeps
+        the ``SIMULATOR_CACHE`` most recently used, evicting the least recently used."""
         sampler = sampler or self.sampler
         key = (sampler, n_sims)
-        if key not in self._simulators:
-            if len(self._simulators) >= 4:  # sizes vary little in practice; bound the memory
-                _, old = self._simulators.popitem()
+        if key in self._simulators:
+            self._simulators.move_to_end(key)
+        else:
+            if len(self._simulators) >= SIMULATOR_CACHE:
+                _, old = self._simulators.popitem(last=False)
                 getattr(old, "close", lambda: None)()
             if sampler == "batch":
                 from metarl_bench._src.tasks.envs.batch_sim import BatchSimulator
@@ -246,7 +249,7 @@ def _task_policy(env: Any, policy: str, hidden: Any, init_std: Any, policy_seed:
 def _locomotion(name: str, env_id: str, goal_key: str, env_kwargs: dict[str, Any], *,
                 n_tasks: Any, seed: Any, tasks: Any, horizon: Any, gamma: Any, policy: str,
                 hidden: Any, init_std: Any, policy_seed: Any, sampler: str,
-                action_dtype: str, nthread: Any, params: dict[str, Any], baseline: Any,
+                action_dtype: str, nthread: Any, baseline: Any,
                 gae_lambda: Any, normalize_advantages: Any) -> GymnasiumTask:
     horizon, gamma = _horizon_gamma(horizon, gamma)
     advantages = make_advantages(baseline, gae_lambda, normalize_advantages)
@@ -271,7 +274,7 @@ def _locomotion(name: str, env_id: str, goal_key: str, env_kwargs: dict[str, Any
         name=name, env_id=env_id, env_kwargs=env_kwargs, tasks=tasks,
         policy=_task_policy(env, policy, hidden, init_std, policy_seed), horizon=horizon,
         gamma=gamma, sampler=sampler, action_dtype=action_dtype, nthread=nthread,
-        goal_key=goal_key, set_task=None, params=params, advantages=advantages)
+        goal_key=goal_key, set_task=None, advantages=advantages)
 
 
 def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
@@ -306,11 +309,7 @@ def make_halfcheetah_vel(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
         seed=seed, tasks=tasks, horizon=horizon, gamma=gamma, policy=policy, hidden=hidden,
         init_std=init_std, policy_seed=policy_seed, sampler=sampler,
         action_dtype=action_dtype, nthread=nthread, baseline=baseline, gae_lambda=gae_lambda,
-        normalize_advantages=normalize_advantages,
-        params=dict(n_tasks=n_tasks if tasks is None else len(tasks), seed=seed,
-                    horizon=horizon, gamma=gamma, policy=policy, hidden=list(hidden),
-                    goal_velocity_range=[low, high], ctrl_cost_weight=ctrl, sampler=sampler,
-                    action_dtype=action_dtype))
+        normalize_advantages=normalize_advantages)
 
 
 def make_halfcheetah_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
@@ -331,10 +330,7 @@ def make_halfcheetah_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = N
         dict(ctrl_cost_weight=ctrl), n_tasks=n_tasks, seed=seed, tasks=tasks,
         horizon=horizon, gamma=gamma, policy=policy, hidden=hidden, init_std=init_std,
         policy_seed=policy_seed, sampler=sampler, action_dtype=action_dtype, nthread=nthread,
-        baseline=baseline, gae_lambda=gae_lambda, normalize_advantages=normalize_advantages,
-        params=dict(n_tasks=n_tasks if tasks is None else len(tasks), seed=seed,
-                    horizon=horizon, gamma=gamma, policy=policy, hidden=list(hidden),
-                    ctrl_cost_weight=ctrl, sampler=sampler, action_dtype=action_dtype))
+        baseline=baseline, gae_lambda=gae_lambda, normalize_advantages=normalize_advantages)
 
 
 def make_ant_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
@@ -360,10 +356,7 @@ def make_ant_dir(n_tasks: int = 8, seed: int = 0, tasks: list | None = None,
         seed=seed, tasks=tasks, horizon=horizon, gamma=gamma, policy=policy, hidden=hidden,
         init_std=init_std, policy_seed=policy_seed, sampler=sampler,
         action_dtype=action_dtype, nthread=nthread, baseline=baseline, gae_lambda=gae_lambda,
-        normalize_advantages=normalize_advantages,
-        params=dict(n_tasks=n_tasks if tasks is None else len(tasks), seed=seed,
-                    horizon=horizon, gamma=gamma, policy=policy, hidden=list(hidden),
-                    **weights, sampler=sampler, action_dtype=action_dtype))
+        normalize_advantages=normalize_advantages)
 
 
 def make_gym(env_id: str = "Pendulum-v1", env_kwargs: dict | None = None, n_tasks: int = 1,
@@ -412,9 +405,7 @@ def make_gym(env_id: str = "Pendulum-v1", env_kwargs: dict | None = None, n_task
         name=f"gym-v0[{env_id}]", env_id=env_id, env_kwargs=env_kwargs, tasks=tasks,
         policy=_task_policy(env, policy, hidden, init_std, policy_seed), horizon=horizon,
         gamma=gamma, sampler="gymnasium", action_dtype=action_dtype, nthread=0,
-        goal_key=None, set_task=set_task,
-        params=dict(env_id=env_id, n_tasks=len(tasks), horizon=horizon, gamma=gamma,
-                    policy=policy, action_dtype=action_dtype))
+        goal_key=None, set_task=set_task)
 
 
 def _range(name: str, value: Any) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_bench._src.core import validation
+from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.draws import normal
 from metarl_bench._src.tasks.envs.lq import sample_goals
 from metarl_bench._src.tasks.policies import LinearGaussian
@@ -51,8 +51,7 @@ class LQNavigationTask(Task):
     has_model = True
 
     def __init__(self, *, goals: torch.Tensor, horizon: int, gamma: float, control_cost: float,
-                 start_mean: torch.Tensor, start_std: float, policy: LinearGaussian,
-                 params: dict[str, Any]):
+                 start_mean: torch.Tensor, start_std: float, policy: LinearGaussian):
         self.name = "lq-navigation-v0"
         self.goals = goals
         self.n_tasks, self.dim = goals.shape
@@ -60,7 +59,6 @@ class LQNavigationTask(Task):
         self.start_mean, self.start_std = start_mean, start_std
         self.policy = policy
         self.param_shape = policy.param_shape
-        self.params = params
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -122,6 +120,12 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
     ``start_std``^2 I).
     """
     dim = validation.positive_int("dim", dim)
+    # the policy's parameters (d^2 + 2d), made twice (initial values and theta), before any
+    # evaluation's own check can run
+    resources.check_memory(2 * 8 * (dim * dim + 2 * dim),
+                           f"an lq-navigation-v0 task with dim={dim} ({dim * dim + 2 * dim:,} "
+                           f"policy parameters)",
+                           "lower dim, or raise the limit (--max-memory SIZE, max_memory=)")
     horizon = validation.positive_int("horizon", horizon)
     gamma = validation.finite_float("gamma", gamma, low=0.0, high=1.0)
     n_tasks = validation.positive_int("n_tasks", n_tasks)
@@ -130,21 +134,15 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
     control_cost = validation.finite_float("control_cost", control_cost, low=0.0)
     init_std = validation.finite_float("init_std", init_std, positive=True)
     start_std = validation.finite_float("start_std", start_std, low=0.0)
-    params: dict[str, Any] = dict(dim=dim, horizon=horizon, gamma=gamma, n_tasks=n_tasks,
-                                  seed=seed, goal_low=goal_low, goal_high=goal_high,
-                                  control_cost=control_cost, init_std=init_std,
-                                  start_std=start_std)
     if goals is None:
         goals_t = torch.as_tensor(sample_goals(n_tasks, np.random.default_rng(seed), dim,
                                                goal_low, goal_high))
     else:
         goals_t = as_tensor("goals", goals, [(dim,), (-1, dim)]).reshape(-1, dim)
-        params.update(goals=goals_t.tolist(), n_tasks=goals_t.shape[0])
 
     def optional(name: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor | None:
         if value is None:
             return None
-        params[name] = np.asarray(value, dtype=float).tolist()
         return as_tensor(name, value, [shape])
 
     policy = LinearGaussian(dim, dim, init_std=init_std,
@@ -154,7 +152,7 @@ def make_lq_navigation(*, dim: int = 2, horizon: int = 5, gamma: float = 1.0, n_
     return LQNavigationTask(goals=goals_t, horizon=horizon, gamma=gamma,
                             control_cost=control_cost,
                             start_mean=torch.zeros(dim, dtype=torch.float64) if start is None
-                            else start, start_std=start_std, policy=policy, params=params)
+                            else start, start_std=start_std, policy=policy)
 
 
 def pathwise_meta_gradients(task: LQNavigationTask, theta: torch.Tensor, *, n_inner: int,

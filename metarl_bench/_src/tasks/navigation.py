@@ -32,7 +32,7 @@ class Navigation2DTask(Task):
     has_model = False
 
     def __init__(self, *, goals: torch.Tensor, horizon: int, gamma: float, max_action: float,
-                 policy: Policy, advantages: Advantages, params: dict[str, Any]):
+                 policy: Policy, advantages: Advantages):
         self.name = "navigation2d-v0"
         self.goals = goals
         self.n_tasks = goals.shape[0]
@@ -40,7 +40,6 @@ class Navigation2DTask(Task):
         self.policy = policy
         self.param_shape = policy.param_shape
         self.advantages = advantages
-        self.params = params
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -92,21 +91,12 @@ def make_navigation2d(*, n_tasks: int = 20, seed: int = 0, horizon: int = 100,
         raise ParameterError(f"navigation2d-v0 has continuous actions: policy must be one of "
                              f"{', '.join(CONTINUOUS_POLICIES)}, got {policy!r}")
     advantages = make_advantages(baseline, gae_lambda, normalize_advantages)
-    params: dict[str, Any] = dict(n_tasks=n_tasks, seed=seed, horizon=horizon, gamma=gamma,
-                                  max_action=max_action, goal_low=goal_low, goal_high=goal_high,
-                                  policy=policy, init_std=init_std, policy_seed=policy_seed)
     if goals is None:
         goals_t = torch.as_tensor(sample_goals(n_tasks, np.random.default_rng(seed),
                                                goal_low, goal_high))
     else:
         goals_t = as_tensor("goals", goals, [(-1, 2)])
-        params["goals"] = goals_t.tolist()
-        params["n_tasks"] = goals_t.shape[0]
     net = make_policy(policy, observation_dim=2, action_dim=2, hidden=hidden,
                       init_std=init_std, seed=policy_seed)
-    if policy == "mlp":
-        params["hidden"] = list(net.spec["hidden"])
-    if not advantages.plain:
-        params.update(advantages.describe())
     return Navigation2DTask(goals=goals_t, horizon=horizon, gamma=gamma, max_action=max_action,
-                            policy=net, advantages=advantages, params=params)
+                            policy=net, advantages=advantages)

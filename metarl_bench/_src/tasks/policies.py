@@ -321,9 +321,12 @@ def hidden_sizes(hidden: Any) -> tuple[int, ...]:
     if isinstance(hidden, int) and not isinstance(hidden, bool):
         hidden = (hidden,)
     try:
+        if isinstance(hidden, (str, bytes, dict)):
+            raise TypeError
         sizes = tuple(hidden)
     except TypeError:
-        raise ParameterError(f"hidden must be a list of layer widths, got {hidden!r}") from None
+        raise ParameterError(f"hidden must be a list of layer widths (or one width), got "
+                             f"{hidden!r}") from None
     return tuple(validation.positive_int("hidden", width) for width in sizes)
 
 

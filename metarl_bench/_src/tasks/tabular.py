@@ -47,13 +47,11 @@ class TabularTask(Task):
     continue_probability: float | None = None
 
     def __init__(self, *, name: str, start: torch.Tensor, transitions: torch.Tensor,
-                 rewards: torch.Tensor, horizon: int, gamma: float, init_logits: torch.Tensor,
-                 params: dict[str, Any]):
+                 rewards: torch.Tensor, horizon: int, gamma: float, init_logits: torch.Tensor):
         self.name = name
         self.n_tasks, self.n_states, self.n_actions = rewards.shape
         self.horizon = horizon
         self.gamma = gamma
-        self.params = params
         self.policy = TabularSoftmax(self.n_states, self.n_actions, init_logits)
         self.param_shape = self.policy.param_shape
         self._start = start
@@ -277,7 +275,7 @@ class DiscountedTabularTask(TabularTask):
 
 def _random_model(n_states: int, n_actions: int, concentration: float, n_tasks: int, seed: int,
                   init_scale: float, transitions: Any, rewards: Any, start: Any,
-                  init_logits: Any, params: dict[str, Any]) -> dict[str, torch.Tensor]:
+                  init_logits: Any) -> dict[str, torch.Tensor]:
     """Model tensors of random tabular MDPs, each replaceable by an explicit array."""
     S, A = n_states, n_actions
     # per entry of the transition tensor (n_tasks, S, A, S): the float64 draw, the tensor and
@@ -295,7 +293,6 @@ def _random_model(n_states: int, n_actions: int, concentration: float, n_tasks: 
     def per_task(name: str, value: Any, shape: tuple[int, ...], drawn: np.ndarray) -> torch.Tensor:
         if value is None:
             return torch.as_tensor(drawn)
-        params[name] = np.asarray(value).tolist()
         out = as_tensor(name, value, [shape, (n_tasks, *shape)])
         return out.expand(n_tasks, *shape).clone() if out.dim() == len(shape) else out
 
@@ -307,7 +304,6 @@ def _random_model(n_states: int, n_actions: int, concentration: float, n_tasks: 
         init_t = torch.as_tensor(drawn_init)
     else:
         init_t = as_tensor("init_logits", init_logits, [(S, A)])
-        params["init_logits"] = np.asarray(init_logits, dtype=float).tolist()
     return dict(start=start_t, transitions=transitions_t, rewards=rewards_t, init_logits=init_t)
 
 
@@ -335,11 +331,9 @@ def make_tabular(*, n_states: int = 10, n_actions: int = 4, horizon: int = 10,
     n_tasks = validation.positive_int("n_tasks", n_tasks)
     seed = validation.positive_int("seed", seed, minimum=0)
     init_scale = validation.finite_float("init_scale", init_scale, low=0.0)
-    params = dict(n_states=n_states, n_actions=n_actions, horizon=horizon, gamma=gamma,
-                  concentration=concentration, n_tasks=n_tasks, seed=seed, init_scale=init_scale)
     model = _random_model(n_states, n_actions, concentration, n_tasks, seed, init_scale,
-                          transitions, rewards, start, init_logits, params)
-    return TabularTask(name="tabular-v0", horizon=horizon, gamma=gamma, params=params, **model)
+                          transitions, rewards, start, init_logits)
+    return TabularTask(name="tabular-v0", horizon=horizon, gamma=gamma, **model)
 
 
 def make_discounted_tabular(*, n_states: int = 10, n_actions: int = 4, gamma: float = 0.9,
@@ -363,9 +357,6 @@ def make_discounted_tabular(*, n_states: int = 10, n_actions: int = 4, gamma: fl
     n_tasks = validation.positive_int("n_tasks", n_tasks)
     seed = validation.positive_int("seed", seed, minimum=0)
     init_scale = validation.finite_float("init_scale", init_scale, low=0.0)
-    params = dict(n_states=n_states, n_actions=n_actions, gamma=gamma,
-                  concentration=concentration, n_tasks=n_tasks, seed=seed, init_scale=init_scale)
     model = _random_model(n_states, n_actions, concentration, n_tasks, seed, init_scale,
-                          transitions, rewards, start, init_logits, params)
-    return DiscountedTabularTask(name="tabular-discounted-v0", discount=gamma, params=params,
-                                 **model)
+                          transitions, rewards, start, init_logits)
+    return DiscountedTabularTask(name="tabular-discounted-v0", discount=gamma, **model)

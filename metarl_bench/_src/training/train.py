@@ -92,6 +92,11 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     if spec.from_samples is None:
         raise UnsupportedError(f"estimator {estimator!r} has no from-samples form, so it cannot "
                                f"drive meta-training")
+    if spec.needs_model:
+        raise UnsupportedError(f"estimator {estimator!r} needs the exact outer value of a "
+                               f"model, and meta-training samples every outer step (n_outer "
+                               f"trajectories per task); choose an estimator that samples it, "
+                               f"e.g. lsf or unbiased")
     iterations = validation.positive_int("iterations", iterations)
     meta_batch = validation.positive_int("meta_batch", meta_batch)
     n_inner = validation.positive_int("n_inner", n_inner)

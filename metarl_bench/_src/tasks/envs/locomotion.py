@@ -26,7 +26,7 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-from metarl_bench._src.tasks.envs.meta import MetaTaskEnv, rng_of
+from metarl_bench._src.tasks.envs.meta import MetaTaskEnv, rng_of, task_count
 from metarl_bench._src.core.errors import ParameterError
 
 
@@ -100,9 +100,14 @@ def ant_healthy(qpos: np.ndarray, qvel: np.ndarray, z_range: tuple[float, float]
 def _check_task(task: Any, key: str) -> float:
     if not isinstance(task, dict) or set(task) != {key}:
         raise ParameterError(f"a task of this environment is a dict {{{key!r}: value}}, got {task!r}")
-    value = float(task[key])
+    given = task[key]
+    number = isinstance(given, (int, float, np.integer, np.floating)) or (
+        isinstance(given, np.ndarray) and given.shape == ())
+    if isinstance(given, (bool, np.bool_)) or not number:
+        raise ParameterError(f"task {key} must be one number, got {given!r}")
+    value = float(given)
     if not np.isfinite(value):
-        raise ParameterError(f"task {key} must be finite, got {task[key]!r}")
+        raise ParameterError(f"task {key} must be finite, got {given!r}")
     return value
 
 
@@ -118,7 +123,7 @@ class DirectionTaskMixin(MetaTaskEnv):
 
     def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
                      ) -> list[dict[str, float]]:
-        draws = rng_of(self, rng).integers(0, 2, size=n_tasks)
+        draws = rng_of(self, rng).integers(0, 2, size=task_count(n_tasks))
         return [{"direction": float(d)} for d in 2 * draws - 1]
 
     def set_task(self, task: dict[str, float]) -> None:
@@ -126,6 +131,9 @@ class DirectionTaskMixin(MetaTaskEnv):
 
     def get_task(self) -> dict[str, float]:
         return {"direction": self._direction}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        return self.reset_with_task(seed=seed, options=options)
 
 
 class HalfCheetahVelEnv(MetaTaskEnv, HalfCheetahEnv):
@@ -185,13 +193,17 @@ class HalfCheetahVelEnv(MetaTaskEnv, HalfCheetahEnv):
     def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
                      ) -> list[dict[str, float]]:
         low, high = self.goal_velocity_range
-        return [{"velocity": float(v)} for v in rng_of(self, rng).uniform(low, high, n_tasks)]
+        return [{"velocity": float(v)}
+                for v in rng_of(self, rng).uniform(low, high, task_count(n_tasks))]
 
     def set_task(self, task: dict[str, float]) -> None:
         self._goal_velocity = _check_task(task, "velocity")
 
     def get_task(self) -> dict[str, float]:
         return {"velocity": self._goal_velocity}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        return self.reset_with_task(seed=seed, options=options)
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         reward, forward, ctrl = velocity_reward(x_velocity, action, self._goal_velocity,

@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from metarl_bench._src.tasks.envs.meta import GoalTaskEnv, rng_of
+from metarl_bench._src.tasks.envs.meta import GoalTaskEnv, finite_vector, rng_of, task_count
 from metarl_bench._src.core.errors import ParameterError
 
 
@@ -17,13 +17,6 @@ def sample_goals(n_tasks: int, rng: np.random.Generator, dim: int, goal_low: flo
     """Goals U[goal_low, goal_high]^dim, (n_tasks, dim) float64: the task distribution of both
     the Gymnasium environment and the ``lq-navigation-v0`` task."""
     return rng.uniform(goal_low, goal_high, size=(n_tasks, dim))
-
-
-def _vector(name: str, value: Any, dim: int) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
-    if array.shape != (dim,) or not np.isfinite(array).all():
-        raise ParameterError(f"{name} must be {dim} finite numbers, got {value!r}")
-    return array.copy()
 
 
 class LQNavigationEnv(GoalTaskEnv, gymnasium.Env):
@@ -91,7 +84,7 @@ class LQNavigationEnv(GoalTaskEnv, gymnasium.Env):
         self.goal_low, self.goal_high = goal_low, goal_high
         self.control_cost, self.start_std = float(control_cost), float(start_std)
         self.start_mean = (np.zeros(self.dim) if start_mean is None
-                           else _vector("start_mean", start_mean, self.dim))
+                           else finite_vector("start_mean", start_mean, self.dim))
         self.observation_space = spaces.Box(-np.inf, np.inf, (self.dim,), np.float64)
         self.action_space = spaces.Box(-np.inf, np.inf, (self.dim,), np.float64)
         self._goal: np.ndarray | None = None
@@ -101,7 +94,7 @@ class LQNavigationEnv(GoalTaskEnv, gymnasium.Env):
 
     def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
                      ) -> list[dict[str, Any]]:
-        goals = sample_goals(n_tasks, rng_of(self, rng), self.dim, self.goal_low,
+        goals = sample_goals(task_count(n_tasks), rng_of(self, rng), self.dim, self.goal_low,
                              self.goal_high)
         return [{"goal": goal} for goal in goals]
 
@@ -109,13 +102,13 @@ class LQNavigationEnv(GoalTaskEnv, gymnasium.Env):
         if not isinstance(task, dict) or "goal" not in task:
             raise ParameterError(f"an LQNavigation task is {{'goal': {self.dim} numbers}}, "
                                  f"got {task!r}")
-        self._goal = _vector("the task's goal", task["goal"], self.dim)
+        self._goal = finite_vector("the task's goal", task["goal"], self.dim)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.reset_task(options)
         if options and "start" in options:
-            self._position = _vector("options['start']", options["start"], self.dim)
+            self._position = finite_vector("options['start']", options["start"], self.dim)
         elif self.start_std > 0:
             self._position = (self.start_mean
                               + self.start_std * self.np_random.standard_normal(self.dim))
@@ -125,7 +118,7 @@ class LQNavigationEnv(GoalTaskEnv, gymnasium.Env):
 
     def step(self, action: Any):
         action = np.asarray(action, dtype=np.float64)
-        distance_sq = float(((self._position - self._goal) ** 2).sum())
+        distance_sq = float(((self._position - self.goal_for_step()) ** 2).sum())
         # the task's torch sampler's operations in its order (sums of d terms aside)
         reward = -distance_sq - self.control_cost * float((action ** 2).sum())
         self._position = self._position + action

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import ParameterError
 
 
@@ -46,6 +47,14 @@ class MetaTaskEnv:
     def task(self, task: dict[str, Any]) -> None:
         self.set_task(task)
 
+    def reset_with_task(self, *, seed: int | None = None,
+                        options: dict[str, Any] | None = None) -> Any:
+        """``reset`` for an environment whose own reset knows nothing of tasks (Gymnasium's
+        MuJoCo models): ``options["task"]``, when given, is the task from this episode on."""
+        if options and "task" in options:
+            self.set_task(options["task"])
+        return super().reset(seed=seed, options=options)  # type: ignore[misc]
+
     def reset_task(self, options: dict[str, Any] | None) -> None:
         """The task of an episode starting now: ``options["task"]`` when given, else the
         current task, else one drawn from the environment's seeded ``np_random``. Call it from
@@ -67,6 +76,30 @@ class GoalTaskEnv(MetaTaskEnv):
         if self._goal is None:
             raise ParameterError("no task set yet: call set_task or reset first")
         return {"goal": self._goal.copy()}
+
+    def goal_for_step(self) -> np.ndarray:
+        """The goal a ``step`` moves towards; a typed error before any task is set."""
+        if self._goal is None:
+            raise ParameterError(f"{type(self).__name__}.step before any task is set: call "
+                                 f"reset() (or set_task) first")
+        return self._goal
+
+
+def task_count(n_tasks: Any) -> int:
+    """A checked ``n_tasks`` of ``sample_tasks``: an integer >= 0."""
+    return validation.positive_int("n_tasks", n_tasks, minimum=0)
+
+
+def finite_vector(name: str, value: Any, dim: int) -> np.ndarray:
+    """``value`` as ``dim`` finite float64 numbers (a copy); a typed error naming ``name``
+    for anything else (text, a wrong length, NaN)."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.shape != (dim,) or not np.isfinite(array).all():
+        raise ParameterError(f"{name} must be {dim} finite numbers, got {value!r}")
+    return array.copy()
 
 def rng_of(env: Any, rng: np.random.Generator | int | None) -> np.random.Generator:
     if rng is None:

@@ -8,7 +8,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from metarl_bench._src.tasks.envs.meta import GoalTaskEnv, rng_of
+from metarl_bench._src.tasks.envs.meta import GoalTaskEnv, finite_vector, rng_of, task_count
 from metarl_bench._src.core.errors import ParameterError
 
 
@@ -78,14 +78,14 @@ class Navigation2DEnv(GoalTaskEnv, gymnasium.Env):
 
     def sample_tasks(self, n_tasks: int, rng: np.random.Generator | int | None = None
                      ) -> list[dict[str, Any]]:
-        goals = sample_goals(n_tasks, rng_of(self, rng), self.goal_low, self.goal_high)
+        goals = sample_goals(task_count(n_tasks), rng_of(self, rng), self.goal_low,
+                             self.goal_high)
         return [{"goal": goal} for goal in goals]
 
     def set_task(self, task: dict[str, Any]) -> None:
-        goal = np.asarray(task.get("goal") if isinstance(task, dict) else None, dtype=np.float64)
-        if goal.shape != (2,) or not np.isfinite(goal).all():
+        if not isinstance(task, dict) or "goal" not in task:
             raise ParameterError(f"a Navigation2D task is {{'goal': (gx, gy)}}, got {task!r}")
-        self._goal = goal.copy()
+        self._goal = finite_vector("a Navigation2D task's goal", task["goal"], 2)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -96,6 +96,6 @@ class Navigation2DEnv(GoalTaskEnv, gymnasium.Env):
     def step(self, action: Any):
         move = np.clip(np.asarray(action, dtype=np.float64), -self.max_action, self.max_action)
         self._position = self._position + move
-        offset = self._position - self._goal
+        offset = self._position - self.goal_for_step()
         distance = float(np.hypot(offset[0], offset[1]))
         return self._position.copy(), -distance, False, False, {"distance": distance}
