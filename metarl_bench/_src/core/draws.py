@@ -197,16 +197,14 @@ def cdf_draw(cdf: torch.Tensor, table: torch.Tensor | None, scaled: torch.Tensor
              ) -> torch.Tensor:
     """One outcome index per entry of ``scaled`` (K u for U[0, 1) draws u), by inverse CDF.
 
-    ``cdf`` (n_tables, K) from :func:`scaled_cdf`; ``table`` long: the table of each draw,
-    broadcast against ``scaled``, or None for one table (``cdf`` (K,)). Outcome j is drawn
-    when cdf[j-1] <= K u < cdf[j] (probability p_j). Tables indexed per leading entry
-    (``table`` of shape (..., 1), e.g. one law per row) are searched in place; others are
-    gathered first (K numbers per draw).
+    ``cdf`` from :func:`scaled_cdf`: (K,) one table for every draw, or (n_rows, K) with
+    ``table`` None, table r for the draws of row r (``scaled`` (n_rows, ...)): searched in
+    place; or (n_tables, K) with ``table`` long, the table of each draw (broadcast against
+    ``scaled``): gathered first, K numbers per draw. Outcome j is drawn when
+    cdf[j-1] <= K u < cdf[j] (probability p_j).
     """
     if table is None:
         return torch.searchsorted(cdf, scaled, right=True)
-    if table.shape[-1] == 1 and table.dim() == scaled.dim():
-        return torch.searchsorted(cdf[table.squeeze(-1)], scaled, right=True)
     rows = cdf[table.expand_as(scaled)]
     return torch.searchsorted(rows, scaled.unsqueeze(-1), right=True).squeeze(-1)
 
@@ -216,35 +214,50 @@ class CategoricalTables:
     cheaper for the draws they will serve (:func:`alias_pays_off`).
 
     ``probs`` (n_tables, K); ``values`` (n_tables, K) long: what a draw of outcome j from
-    table i returns (as :func:`alias_outcomes`); ``draws``: how many draws the tables will
-    serve in all; ``gathered``: whether a draw's table varies along the draws of a row (see
-    :func:`cdf_draw`); ``alias``: force a method (None: the rule's choice). :meth:`draw`
-    takes, like :func:`alias_draw`, the offset K * table of each draw and K u for U[0, 1)
-    draws u, so both methods read the same uniforms: the law is the same, the outcome drawn
-    from a given u is not.
+    table i returns (as :func:`alias_outcomes`), or None for j itself; ``draws``: how many
+    draws the tables will serve in all; ``gathered``: whether a draw's table varies along
+    the draws of a row (see :func:`cdf_draw`); ``alias``: force a method (None: the rule's
+    choice). Both methods read the same uniforms, K u for U[0, 1) draws u
+    (``uniform(..., high=K)``): the law is the same, the outcome drawn from a given u is not.
     """
 
-    def __init__(self, probs: torch.Tensor, values: torch.Tensor, draws: int, *,
+    def __init__(self, probs: torch.Tensor, values: torch.Tensor | None, draws: int, *,
                  gathered: bool, alias: bool | None = None):
-        n_tables, self.n_outcomes = probs.shape
-        self.alias = (alias_pays_off(n_tables, self.n_outcomes, draws, gathered=gathered)
+        self.n_tables, self.n_outcomes = probs.shape
+        self.alias = (alias_pays_off(self.n_tables, self.n_outcomes, draws, gathered=gathered)
                       if alias is None else alias)
+        self.values = values
         if self.alias:
-            threshold, alias = alias_table(probs)
+            threshold, columns_alias = alias_table(probs)
             self.threshold = threshold.reshape(-1)
-            self.outcomes = alias_outcomes(alias, values)
+            if values is None:
+                values = torch.arange(self.n_outcomes, device=probs.device).expand_as(probs)
+            self.outcomes = alias_outcomes(columns_alias, values)
         else:
-            self.cdf = scaled_cdf(probs)
-            self.values = values.reshape(-1)
+            cdf = scaled_cdf(probs)
+            self.cdf = cdf[0] if self.n_tables == 1 else cdf
+            if values is not None:
+                self.values = values.reshape(-1)
 
-    def draw(self, offset: torch.Tensor | int, scaled: torch.Tensor) -> torch.Tensor:
-        """The values of one draw per entry of ``scaled`` from the tables at ``offset`` (K
-        times the table, long, broadcast against the draws); ``scaled`` may be overwritten."""
+    def _row_offset(self, scaled: torch.Tensor) -> torch.Tensor | int:
+        """K times the table of each row of ``scaled``: (n_rows, 1, ...), or 0 (one table)."""
+        if self.n_tables == 1:
+            return 0
+        rows = torch.arange(self.n_tables, device=scaled.device)
+        return rows.reshape(-1, *([1] * (scaled.dim() - 1))) * self.n_outcomes
+
+    def draw(self, offset: torch.Tensor | None, scaled: torch.Tensor) -> torch.Tensor:
+        """The values of one draw per entry of ``scaled`` from the tables at ``offset``, K
+        times the table (long, broadcast against the draws), or None: table r for the
+        draws of row r of ``scaled`` (one table: that one for every draw). ``scaled`` may be
+        overwritten."""
         if self.alias:
-            return alias_draw(self.threshold, self.outcomes, offset, scaled)
-        if isinstance(offset, int):
-            index = cdf_draw(self.cdf[offset // self.n_outcomes], None, scaled)
+            return alias_draw(self.threshold, self.outcomes,
+                              self._row_offset(scaled) if offset is None else offset, scaled)
+        if offset is None:
+            index = cdf_draw(self.cdf, None, scaled)
+            offset = self._row_offset(scaled) if self.values is not None else 0
         else:
-            index = cdf_draw(self.cdf, offset.div(self.n_outcomes, rounding_mode="floor"),
-                             scaled)
-        return self.values.take(index.add_(offset))
+            index = cdf_draw(self.cdf.reshape(-1, self.n_outcomes),
+                             offset.div(self.n_outcomes, rounding_mode="floor"), scaled)
+        return index if self.values is None else self.values.take(index.add_(offset))

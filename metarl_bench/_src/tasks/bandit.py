@@ -47,9 +47,9 @@ class BanditTask(TabularTask):
         params = params.detach()
         shape = (params.shape[0], n_traj)
         uniform(shape, generator, params)  # the start state: certain, its draw keeps the stream
-        policy, row_offset = self._policy_tables(params, n_traj)
-        arms = policy.draw(0 if row_offset is None else row_offset,
-                           uniform(shape, generator, params, high=self.n_arms)).unsqueeze(-1)
+        policy, _ = self._policy_tables(params, n_traj, offsets=False)
+        arms = policy.draw(None, uniform(shape, generator, params, high=self.n_arms))
+        arms = arms.unsqueeze(-1)                                                 # (R, N, 1)
         rewards_by_arm = self._alias_model(params)[-1]                        # (n_tasks * K,)
         means = rewards_by_arm.take(arms if self.n_tasks == 1 else
                                     arms + (task_index * self.n_arms).reshape(-1, 1, 1))

@@ -126,14 +126,15 @@ class TabularTask(Task):
         steps = 1 + math.log(max(2, n_rows * n_traj)) / -math.log(self.continue_probability)
         return math.ceil(n_rows * n_traj * steps)
 
-    def _policy_tables(self, params: torch.Tensor, n_traj: int
-                       ) -> tuple[CategoricalTables, torch.Tensor | None]:
+    def _policy_tables(self, params: torch.Tensor, n_traj: int, *, offsets: bool = True
+                       ) -> tuple[CategoricalTables, bool]:
         """The policy's laws of every row, ready for ``n_traj`` trajectories per row, and
-        each row's table offset (R, 1) (None: all rows share one theta, so one set of laws).
+        whether the rows share them (rows that are views of one theta: one set of laws).
 
-        A draw returns the state-action offset (s * A + a) * S. Alias tables or cumulative
-        sums, whichever is cheaper for how often each law is drawn from in this call
-        (``draws.CategoricalTables``: a rule of the shapes and counts only).
+        A draw returns the state-action offset (s * A + a) * S (``offsets=False``: the
+        action). Alias tables or cumulative sums, whichever is cheaper for how often each
+        law is drawn from in this call (``draws.CategoricalTables``: a rule of the shapes
+        and counts only).
         """
         n_rows = params.shape[0]
         n_states, n_actions = self.n_states, self.n_actions
@@ -141,16 +142,16 @@ class TabularTask(Task):
         # one policy table: building R identical tables would cost more than the draws
         shared = n_rows > 1 and params.stride(0) == 0
         probs = self.policy.probs(params[:1] if shared else params)                # (R', S, A)
-        key = ("state-action", params.device)
-        if key not in self._cache:
-            self._cache[key] = (torch.arange(n_states * n_actions, device=params.device)
-                                * n_states).reshape(n_states, n_actions)
-        policy = CategoricalTables(probs.reshape(-1, n_actions),
-                                   self._cache[key].expand_as(probs).reshape(-1, n_actions),
-                                   self._policy_draws(n_rows, n_traj), gathered=n_states > 1)
-        row_offset = (None if shared else torch.arange(n_rows, device=params.device)
-                      .unsqueeze(1) * (n_states * n_actions))                      # (R, 1)
-        return policy, row_offset
+        values = None
+        if offsets:
+            key = ("state-action", params.device)
+            if key not in self._cache:
+                self._cache[key] = (torch.arange(n_states * n_actions, device=params.device)
+                                    * n_states).reshape(n_states, n_actions)
+            values = self._cache[key].expand_as(probs).reshape(-1, n_actions)
+        return CategoricalTables(probs.reshape(-1, n_actions), values,
+                                 self._policy_draws(n_rows, n_traj),
+                                 gathered=n_states > 1), shared
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
@@ -167,7 +168,9 @@ class TabularTask(Task):
         n_states, n_actions = self.n_states, self.n_actions
         (start_threshold, start_outcomes, step_threshold, step_outcomes,
          rewards_by_offset) = self._alias_model(params)
-        policy, row_offset = self._policy_tables(params, n_traj)
+        policy, shared = self._policy_tables(params, n_traj)
+        row_offset = (None if shared else torch.arange(n_rows, device=params.device)
+                      .unsqueeze(1) * (n_states * n_actions))                      # (R, 1)
         task_offset = (None if self.n_tasks == 1 else
                        task_index.unsqueeze(1) * (n_states * n_actions * n_states))  # (R, 1)
         shape = (n_rows, n_traj)
@@ -177,7 +180,7 @@ class TabularTask(Task):
         alive = (None if self.continue_probability is None else
                  torch.ones(shape, dtype=torch.bool, device=params.device))
         while True:
-            state_action = policy.draw(state if row_offset is None else state + row_offset,
+            state_action = policy.draw(state if shared else state + row_offset,
                                        uniform(shape, generator, params, high=n_actions))
             state_actions.append(state_action)                   # (s * A + a) * S
             if self.continue_probability is None:
