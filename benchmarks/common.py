@@ -4,8 +4,8 @@ Only the public API of metarl_bench is used, so the suite runs against old commi
 are seeded; the grid is only ever appended to (a changed entry would break history).
 """
 
-import os
-import tempfile
+import importlib.util
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -55,6 +55,9 @@ def estimator_names() -> list[str]:
 
 
 ESTIMATORS = estimator_names()
+#: The regression gate's suite, a standalone file: run from this checkout whatever commit is
+#: installed.
+GATE_SUITE = Path(__file__).resolve().parents[1] / "metarl_bench" / "_src" / "gate" / "suite.py"
 
 
 class Case:
@@ -118,13 +121,10 @@ def allocated_peak_bytes(call: Callable[[], object]) -> int | None:
 
     memray tracks every allocation made through the C allocator, torch's CPU tensors
     included, from the start of tracking: the interpreter and torch import are not counted.
+    The regression gate's own measure, read from this checkout's file (a standalone module,
+    as the gate runs it against any commit), so that the two never differ.
     """
-    try:
-        import memray
-    except ImportError:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "call.bin")
-        with memray.Tracker(path):
-            call()
-        return int(memray.FileReader(path).metadata.peak_memory)
+    spec = importlib.util.spec_from_file_location("metarl_bench_gate_suite", GATE_SUITE)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    return suite.peak_bytes(call)
