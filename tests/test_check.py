@@ -61,8 +61,14 @@ def test_compare_statistics_and_memory_by_hand():
     now["statistics"][0]["variance"] = 1.3
     assert {r.metric: r.verdict for r in compare(base, now)}["variance"] == "worse"
     now["memory"][0]["peak_bytes"] = 1999
-    assert {r.metric: r.verdict for r in compare(base, now)}["peak_bytes"] == "same"
+    assert {r.metric: r.verdict for r in compare(base, now, factor=2.0)}["peak_bytes"] == "same"
     now["memory"][0]["peak_bytes"] = 2000
+    assert {r.metric: r.verdict for r in compare(base, now, factor=2.0)}["peak_bytes"] \
+        == "larger"
+    # the default factor, 1.5
+    now["memory"][0]["peak_bytes"] = 1499
+    assert {r.metric: r.verdict for r in compare(base, now)}["peak_bytes"] == "same"
+    now["memory"][0]["peak_bytes"] = 1500
     assert {r.metric: r.verdict for r in compare(base, now)}["peak_bytes"] == "larger"
     del now["statistics"][0]
     assert {r.verdict for r in compare(base, now) if r.metric == "bias"} == {"gone"}

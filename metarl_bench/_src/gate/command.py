@@ -8,9 +8,10 @@ two suites are compared (``gate.compare``).
 Statistics and memory are deterministic: equal seeds make unchanged code reproduce them
 bit for bit, whatever the load. Time is not: load on a shared machine changes from second to
 second, so the two trees are never timed minutes apart: both workers stay alive and this
-process alternates between them item by item (baseline, now, now, baseline, ...), and the
-gate is the median over rounds of the per-round ratio now / baseline. A load change between
-rounds moves both sides of a ratio alike.
+process alternates between them call by call (baseline, now, now, baseline, ...); a round's
+sample of an item is the mean of its calls (as many as make about 0.1 s), and the gate is
+the median over rounds of the per-round ratio now / baseline. A load change lasting longer
+than a call moves both sides of a ratio alike.
 
 A baseline saved to JSON (``--save``) keeps statistics and memory comparable, but its times
 were measured at another moment under another load, so against a file the time rows are
@@ -34,7 +35,8 @@ import uuid
 from typing import Any
 
 from metarl_bench._src.gate import suite
-from metarl_bench._src.gate.compare import FAILING, compare, format_rows, interleaved
+from metarl_bench._src.gate.compare import (DEFAULT_FACTOR, FAILING, compare, format_rows,
+                                            interleaved)
 from metarl_bench._src.gate.suite import (MEMORY_CELL, MUJOCO_TASKS, STATISTICS_N,
                                           STATISTICS_TASKS, SUITE_VERSION, TIMED_TASKS, Item,
                                           measure_statistics)
@@ -46,6 +48,13 @@ __all__ = ["FAILING", "compare", "current_tree", "format_rows", "measure",
 #: long against the scheduler's time slices and the timer's resolution.
 MIN_SAMPLE_SECONDS = 0.1
 MAX_CALLS_PER_SAMPLE = 50
+#: glibc's allocator in the workers with fixed thresholds: by default it moves its mmap
+#: threshold as blocks are freed, so the same call's tensors come now from fresh pages (a
+#: page fault per page) and now from the heap, depending on what ran before, and one call
+#: took 18 or 40 ms from round to round. Fixed, every tensor up to 32 MiB comes from the heap
+#: and the heap is not given back between calls, in both trees alike.
+FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 # -- the workers -----------------------------------------------------------------------------
@@ -74,8 +83,12 @@ class _Worker:
             command += ["--estimators-json", json.dumps(list(estimators))]
         if tasks is not None:
             command += ["--tasks-json", json.dumps(list(tasks))]
+        if hasattr(os, "sched_getaffinity"):
+            # every worker on the same CPUs: they never run at once (the parent waits on one
+            # at a time), and neither sits on a CPU that other work keeps busier
+            command += ["--cpus-json", json.dumps(sorted(os.sched_getaffinity(0))[:threads])]
         thread_env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        env = dict(os.environ, **thread_env, PYTHONPATH=os.pathsep.join(
+        env = dict(os.environ, **thread_env, **FIXED_MALLOC, PYTHONPATH=os.pathsep.join(
             [tree] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         with open(self.stderr_path, "w") as stderr:
             self.process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.PIPE,
@@ -190,12 +203,19 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
             load_before = os.getloadavg()
             step(2)
             for round_index in range(rounds):
-                # alternate which tree goes first, so neither always runs in the other's wake
-                order = list(range(len(workers)))[::1 if round_index % 2 == 0 else -1]
                 for item in timed:
-                    for index in order:
-                        wall, cpu = workers[index].request("time", item=list(item),
-                                                           calls=calls[item])
+                    sample = [[0.0, 0.0] for _ in workers]
+                    # a sample's calls alternate between the trees one by one, which goes
+                    # first alternating too (baseline, now, now, baseline, ...): a change of
+                    # load lasting longer than a call moves both trees' sums alike
+                    for call in range(calls[item]):
+                        order = range(len(workers)) if (round_index + call) % 2 == 0 \
+                            else reversed(range(len(workers)))
+                        for index in order:
+                            wall, cpu = workers[index].request("time", item=list(item), calls=1)
+                            sample[index][0] += wall / calls[item]
+                            sample[index][1] += cpu / calls[item]
+                    for index, (wall, cpu) in enumerate(sample):
                         times[item][index]["seconds"].append(wall)
                         times[item][index]["cpu_seconds"].append(cpu)
                 step(3 + round_index)
@@ -416,7 +436,8 @@ def current_tree() -> str:
 
 
 def run_check(baseline: str | None, *, estimators: list[str] | None = None, rounds: int = 5,
-              threads: int = 1, z: float = 3.0, factor: float = 2.0, save: str | None = None,
+              threads: int = 1, z: float = 3.0, factor: float = DEFAULT_FACTOR,
+              save: str | None = None,
               show_all: bool = False, out: Any = None, progress: bool = False) -> int:
     """The ``check`` command: 0 when nothing regressed, 1 otherwise. ``progress``: a bar on
     stderr."""

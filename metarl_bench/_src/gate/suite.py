@@ -305,12 +305,14 @@ def peak_bytes(call: Callable[[], Any]) -> int | None:
 
 
 def serve(reply_fd: int, threads: int, estimators: list[str] | None,
-          tasks: list[str] | None = None) -> int:
+          tasks: list[str] | None = None, cpus: list[int] | None = None) -> int:
     """Answer the parent's requests, one JSON line each way, until stdin closes.
 
     Replies go through their own pipe: whatever the measured package prints cannot
-    corrupt them.
+    corrupt them. ``cpus``: the CPUs this worker may run on (where the system allows it).
     """
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
     import torch
 
     torch.set_num_threads(threads)
@@ -343,10 +345,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--estimators-json", default=None)
     parser.add_argument("--tasks-json", default=None)
+    parser.add_argument("--cpus-json", default=None)
     args = parser.parse_args()
     names = json.loads(args.estimators_json) if args.estimators_json else None
     tasks = json.loads(args.tasks_json) if args.tasks_json else None
-    return serve(args.reply_fd, args.threads, names, tasks)
+    cpus = json.loads(args.cpus_json) if args.cpus_json else None
+    return serve(args.reply_fd, args.threads, names, tasks, cpus)
 
 
 if __name__ == "__main__":
