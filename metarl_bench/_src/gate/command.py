@@ -262,13 +262,14 @@ def describe(baseline: dict[str, Any] | None, now: dict[str, Any], *, z: float,
         f"time: wall and CPU seconds of the sampler, one estimator per family on given "
         f"samples, and registered calls, on {cells} (where the tree has them); torch "
         f"intra-op threads = {now.get('threads')}, {now.get('rounds')} rounds of "
-        f"{'/'.join(map(str, calls)) or '-'} call(s) per sample",
+        f"{f'{calls[0]}-{calls[-1]}' if calls else '-'} call(s) per sample",
     ]
     if baseline is None:
         pass
     elif interleaved(baseline, now):
-        lines.append("      baseline and now interleaved round by round, each tree in its own "
-                     f"process; ratio = median over rounds of now/baseline; fail at {factor:g}x")
+        lines.append("      baseline and now interleaved call by call, each tree in its own "
+                     f"process on the same CPU; ratio = median over rounds of now/baseline; "
+                     f"fail at {factor:g}x")
     else:
         base_load = (baseline.get("load_average") or {}).get("before")
         lines.append(
