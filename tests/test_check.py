@@ -21,7 +21,7 @@ from metarl_bench._src.gate.command import (compare, current_tree, measure,
                                             measure_statistics, read_suite)
 from metarl_bench._src.core.registry import ESTIMATORS
 from metarl_bench._src.gate import command as gate_command
-from metarl_bench._src.gate.suite import SAMPLER, TIMED_TASKS, Suite, families
+from metarl_bench._src.gate.suite import SAMPLER, TIMED_TASKS, Item, Suite, families
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = ["lsf", "unbiased", "fomaml"]
@@ -218,9 +218,9 @@ def test_the_timed_grid_covers_every_task_family_with_a_model_and_every_path():
         small, large = task.n_inner
         assert small < large
         for n_inner in task.n_inner:
-            assert ("sampler", SAMPLER, key, n_inner) in items
-            forms = {i.estimator for i in items if i[1:] != (SAMPLER, key, n_inner)
-                     and i.path == "from-samples" and (i.task, i.n_inner) == (key, n_inner)}
+            assert Item(path="sampler", estimator=SAMPLER, task=key, n_inner=n_inner) in items
+            forms = {i.estimator for i in items
+                     if i.path == "from-samples" and (i.task, i.n_inner) == (key, n_inner)}
             assert forms == {"dice", "emaml", "loo", "lsf", "maml", "unbiased-anchored"}
             calls = {i.estimator for i in items
                      if i.path == "call" and (i.task, i.n_inner) == (key, n_inner)}

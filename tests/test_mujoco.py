@@ -223,10 +223,10 @@ def test_check_suite_times_the_mujoco_sampler_and_calls():
 
     # the suite as a check worker runs it, in this process, on the MuJoCo task alone
     suite = Suite(["lsf", "loo"], tasks=["halfcheetah-vel"])
-    items = [Item(*item) for item in suite.prepare()]
+    items = [Item(**item) for item in suite.prepare()]
     # no model: no from-samples form with the exact outer step, and loo needs one
-    assert items == [Item("sampler", SAMPLER, "halfcheetah-vel", 4),
-                     Item("call", "lsf", "halfcheetah-vel", 4)]
+    assert items == [Item(path="sampler", estimator=SAMPLER, task="halfcheetah-vel", n_inner=4),
+                     Item(path="call", estimator="lsf", task="halfcheetah-vel", n_inner=4)]
     for item in items:
         wall, cpu = suite.time(item, calls=1)
         assert wall > 0 and cpu > 0

@@ -20,7 +20,6 @@ shown and never gated.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
@@ -192,7 +191,7 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
                                       else [[] for _ in workers]):
                 measured["statistics"] = rows
             step(1)
-            warm = [[Item(*item) for item in items] for items in _both(workers, "prepare")]
+            warm = [[Item(**item) for item in items] for items in _both(workers, "prepare")]
             for measured, rows in zip(suites, _both(workers, "memory") if memory
                                       else [[] for _ in workers]):
                 measured["memory"] = rows
@@ -212,7 +211,7 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
                         order = range(len(workers)) if (round_index + call) % 2 == 0 \
                             else reversed(range(len(workers)))
                         for index in order:
-                            wall, cpu = workers[index].request("time", item=list(item), calls=1)
+                            wall, cpu = workers[index].request("time", item=item.as_json(), calls=1)
                             sample[index][0] += wall / calls[item]
                             sample[index][1] += cpu / calls[item]
                     for index, (wall, cpu) in enumerate(sample):
@@ -237,12 +236,12 @@ def measure(trees: list[str], estimators: list[str] | None = None, *, rounds: in
 
 def _timed_cell(item: Item) -> dict[str, Any]:
     """The record fields of a timed item: its path, estimator, task, N and trials."""
-    return {**item._asdict(), "trials": {**TIMED_TASKS, **MUJOCO_TASKS}[item.task].trials}
+    return {**item.as_json(), "trials": {**TIMED_TASKS, **MUJOCO_TASKS}[item.task].trials}
 
 
 def _calls_per_sample(workers: list[_Worker], item: Item) -> int:
     """Calls per timed sample, the same on every side so that the work compared is equal."""
-    fastest = min(worker.request("time", item=list(item), calls=1)[0] for worker in workers)
+    fastest = min(worker.request("time", item=item.as_json(), calls=1)[0] for worker in workers)
     return max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(MIN_SAMPLE_SECONDS / max(fastest, 1e-6))))
 
 
@@ -363,7 +362,7 @@ def check_save(path: str) -> str:
     file or a suite saved before may be written; anything else (a results store, any other
     file) would be lost, and is refused."""
     from metarl_bench._src.core.errors import ParameterError
-    from metarl_bench._src.evaluation.store import check_path
+    from metarl_bench._src.core.files import check_path
 
     path = check_path(path, "--save", "a suite JSON file")
     if os.path.isfile(path) and os.path.getsize(path) > 0:
@@ -375,33 +374,20 @@ def check_save(path: str) -> str:
 
 
 def save_suite(suite: dict[str, Any], path: str) -> None:
-    """Write ``suite`` to ``path`` whole or not at all: into a temporary file beside it, then
-    renamed over it, so a full disk or a crash leaves the file that was there. A device
-    (e.g. /dev/null) is written in place: renaming over it would replace the device."""
+    """Write ``suite`` to ``path`` whole or not at all (``core.files.write_atomically``), so
+    a full disk or a crash leaves the file that was there. A device (e.g. /dev/null) is
+    written in place: renaming over it would replace the device."""
     from metarl_bench._src.core.errors import ResultsFileError
+    from metarl_bench._src.core.files import is_regular, write_atomically
 
     text = json.dumps(suite, indent=1) + "\n"
     target = os.path.realpath(path)  # a symbolic link keeps pointing at the saved suite
     try:
-        if os.path.exists(target) and not os.path.isfile(target):
+        if os.path.exists(target) and not is_regular(target):
             with open(target, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            return
-        descriptor, temporary = tempfile.mkstemp(
-            dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is for its secrecy, not ours
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        else:
+            write_atomically(target, text)
     except OSError as exc:
         raise ResultsFileError(f"cannot write the suite to {path}: {exc.strerror}; this run's "
                                f"measurements are not saved, and nothing else is lost (a file "

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from metarl_bench._src.gate.suite import SAMPLER, STAT_METRICS, TIME_METRICS
 
@@ -28,7 +28,8 @@ FAILING = ("worse", "slower", "larger")
 STATISTICS_PATH = "call"
 
 
-class Key(NamedTuple):
+@dataclass(frozen=True, order=True)
+class Key:
     """What a measurement is of: a path through a cell, for one estimator (or the sampler)."""
 
     path: str
@@ -55,7 +56,8 @@ class Row:
 
     @property
     def key(self) -> Key:
-        return Key(self.path, self.estimator, self.task, self.n_inner)
+        return Key(path=self.path, estimator=self.estimator, task=self.task,
+                   n_inner=self.n_inner)
 
     @property
     def failed(self) -> bool:
@@ -63,8 +65,8 @@ class Row:
 
 
 def key_of(record: dict[str, Any]) -> Key:
-    return Key(record.get("path", STATISTICS_PATH), record["estimator"], record["task"],
-               record["n_inner"])
+    return Key(path=record.get("path", STATISTICS_PATH), estimator=record["estimator"],
+               task=record["task"], n_inner=record["n_inner"])
 
 
 def _stderr(ci: list[float | None] | None) -> float:
@@ -83,7 +85,7 @@ def _row(key: Key, metric: str, base: Any, now: Any, verdict: str,
     if ratio is None and isinstance(base, (int, float)) and isinstance(now, (int, float)) \
             and base != 0:
         ratio = now / base
-    return Row(*key, metric=metric, baseline=base, now=now, ratio=ratio, verdict=verdict)
+    return Row(**asdict(key), metric=metric, baseline=base, now=now, ratio=ratio, verdict=verdict)
 
 
 def _cost_verdict(in_baseline: bool, in_now: bool, ratio: float | None, factor: float,
@@ -162,17 +164,17 @@ def compare(baseline: dict[str, Any], now: dict[str, Any], *, z: float = 3.0,
 
 def format_rows(rows: list[Row], *, show_all: bool = False) -> str:
     """The reviewer's table: failures first, then other changes; unchanged rows counted."""
-    from metarl_bench._src.reporting.tables import _num, _table
+    from metarl_bench._src.evaluation.tables import number, text_table
 
     order = {"worse": 0, "slower": 0, "larger": 0, "better": 1, "faster": 1, "smaller": 1,
              "new": 2, "gone": 2, "-": 3, "same": 4}
     shown = [r for r in rows if show_all or r.verdict != "same" or r.metric in COST_METRICS]
     shown.sort(key=lambda r: (order.get(r.verdict, 5), r.path, r.estimator, r.task, r.n_inner,
                               r.metric))
-    table = _table(
+    table = text_table(
         ["path", "estimator", "task", "N", "metric", "baseline", "now", "ratio", "verdict"],
         [[r.path, "(sampler)" if r.estimator == SAMPLER else r.estimator, r.task, r.n_inner,
-          r.metric, _num(r.baseline), _num(r.now), "-" if r.ratio is None else f"{r.ratio:.3g}",
+          r.metric, number(r.baseline), number(r.now), "-" if r.ratio is None else f"{r.ratio:.3g}",
           r.verdict.upper() if r.failed else r.verdict] for r in shown])
     same = sum(r.verdict == "same" for r in rows if r.metric not in COST_METRICS)
     failed = sum(r.failed for r in rows)

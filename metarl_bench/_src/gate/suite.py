@@ -29,7 +29,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
 
 SUITE_VERSION = 3
 STAT_METRICS = ("bias", "variance", "mse")
@@ -39,7 +40,8 @@ PATHS = ("sampler", "from-samples", "call")
 SAMPLER = "-"
 
 
-class StatisticsTask(NamedTuple):
+@dataclass(frozen=True)
+class StatisticsTask:
     """A task of the statistics grid: ``evaluate`` with these arguments at each N."""
 
     task_id: str
@@ -47,10 +49,11 @@ class StatisticsTask(NamedTuple):
     inner_lr: float
     truth: str
     trials: int
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-class TimedTask(NamedTuple):
+@dataclass(frozen=True)
+class TimedTask:
     """A task of the timed grid, at each N of ``n_inner``: ``trials`` rows of N inner
     trajectories (and, ``outer``, M = N outer ones per row in a call; else the exact outer
     step), theta in ``dtype``."""
@@ -64,44 +67,64 @@ class TimedTask(NamedTuple):
     dtype: str = "float64"
 
 
-class Item(NamedTuple):
+@dataclass(frozen=True, order=True)
+class Item:
     """One timed measurement: a ``path`` (``PATHS``) of an estimator entry (``SAMPLER`` for
-    the sampler) on a timed task at N."""
+    the sampler) on a timed task at N. Crosses the worker's pipe as a JSON object
+    (:meth:`as_json`, ``Item(**obj)``)."""
 
     path: str
     estimator: str
     task: str
     n_inner: int
 
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An estimator entry as the worker reads it through the public API: the registered
+    spec and the entry's options (empty for a plain name)."""
+
+    spec: Any
+    options: dict[str, Any]
+
 
 #: name -> task. Append only. A task the measured tree does not have is left out.
 STATISTICS_TASKS = {
     "bandit": StatisticsTask("bandit-v0", {"rewards": [1.0, 0.0, 0.5],
-                                           "init_logits": [0.0, 0.5, -0.5]}, 2.0, "finite", 200),
+                                           "init_logits": [0.0, 0.5, -0.5]},
+                             inner_lr=2.0, truth="finite", trials=200),
     "tabular": StatisticsTask("tabular-v0", {"n_states": 4, "n_actions": 3, "horizon": 4,
-                                             "gamma": 0.9, "seed": 1}, 1.0, "limit", 2000),
+                                             "gamma": 0.9, "seed": 1},
+                              inner_lr=1.0, truth="limit", trials=2000),
     "lq": StatisticsTask("lq-navigation-v0", {"n_tasks": 1, "horizon": 3, "init_std": 0.3},
-                         0.02, "limit", 100),
+                         inner_lr=0.02, truth="limit", trials=100),
     # no model: sampled outer step, truth estimated from 50 unbiased estimates
     "navigation": StatisticsTask("navigation2d-v0", {"n_tasks": 1, "horizon": 5, "hidden": [4]},
-                                 0.001, "finite", 50, {"n_outer": 2, "truth_samples": 50}),
+                                 inner_lr=0.001, truth="finite", trials=50,
+                                 options={"n_outer": 2, "truth_samples": 50}),
 }
 STATISTICS_N = (4, 32)
 #: name -> task. Append only. "bandit-30" is the bandit of the speed targets (30 arms,
 #: N = M = 10 and 64, 1000 estimates a call, float32).
 TIMED_TASKS = {
-    "bandit-30": TimedTask("bandit-v0", {"rewards": "random", "n_arms": 30, "seed": 0}, 1.0,
-                           (10, 64), 1000, outer=True, dtype="float32"),
-    "tabular": TimedTask("tabular-v0", STATISTICS_TASKS["tabular"].params, 1.0, (4, 32), 2000),
+    "bandit-30": TimedTask("bandit-v0", {"rewards": "random", "n_arms": 30, "seed": 0},
+                           inner_lr=1.0, n_inner=(10, 64), trials=1000, outer=True,
+                           dtype="float32"),
+    "tabular": TimedTask("tabular-v0", STATISTICS_TASKS["tabular"].params,
+                         inner_lr=1.0, n_inner=(4, 32), trials=2000),
     "tabular-discounted": TimedTask("tabular-discounted-v0", {"n_states": 4, "n_actions": 3,
                                                               "gamma": 0.8, "seed": 1},
-                                    1.0, (4, 32), 500),
-    "lq": TimedTask("lq-navigation-v0", STATISTICS_TASKS["lq"].params, 0.02, (4, 32), 500),
+                                    inner_lr=1.0, n_inner=(4, 32), trials=500),
+    "lq": TimedTask("lq-navigation-v0", STATISTICS_TASKS["lq"].params,
+                    inner_lr=0.02, n_inner=(4, 32), trials=500),
 }
 #: A small MuJoCo task, timed where MuJoCo is installed (no model: sampler and calls only).
 MUJOCO_TASKS = {
     "halfcheetah-vel": TimedTask("halfcheetah-vel-v0", {"n_tasks": 2, "horizon": 20, "seed": 0},
-                                 1e-3, (4,), 2, outer=True),
+                                 inner_lr=1e-3, n_inner=(4,), trials=2, outer=True),
 }
 #: Registered calls timed on every cell besides those of the estimators with no
 #: from-samples form: maml's is the call of the speed targets.
@@ -179,16 +202,16 @@ class Suite:
 
     # -- timed items --------------------------------------------------------------------
 
-    def _entry(self, label: str) -> tuple[Any, dict[str, Any]] | None:
+    def _entry(self, label: str) -> Entry | None:
         """The spec and options of an entry; None where this tree cannot read its options
         (``estimator_entry`` is public API since the gate's version 3)."""
         if ":" not in label:
-            return self.mb.estimator_spec(label), {}
+            return Entry(self.mb.estimator_spec(label), {})
         resolve = getattr(self.mb, "estimator_entry", None)
         if resolve is None:
             return None
         entry = resolve(label)
-        return entry.spec, dict(entry.options)
+        return Entry(entry.spec, dict(entry.options))
 
     def items(self) -> list[Item]:
         """Every item of the grid this tree's estimators and tasks make (before warm-up)."""
@@ -196,7 +219,7 @@ class Suite:
         for label in self.names:
             resolved = self._entry(label)
             if resolved is not None:
-                entries[label] = resolved[0]
+                entries[label] = resolved.spec
         with_forms = [n for n in entries if entries[n].from_samples is not None]
         forms = with_forms if self.explicit else [
             n for n in families(entries) if n in with_forms]
@@ -206,11 +229,13 @@ class Suite:
         for key, task in self.timed_tasks.items():
             spec = {**TIMED_TASKS, **MUJOCO_TASKS}[key]
             for n_inner in spec.n_inner:
-                out.append(Item("sampler", SAMPLER, key, n_inner))
+                out.append(Item(path="sampler", estimator=SAMPLER, task=key, n_inner=n_inner))
                 if task.has_model:
-                    out += [Item("from-samples", name, key, n_inner) for name in forms]
-                out += [Item("call", name, key, n_inner) for name in calls
-                        if self.explicit or key not in MUJOCO_TASKS or name in CALL_ESTIMATORS]
+                    out += [Item(path="from-samples", estimator=name, task=key, n_inner=n_inner)
+                            for name in forms]
+                out += [Item(path="call", estimator=name, task=key, n_inner=n_inner)
+                        for name in calls if self.explicit or key not in MUJOCO_TASKS
+                        or name in CALL_ESTIMATORS]
         return out
 
     def _runner(self, item: Item) -> Callable[[], Any]:
@@ -238,7 +263,8 @@ class Suite:
                 return task.sample(own, n_outer or item.n_inner, task_index, generator)
 
             return sample
-        estimator, options = self._entry(item.estimator)
+        entry = self._entry(item.estimator)
+        estimator, options = entry.spec, dict(entry.options)
         if item.path == "from-samples":
             inner = task.sample(theta.expand(n_rows, *theta.shape), item.n_inner, task_index,
                                 seeded())
@@ -252,9 +278,9 @@ class Suite:
         return lambda: estimator.fn(task, theta, n_inner=item.n_inner, inner_lr=spec.inner_lr,
                                     n_trials=spec.trials, generator=seeded(), **options)
 
-    def prepare(self) -> list[list[Any]]:
+    def prepare(self) -> list[dict[str, Any]]:
         """Warm every item up (lazy imports and caches are not a call's own cost); the items
-        that run, as JSON lists."""
+        that run, as JSON objects."""
         self.runners = {}
         errors = tuple({self.unsupported, getattr(self.mb, "ResourceError", self.unsupported)})
         for item in self.items():
@@ -264,7 +290,7 @@ class Suite:
             except errors:  # e.g. an exact estimator with no enumeration of this task
                 continue
             self.runners[item] = runner
-        return [list(item) for item in self.runners]
+        return [item.as_json() for item in self.runners]
 
     def time(self, item: Item, calls: int) -> tuple[float, float]:
         """Wall and CPU seconds per call, over ``calls`` back-to-back calls."""
@@ -331,7 +357,7 @@ def serve(reply_fd: int, threads: int, estimators: list[str] | None,
         request = json.loads(line)
         try:
             if request["op"] == "time":
-                reply(ok=suite.time(Item(*request["item"]), request["calls"]))
+                reply(ok=suite.time(Item(**request["item"]), request["calls"]))
             else:
                 reply(ok=getattr(suite, request["op"])())
         except Exception as exc:  # reported by the parent as the tree's failure
