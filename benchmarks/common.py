@@ -5,6 +5,7 @@ are seeded; the grid is only ever appended to (a changed entry would break histo
 """
 
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +62,7 @@ def estimator_names() -> list[str]:
 ESTIMATORS = estimator_names()
 #: The regression gate's suite, a standalone file: run from this checkout whatever commit is
 #: installed.
+GATE_SUITE_MODULE = "metarl_bench_gate_suite"
 GATE_SUITE = Path(__file__).resolve().parents[1] / "metarl_bench" / "_src" / "gate" / "suite.py"
 
 
@@ -132,7 +134,10 @@ def allocated_peak_bytes(call: Callable[[], object]) -> int | None:
     The regression gate's own measure, read from this checkout's file (a standalone module,
     as the gate runs it against any commit), so that the two never differ.
     """
-    spec = importlib.util.spec_from_file_location("metarl_bench_gate_suite", GATE_SUITE)
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = sys.modules.get(GATE_SUITE_MODULE)
+    if suite is None:
+        spec = importlib.util.spec_from_file_location(GATE_SUITE_MODULE, GATE_SUITE)
+        suite = importlib.util.module_from_spec(spec)
+        sys.modules[GATE_SUITE_MODULE] = suite  # its dataclasses look their module up there
+        spec.loader.exec_module(suite)
     return suite.peak_bytes(call)
