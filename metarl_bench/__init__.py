@@ -16,6 +16,8 @@ from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, Reg
                                       UnknownNameError, UnsupportedError)
 from metarl_bench._src.estimators.common import batched as batched_estimator
 from metarl_bench._src.estimators.decomposition import decomposed
+from metarl_bench._src.estimators.entries import Entry as EstimatorEntry
+from metarl_bench._src.estimators.entries import resolve as estimator_entry
 from metarl_bench._src.evaluation.evaluate import Result, evaluate, load_results
 from metarl_bench._src.tasks.policies import Policy, make_policy
 from metarl_bench._src.core.registry import (Estimator, EstimatorSpec, estimator_spec, get_estimator,
@@ -59,10 +61,11 @@ _estimators._register_builtin()
 __version__ = "0.1.0"
 
 __all__ = [
-    "Estimator", "EstimatorSpec", "MetaRLBenchError", "ParameterError", "Policy",
-    "RegistrationError", "ResourceError", "Result", "ResultsFileError", "ShapeError", "Task",
-    "Trajectories", "UnknownNameError", "UnsupportedError", "batched_estimator", "decomposed",
-    "estimate_meta_gradient", "estimator_spec", "evaluate", "exact_moments", "get_estimator",
-    "list_estimators", "list_tasks", "load_results", "make_policy", "make_task", "meta_gradient",
-    "register_estimator", "register_task", "set_tasks",
+    "Estimator", "EstimatorEntry", "EstimatorSpec", "MetaRLBenchError", "ParameterError",
+    "Policy", "RegistrationError", "ResourceError", "Result", "ResultsFileError", "ShapeError",
+    "Task", "Trajectories", "UnknownNameError", "UnsupportedError", "batched_estimator",
+    "decomposed", "estimate_meta_gradient", "estimator_entry", "estimator_spec", "evaluate",
+    "exact_moments", "get_estimator", "list_estimators", "list_tasks", "load_results",
+    "make_policy", "make_task", "meta_gradient", "register_estimator", "register_task",
+    "set_tasks",
 ]

@@ -71,3 +71,28 @@ def test_the_asv_publish_plugin_runs_after_asvs_own_pages(tmp_path):
 
     asv_offline.OfflineAssets.publish(Conf, None, None, None, None)
     assert (tmp_path / "index.html").read_text() == '<script src="asv.js"></script>'
+
+
+def test_one_evaluation_serves_the_three_statistics_tracks(tmp_path, monkeypatch):
+    from benchmarks.bench_estimators import Statistics
+
+    monkeypatch.chdir(tmp_path)  # asv runs a class with a setup_cache in its own folder
+    folder = Statistics().setup_cache()
+    assert folder == str(tmp_path)
+    first = Statistics()
+    first.setup(folder, "lsf", "bandit", 4)
+    values = [first.track_bias(None, "lsf", "bandit", 4),
+              first.track_variance(None, "lsf", "bandit", 4),
+              first.track_mse(None, "lsf", "bandit", 4)]
+    assert all(isinstance(v, float) for v in values)
+    with pytest.raises(NotImplementedError):   # time and memory only
+        Statistics().setup(folder, "lsf", "halfcheetah-vel", 4)
+    monkeypatch.setattr(Statistics, "_evaluate", staticmethod(
+        lambda *cell: pytest.fail("evaluated twice")))
+    second = Statistics()
+    second.setup(folder, "lsf", "bandit", 4)
+    assert [second.track_bias(None, "lsf", "bandit", 4),
+            second.track_variance(None, "lsf", "bandit", 4),
+            second.track_mse(None, "lsf", "bandit", 4)] == values
+    with pytest.raises(NotImplementedError):   # read back as having no statistics
+        Statistics().setup(folder, "lsf", "halfcheetah-vel", 4)

@@ -218,21 +218,18 @@ def test_task_parameters_are_checked():
     assert task.n_tasks == 2 and task.tasks[1] == {"velocity": 1.5}
 
 
-def test_check_suite_times_a_mujoco_call(monkeypatch):
-    from metarl_bench._src.gate import command as regression_gate
+def test_check_suite_times_the_mujoco_sampler_and_calls():
+    from metarl_bench._src.gate.suite import SAMPLER, Item, Suite
 
-    # the rest of the suite shrunk to one cheap cell: only the MuJoCo row is under test
-    tabular = regression_gate.CHECK_TASKS["tabular"]
-    monkeypatch.setattr(regression_gate, "CHECK_TASKS", {"tabular": (*tabular[:4], 10)})
-    monkeypatch.setattr(regression_gate, "CHECK_N", (2,))
-    monkeypatch.setattr(regression_gate, "TIMING", ("tabular", 2, 10))
-    # the suite as a check worker runs it, in this process (so the patches apply)
-    suite = regression_gate._Suite(["lsf", "loo"])
-    mujoco_items = [item for item in suite.prepare()
-                    if item.partition("|")[2] in regression_gate.MUJOCO_TIMING]
-    assert mujoco_items == ["lsf|halfcheetah-vel"]   # loo needs a model
-    wall, cpu = suite.time(mujoco_items[0], calls=1)
-    assert wall > 0 and cpu > 0
+    # the suite as a check worker runs it, in this process, on the MuJoCo task alone
+    suite = Suite(["lsf", "loo"], tasks=["halfcheetah-vel"])
+    items = [Item(**item) for item in suite.prepare()]
+    # no model: no from-samples form with the exact outer step, and loo needs one
+    assert items == [Item(path="sampler", estimator=SAMPLER, task="halfcheetah-vel", n_inner=4),
+                     Item(path="call", estimator="lsf", task="halfcheetah-vel", n_inner=4)]
+    for item in items:
+        wall, cpu = suite.time(item, calls=1)
+        assert wall > 0 and cpu > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -67,11 +67,13 @@ def test_both_benchmark_suites_and_the_check_suite_include_it():
     ids = [line for line in collected.stdout.splitlines() if f"[{NAME}-" in line]
     # every benchmark task at both N (cells the estimator cannot run skip when run)
     assert len(ids) == 2 * len(common.TASKS), collected.stdout + collected.stderr
-    (suite,) = measure([str(ROOT)], [NAME], rounds=1, memory=False)
+    (suite,) = measure([str(ROOT)], [NAME], rounds=1, memory=False, tasks=["tabular"])
     # it needs the exact V: the check tasks with a model, at both N
     assert {(s["task"], s["n_inner"]) for s in suite["statistics"]} == {
         (task, n) for task in ("bandit", "tabular", "lq") for n in (4, 32)}
-    assert {(t["estimator"], t["task"]) for t in suite["times"]} == {(NAME, "tabular")}
+    # its from-samples form and its registered call, timed beside the task's sampler
+    assert {(t["path"], t["estimator"]) for t in suite["times"]} == {
+        ("sampler", "-"), ("from-samples", NAME), ("call", NAME)}
 
 
 def test_its_fast_form_equals_its_twin_with_a_sampled_outer_step():

@@ -85,7 +85,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for label, rate in stash["throughput"].items():
             write(f"{label:<52} {rate:>12,.0f}")
     if stash["speedup"] or stash["ratios"]:
-        terminalreporter.section("metarl_bench: lsf speed-up (tabular-v0, N=64, 1000 trials)")
+        terminalreporter.section("metarl_bench: speed-ups against the anchors (lsf: tabular-v0, "
+                                 "N=64, 1000 trials; maml: 30-arm bandit)")
         write(f"{'':<44} {'median':>12} {'fastest':>12}")
         for label, seconds in sorted(stash["speedup"].items()):
             write(f"{label:<44} {_ms(seconds['median']):>12} {_ms(seconds['min']):>12}")

@@ -1,6 +1,7 @@
-"""Throughput of registered calls: the lsf call against the per-trial anchor
-(``../shared/anchors/ref_tabular.py``, outside the repository, skipped when absent), and
-estimates per second against the batch size.
+"""Throughput of registered calls: the lsf call against the per-trial tabular anchor
+(``../shared/anchors/ref_tabular.py``, outside the repository, skipped when absent), the
+maml call against the bandit's anchor (benchmarks/anchor_bandit.py), and estimates per second
+against the batch size.
 
 The anchor is measured interleaved with the call it is compared to: each timed round of the
 registered call is preceded (in its setup) by a timed batch of the anchor's trials, so both
@@ -9,12 +10,14 @@ see the same load, and the ratio comes from one run. Numbers are recorded, never
 
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import metarl_bench as mb
+from benchmarks import anchor_bandit
 from benchmarks.common import SEED
 
 ANCHOR = Path(os.environ.get(
@@ -90,6 +93,44 @@ def test_lsf_against_the_per_trial_anchor(benchmark, results):
         estimates_per_second=ours_median, anchor_estimates_per_second=rounds,
         ratio_of_medians=ratios["lsf call / anchor, est/s, medians"][0],
         threads=torch.get_num_threads(), load_average_1min=load)
+
+
+BANDIT_TRIALS, BANDIT_ANCHOR_TRIALS, BANDIT_ROUNDS = 1000, 100, 7
+
+
+@pytest.mark.benchmark(group="maml against the bandit anchor (30 arms, N=M, x1000, float32)")
+@pytest.mark.parametrize("n_inner", [10, 64])
+def test_maml_against_the_bandit_anchor(benchmark, results, n_inner):
+    task = mb.make_task("bandit-v0", rewards="random", n_arms=anchor_bandit.N_ARMS, seed=0)
+    theta = task.initial_params(dtype=torch.float32)
+    maml = mb.get_estimator("maml")
+    anchor_rates = []
+
+    def anchor_round():
+        start = time.perf_counter()
+        anchor_bandit.estimates(BANDIT_ANCHOR_TRIALS, n_inner, n_inner)
+        anchor_rates.append(BANDIT_ANCHOR_TRIALS / (time.perf_counter() - start))
+        return seeded()
+
+    def call(generator):
+        return maml(task, theta, n_inner=n_inner, inner_lr=anchor_bandit.INNER_LR,
+                    n_trials=BANDIT_TRIALS, n_outer=n_inner, generator=generator)
+
+    benchmark.pedantic(call, setup=anchor_round, rounds=BANDIT_ROUNDS, warmup_rounds=1,
+                       iterations=1)
+    if not benchmark.stats:
+        return
+    ours = BANDIT_TRIALS / benchmark.stats.stats.median
+    rounds = anchor_rates[-BANDIT_ROUNDS:]  # the warm-up round's setup ran one more
+    ratio = ours / median(rounds)
+    results["ratios"][f"maml call / bandit anchor, N=M={n_inner}, medians"] = (ratio, "tracked")
+    results["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results["throughput"][f"registered maml, 30-arm bandit N=M={n_inner} x1000"] = ours
+    results["throughput"][f"anchor_bandit.py, per trial, N=M={n_inner}"] = median(rounds)
+    benchmark.extra_info.update(
+        n_inner=n_inner, n_outer=n_inner, n_trials=BANDIT_TRIALS, estimates_per_second=ours,
+        anchor_estimates_per_second=rounds, ratio_of_medians=ratio,
+        threads=torch.get_num_threads(), load_average_1min=results["load_average"])
 
 
 BATCH_SIZES = [1000, 4000, 16000]

@@ -21,6 +21,7 @@ from metarl_bench._src.core.errors import MetaRLBenchError, ParameterError, Unsu
 from metarl_bench._src.core.validation import parse_assignment
 from metarl_bench._src.evaluation.config import CellConfig
 from metarl_bench._src.evaluation.evaluate import TARGET_METRICS
+from metarl_bench._src.gate.compare import DEFAULT_FACTOR
 from metarl_bench._src.reporting import reproductions
 
 #: The headline comparison of ``metarl-bench run`` with no --task (reproductions.HEADLINE).
@@ -307,8 +308,8 @@ def _check_parser(commands: Any) -> None:
     check.add_argument("--threads", type=_threads, default=1,
                        help="torch intra-op threads while measuring, at most the CPUs "
                             "(default: 1)")
-    check.add_argument("--factor", type=_float, default=2.0,
-                       help="time/memory ratio that fails (default: 2.0)")
+    check.add_argument("--factor", type=_float, default=DEFAULT_FACTOR,
+                       help=f"time/memory ratio that fails (default: {DEFAULT_FACTOR})")
     check.add_argument("--z", type=_float, default=3.0,
                        help="joint standard errors a statistic may worsen by (default: 3)")
     check.add_argument("--all", action="store_true", help="show unchanged rows too")

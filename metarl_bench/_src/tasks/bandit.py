@@ -42,9 +42,20 @@ class BanditTask(TabularTask):
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
-        # the arms first, then (stochastic rewards) the rewards' own draws
-        pulls = super().sample(params, n_traj, task_index, generator)
-        rewards = self._draw_rewards(pulls, generator, params.detach())
+        """One pull per trajectory: the draws of ``TabularTask.sample`` for one state and one
+        step (the start state's uniform, unused, then the arm's), without its walk."""
+        params = params.detach()
+        shape = (params.shape[0], n_traj)
+        uniform(shape, generator, params)  # the start state: certain, its draw keeps the stream
+        policy, _ = self._policy_tables(params, n_traj, offsets=False)
+        arms = policy.draw(None, uniform(shape, generator, params, high=self.n_arms))
+        arms = arms.unsqueeze(-1)                                                 # (R, N, 1)
+        rewards_by_arm = self._alias_model(params)[-1]                        # (n_tasks * K,)
+        means = rewards_by_arm.take(arms if self.n_tasks == 1 else
+                                    arms + (task_index * self.n_arms).reshape(-1, 1, 1))
+        pulls = Trajectories(torch.zeros_like(arms), arms, means, task_index)
+        # then (stochastic rewards) the rewards' own draws
+        rewards = self._draw_rewards(pulls, generator, params)
         return pulls if rewards is None else Trajectories(pulls.states, pulls.actions, rewards,
                                                           task_index)
 

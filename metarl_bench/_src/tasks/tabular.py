@@ -15,7 +15,8 @@ import torch
 from metarl_bench._src.core import resources
 
 from metarl_bench._src.core import validation
-from metarl_bench._src.core.draws import alias_draw, alias_outcomes, alias_table
+from metarl_bench._src.core.draws import (CategoricalTables, alias_draw, alias_outcomes,
+                                            alias_table)
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError
 from metarl_bench._src.tasks.policies import TabularSoftmax
 from metarl_bench._src.tasks.base import Task, as_tensor, distribution, uniform
@@ -112,29 +113,60 @@ class TabularTask(Task):
                                 state_action.remainder(self.n_actions))
         return self._cache[key]
 
+    def _policy_draws(self, n_rows: int, n_traj: int) -> int:
+        """The policy draws of one ``sample`` call: one per row, trajectory and step walked
+        (discounted tasks: the typical padded length of R*N episodes, log(R N) / -log gamma,
+        every episode being drawn for until the last has ended)."""
+        if self.continue_probability is None:
+            return n_rows * n_traj * self.horizon
+        if self.continue_probability == 0.0:
+            return n_rows * n_traj
+        steps = 1 + math.log(max(2, n_rows * n_traj)) / -math.log(self.continue_probability)
+        return math.ceil(n_rows * n_traj * steps)
+
+    def _policy_tables(self, params: torch.Tensor, n_traj: int, *, offsets: bool = True
+                       ) -> tuple[CategoricalTables, bool]:
+        """The policy's laws of every row, ready for ``n_traj`` trajectories per row, and
+        whether the rows share them (rows that are views of one theta: one set of laws).
+
+        A draw returns the state-action offset (s * A + a) * S (``offsets=False``: the
+        action). Alias tables or cumulative sums, whichever is cheaper for how often each
+        law is drawn from in this call (``draws.CategoricalTables``: a rule of the shapes
+        and counts only).
+        """
+        n_rows = params.shape[0]
+        n_states, n_actions = self.n_states, self.n_actions
+        # rows that are views of one theta (the inner samples of a registered call) share
+        # one policy table: building R identical tables would cost more than the draws
+        shared = n_rows > 1 and params.stride(0) == 0
+        probs = self.policy.probs(params[:1] if shared else params)                # (R', S, A)
+        values = None
+        if offsets:
+            key = ("state-action", params.device)
+            if key not in self._cache:
+                self._cache[key] = (torch.arange(n_states * n_actions, device=params.device)
+                                    * n_states).reshape(n_states, n_actions)
+            values = self._cache[key].expand_as(probs).reshape(-1, n_actions)
+        return CategoricalTables(probs.reshape(-1, n_actions), values,
+                                 self._policy_draws(n_rows, n_traj),
+                                 gathered=n_states > 1), shared
+
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
-        """Trajectories by alias-table draws: one uniform and O(1) work per draw.
+        """Trajectories by categorical draws: one uniform per draw.
 
         Per trajectory: the start state (one uniform), then per step the action and, unless
         it is the last step, the next state (one uniform each), all rows and trajectories
-        at once; the draws are a fixed function of the generator's stream.
+        at once; the draws are a fixed function of the generator's stream. Start and
+        transition laws are alias tables (built once per task, O(1) per draw); the policy's
+        are alias tables or cumulative sums (``_policy_tables``).
         """
         params = params.detach()
         n_rows = params.shape[0]
         n_states, n_actions = self.n_states, self.n_actions
         (start_threshold, start_outcomes, step_threshold, step_outcomes,
          rewards_by_offset) = self._alias_model(params)
-        # rows that are views of one theta (the inner samples of a registered call) share
-        # one policy table: building R identical tables would cost more than the draws
-        shared = n_rows > 1 and params.stride(0) == 0
-        policy_threshold, policy_alias = alias_table(
-            self.policy.probs(params[:1] if shared else params))
-        state_action_offset = (torch.arange(n_states * n_actions, device=params.device)
-                               * n_states).reshape(n_states, n_actions)
-        policy_outcomes = alias_outcomes(policy_alias,
-                                         state_action_offset.expand_as(policy_alias))
-        policy_threshold = policy_threshold.reshape(-1)
+        policy, shared = self._policy_tables(params, n_traj)
         row_offset = (None if shared else torch.arange(n_rows, device=params.device)
                       .unsqueeze(1) * (n_states * n_actions))                      # (R, 1)
         task_offset = (None if self.n_tasks == 1 else
@@ -143,12 +175,11 @@ class TabularTask(Task):
         state = alias_draw(start_threshold, start_outcomes, task_index.unsqueeze(1) * n_states,
                            uniform(shape, generator, params, high=n_states))
         state_actions, alive_steps = [], []
-        alive = torch.ones(shape, dtype=torch.bool, device=params.device)
+        alive = (None if self.continue_probability is None else
+                 torch.ones(shape, dtype=torch.bool, device=params.device))
         while True:
-            state_action = alias_draw(
-                policy_threshold, policy_outcomes,
-                state if row_offset is None else state + row_offset,
-                uniform(shape, generator, params, high=n_actions))
+            state_action = policy.draw(state if shared else state + row_offset,
+                                       uniform(shape, generator, params, high=n_actions))
             state_actions.append(state_action)                   # (s * A + a) * S
             if self.continue_probability is None:
                 if len(state_actions) == self.horizon:
