@@ -149,9 +149,16 @@ def third_party(found: list[Import]) -> list[Import]:
             if i.top != PACKAGE and i.top not in sys.stdlib_module_names and i.top != "__future__"]
 
 
+def _no_deps(project: dict) -> set[str]:
+    """The distributions installed beside an extra with ``pip install --no-deps``
+    (``[tool.metarl-bench] no-deps``, merged into the project table by ``_project``)."""
+    return {canonicalize_name(Requirement(text).name) for text in project.get("no-deps", [])}
+
+
 def undeclared_imports(root: Path, project: dict) -> list[str]:
-    """Imports of a distribution that neither the dependencies nor an extra names."""
-    declared = _declared(project.get("dependencies", []))
+    """Imports of a distribution that neither the dependencies, an extra nor the no-deps
+    list names."""
+    declared = _declared(project.get("dependencies", [])) | _no_deps(project)
     for texts in project.get("optional-dependencies", {}).values():
         declared |= _declared(texts)
     return [f"{i.where}: imports {i.top} (distribution {', '.join(sorted(distributions(i.top)))}"
@@ -199,7 +206,8 @@ def unguarded_extras(root: Path, project: dict) -> list[str]:
     path by running without MuJoCo.
     """
     runtime = _declared(project.get("dependencies", []))
-    extras = set().union(*map(_declared, project.get("optional-dependencies", {}).values()))
+    extras = set().union(*map(_declared, project.get("optional-dependencies", {}).values()),
+                         _no_deps(project))
     found = imports_in(root)
     loaded = loaded_on_import(found, public_roots(found, project))
     problems = []
@@ -247,7 +255,9 @@ def unpinned_runtime_dependencies(project: dict, matrix: dict[str, list[str]]) -
 
 def _project() -> dict:
     with open(REPO / "pyproject.toml", "rb") as handle:
-        return tomllib.load(handle)["project"]
+        pyproject = tomllib.load(handle)
+    no_deps = pyproject.get("tool", {}).get("metarl-bench", {}).get("no-deps", [])
+    return {**pyproject["project"], "no-deps": no_deps}
 
 
 def test_every_third_party_import_is_declared():

@@ -54,10 +54,23 @@ def optional_dependencies() -> set[str]:
     return set(project["project"]["optional-dependencies"]), {m.split(":")[0] for m in markers}
 
 
+def no_deps_pins() -> list[str]:
+    """What pyproject.toml says to install with --no-deps ([tool.metarl-bench] no-deps)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        return tomllib.load(handle)["tool"]["metarl-bench"]["no-deps"]
+
+
 def check_pip(args: list[str]) -> None:
     extras, _ = optional_dependencies()
     assert args[0] == "install", args
     for arg in args[1:]:
+        if arg in no_deps_pins():  # the exact pin, and only beside --no-deps
+            assert "--no-deps" in args, f"pip install {arg} needs --no-deps"
+            continue
         match = re.fullmatch(r"(.*?)(\[([\w,-]+)\])?", arg.strip("'\""))
         path, _, wanted = match.groups()
         if path.startswith(("-", "torch==")):

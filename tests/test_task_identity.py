@@ -68,7 +68,8 @@ def _other_value(name, value, task):
         return [*value[:-1], last // 2 if isinstance(last, int) else (last * 0.5 or 0.1)]
     strings = {"policy": "linear", "sampler": "gymnasium", "action_dtype": "float32",
                "env_id": "MountainCarContinuous-v0", "rewards": "random",
-               "success_probs": "random", "means": "random"}
+               "success_probs": "random", "means": "random", "env_name": "push-v3",
+               "split": "test", "baseline": None}
     if isinstance(value, str) and name != "set_task":
         return strings[name]
     shape = tuple(task.param_shape)
@@ -90,6 +91,7 @@ def _other_value(name, value, task):
         "set_task": lambda: set_gravity_twice,
         "env_kwargs": lambda: {"g": 9.0},
         "baseline": lambda: "linear", "gae_lambda": lambda: 0.9,
+        "skills": lambda: ["push-v3"],
     }
     return nones[name]()
 
@@ -117,11 +119,24 @@ def _key(task):
                       n_trials=2, truth_samples=2, n_boot=10).key
 
 
+#: Arguments with one allowed value today (a second sampler is still to come): nothing to
+#: change them to.
+ONE_VALUE = {("metaworld-ml1-v0", "sampler"), ("metaworld-ml10-v0", "sampler")}
+
+
+def _skip_without_simulator(task_id):
+    if task_id in ("halfcheetah-vel-v0", "halfcheetah-dir-v0", "ant-dir-v0") or \
+            task_id.startswith("metaworld-"):
+        pytest.importorskip("mujoco")
+    if task_id.startswith("metaworld-"):
+        pytest.importorskip("metaworld")
+
+
 @pytest.mark.parametrize("task_id", sorted(TASKS))
 def test_changing_any_one_argument_changes_the_key(task_id):
-    if task_id in ("halfcheetah-vel-v0", "halfcheetah-dir-v0", "ant-dir-v0"):
-        pytest.importorskip("mujoco")
-    names = [name for name in inspect.signature(TASKS[task_id].factory()).parameters]
+    _skip_without_simulator(task_id)
+    names = [name for name in inspect.signature(TASKS[task_id].factory()).parameters
+             if (task_id, name) not in ONE_VALUE]
     changed = set()
     for base in BASES.get(task_id, [{}]):
         task = mb.make_task(task_id, **base)
@@ -163,8 +178,7 @@ def test_equal_arguments_written_differently_share_the_key(task_id, name, spelli
 @pytest.mark.parametrize("task_id", sorted(TASKS))
 def test_a_task_remade_from_its_params_is_the_same_task(task_id):
     """What a stored line holds is enough to make the task again (sweeps do)."""
-    if task_id in ("halfcheetah-vel-v0", "halfcheetah-dir-v0", "ant-dir-v0"):
-        pytest.importorskip("mujoco")
+    _skip_without_simulator(task_id)
     task = mb.make_task(task_id)
     again = mb.make_task(task_id, **json.loads(json.dumps(task.params)))
     assert again.spec_kwargs == task.spec_kwargs and again.params == task.params

@@ -174,8 +174,8 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
         baseline = pilot_return(task, theta, generator)
         options = {"baseline": baseline}
         method = (f"mean of {n_samples} unbiased estimates, N={n_inner}, M={n_outer}"
-                  f"{steps_note}, baseline {baseline:.6g} from {PILOT_TRAJECTORIES} pilot "
-                  f"trajectories per task")
+                  f"{steps_note}, baseline {baseline:.6g} from {pilot_trajectories(task)} "
+                  f"pilot trajectories per task")
     if n_steps > 1:
         options = {**options, "n_steps": n_steps}
     fn = estimator_spec(name).fn
@@ -193,11 +193,19 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     return EstimatedGradient(torch.cat(parts), method)
 
 
+def pilot_trajectories(task: Any) -> int:
+    """Trajectories per task of :func:`pilot_return`: ``PILOT_TRAJECTORIES``, or fewer where
+    the task says a trajectory is dear (``task.pilot_trajectories``)."""
+    return int(getattr(task, "pilot_trajectories", PILOT_TRAJECTORIES))
+
+
 def pilot_return(task: Any, theta: torch.Tensor, generator: torch.Generator | None) -> float:
-    """Mean discounted return at theta over 64 trajectories per task of the distribution."""
+    """Mean discounted return at theta over ``pilot_trajectories(task)`` trajectories per
+    task of the distribution (the constant baseline of an estimated truth: any constant
+    keeps it unbiased, a closer one only narrows it)."""
     task_index = torch.arange(task.n_tasks, device=theta.device)
     rows = theta.detach().expand(task.n_tasks, *theta.shape)
-    traj = task.sample(rows, PILOT_TRAJECTORIES, task_index, generator)
+    traj = task.sample(rows, pilot_trajectories(task), task_index, generator)
     return float(discounted_return(traj.rewards, task.gamma).mean())
 
 

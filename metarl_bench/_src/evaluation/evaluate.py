@@ -743,6 +743,7 @@ def compute_cell(task: Task, theta: torch.Tensor, config: CellConfig, truth: Tru
         advance((cap - used) * trajectories)  # the planned work this cell did not need
         adaptive = dict(rel_ci=width, target_reached=width is not None and width <= target)
     mse = stats["mse"]
+    simulators = getattr(task, "versions", dict)()  # a plug-in task need not subclass Task
     return plain(dict(
         n_steps=config.n_steps, truth_kind=truth.kind, truth_method=truth.method,
         moments=stats.pop("moments"), **stats,
@@ -750,7 +751,8 @@ def compute_cell(task: Task, theta: torch.Tensor, config: CellConfig, truth: Tru
         mse_x_trajectories=None if mse is None else mse * trajectories,
         n_nonfinite=n_nonfinite, problem=problem, n_trials_used=used, **adaptive,
         seconds=seconds, peak_memory_bytes=memory.bytes, memory_method=memory.method,
-        torch_version=torch.__version__))
+        torch_version=torch.__version__,
+        **({"simulator_versions": simulators} if simulators else {})))
 
 
 def relative_width(stats: dict[str, Any], metric: str) -> float:

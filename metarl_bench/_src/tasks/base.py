@@ -52,6 +52,11 @@ class Task:
         device = validation.check_device(device)
         return self.policy.initial_params(dtype=dtype, device=device).reshape(self.param_shape)
 
+    def versions(self) -> dict[str, str]:
+        """Libraries beyond torch whose versions its results depend on (a simulator's), by
+        name; recorded with each result."""
+        return {}
+
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None) -> Trajectories:
         """``n_traj`` trajectories for each row of ``params`` (R, *param_shape)."""

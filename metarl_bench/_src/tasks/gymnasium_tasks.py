@@ -20,6 +20,7 @@ These tasks have no model: estimators run with a sampled outer step (``n_outer=M
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
@@ -79,6 +80,9 @@ class VectorEnvSimulator:
     ``BatchSimulator`` interface. Rewards after an episode ends (terminated) are 0: a
     trajectory has the fixed horizon of the task."""
 
+    #: reset() takes each simulation's task (the batched simulator takes goals)
+    takes_tasks = True
+
     def __init__(self, make_env: Callable[[], Any], n_sims: int,
                  set_task: Callable[[Any, Any], None] | None):
         import gymnasium
@@ -123,7 +127,8 @@ class GymnasiumTask(Task):
     def __init__(self, *, name: str, env_id: str, env_kwargs: dict[str, Any],
                  tasks: list[Any], policy: Any, horizon: int, gamma: float, sampler: str,
                  action_dtype: str, nthread: int, goal_key: str | None,
-                 set_task: Callable[[Any, Any], None] | None, advantages: Any = None):
+                 set_task: Callable[[Any, Any], None] | None, advantages: Any = None,
+                 reference_env: Any = None):
         self.name = name
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs)
@@ -139,7 +144,8 @@ class GymnasiumTask(Task):
         self.goal_key = goal_key
         self._set_task = set_task
         self.advantages = advantages if advantages is not None else make_advantages()
-        self._reference_env = _require_gymnasium_env(env_id, self.env_kwargs).unwrapped
+        self._reference_env = (reference_env if reference_env is not None
+                               else _require_gymnasium_env(env_id, self.env_kwargs).unwrapped)
         # memory of one trajectory against a tabular one (sets evaluate's chunk size): per
         # step, float observations and actions and the policy's widest layer of activations
         space = self._reference_env.observation_space
@@ -158,17 +164,28 @@ class GymnasiumTask(Task):
             if len(self._simulators) >= SIMULATOR_CACHE:
                 _, old = self._simulators.popitem(last=False)
                 getattr(old, "close", lambda: None)()
-            if sampler == "batch":
-                from metarl_bench._src.tasks.envs.batch_sim import BatchSimulator
-
-                self._simulators[key] = BatchSimulator(self._reference_env, n_sims,
-                                                       nthread=self.nthread)
-            else:
-                limited = {**self.env_kwargs, "max_episode_steps": self.horizon}
-                self._simulators[key] = VectorEnvSimulator(
-                    lambda: _require_gymnasium_env(self.env_id, limited), n_sims,
-                    self._set_task)
+            self._simulators[key] = self.new_simulator(sampler, n_sims)
         return self._simulators[key]
+
+    def new_simulator(self, sampler: str, n_sims: int) -> Any:
+        """A simulator of ``n_sims`` simulations for ``sampler`` (``simulator`` caches them)."""
+        if sampler == "batch":
+            from metarl_bench._src.tasks.envs.batch_sim import BatchSimulator
+
+            return BatchSimulator(self._reference_env, n_sims, nthread=self.nthread)
+        limited = {**self.env_kwargs, "max_episode_steps": self.horizon}
+        return VectorEnvSimulator(lambda: _require_gymnasium_env(self.env_id, limited), n_sims,
+                                  self._set_task)
+
+    def versions(self) -> dict[str, str]:
+        """The simulator libraries its results depend on (recorded with each result)."""
+        import gymnasium
+
+        out = {"gymnasium": gymnasium.__version__}
+        mujoco = sys.modules.get("mujoco")  # imported where a simulation uses it
+        if mujoco is not None:
+            out["mujoco"] = mujoco.__version__
+        return out
 
     def reset_seeds(self, n_rows: int, n_traj: int,
                     generator: torch.Generator | None) -> np.ndarray:
@@ -191,7 +208,7 @@ class GymnasiumTask(Task):
         sim = self.simulator(n_sims, sampler)
         seeds = self.reset_seeds(n_rows, n_traj, generator)
         sim_tasks = np.repeat(task_index.cpu().numpy(), n_traj)
-        if isinstance(sim, VectorEnvSimulator):
+        if getattr(sim, "takes_tasks", False):
             observation = sim.reset(seeds, [self.tasks[i] for i in sim_tasks])
         else:
             goals = np.array([self.tasks[i][self.goal_key] for i in range(self.n_tasks)])
