@@ -53,7 +53,7 @@ register_task("ant-dir-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_ant_di
               defaults={**_MUJOCO, "n_inner": (2, 4), "n_outer": 2, "n_trials": 4,
                         "truth_samples": 8})
 register_task("gym-v0", "metarl_bench._src.tasks.gymnasium_tasks:make_gym", defaults=_MUJOCO)
-# Meta-World: N = 2, 4 with M = 2 sampled outer trajectories on 10 goals of 150 steps, few
+# Meta-World: N = 2, 4 with M = 2 sampled outer trajectories on 5 goals of 150 steps, few
 # trials (its environments step in Python, about a millisecond a step); MAML-TRPO's step
 _METAWORLD = dict(inner_lr=0.1, n_inner=(2, 4), n_outer=2, n_trials=3, truth_samples=4)
 register_task("metaworld-ml1-v0", "metarl_bench._src.tasks.metaworld_tasks:make_metaworld_ml1",

@@ -234,7 +234,7 @@ def _split(split: Any) -> str:
     return _choice("split", split, SPLITS)
 
 
-def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks: int = 10,
+def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks: int = 5,
                        seed: int = 0, horizon: int = 150, gamma: float = 0.99,
                        policy: str = "mlp", hidden: Any = (100, 100), init_std: float = 1.0,
                        policy_seed: int = 0, sampler: str = "metaworld",
@@ -246,8 +246,9 @@ def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks
     ``metaworld.ML1(env_name, seed)`` draws 50 train goals and 50 disjoint test goals
     (``split="test"``), hidden from the observation (39 numbers: hand, gripper, two objects,
     previous frame); actions are 4 numbers in [-1, 1] (hand motion, gripper), rewards
-    Meta-World's shaped v3 rewards. ``n_tasks`` (at most 50; the field's ML1 meta-batch is
-    10) goals form the task distribution. ``horizon`` T (at most 500, Meta-World's episode;
+    Meta-World's shaped v3 rewards. ``n_tasks`` (at most 50) goals form the task
+    distribution: 5 by default, to keep a default run in minutes (every estimate samples
+    every goal); the field's ML1 meta-batch is 10. ``horizon`` T (at most 500, Meta-World's episode;
     150 as older MAML code, to keep a run in minutes), ``gamma`` 0.99. ``policy`` "mlp": a
     Gaussian MLP with tanh ``hidden`` layers (the field's 2x100; newer code 2x512 or 3x400),
     state-independent log-std ``init_std``, weights from ``policy_seed``. Inner step as
