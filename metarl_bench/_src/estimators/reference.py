@@ -285,6 +285,63 @@ taypo.__doc__ = """(I + eta H)^T grad V(theta'), H = J_Q + (1/N) sum_t Q_t s_t s
 (+ sum_{t<m} Q_m (s_t s_m^T + s_m s_t^T) for order 2), Q_t = G_t or gamma^t r_t + W_{t+1}."""
 
 
+def tmaml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+          outer: Callable | None = None, baseline: float | str = "loo-mean") -> torch.Tensor:
+    """(I + eta (H_causal - C))^T grad V(theta'), theta' = theta + eta g_N (plain),
+    C = (1/N) sum_i sum_t b_it [grad s_t + s_t s_t^T + s_t S_<t^T + S_<t s_t^T], b_it the
+    other trajectories' mean reward-to-go at t (one entry at a time) or gamma^t b."""
+    rows = []
+    for r in range(inner.n_rows):
+        traj = inner.rows(slice(r, r + 1))
+        row = _row(task, theta, traj, inner_lr, outer)
+        returns = reward_to_go(traj.rewards, task.gamma)[0]                          # (N, T)
+        n_traj, horizon = returns.shape
+        weights = torch.zeros_like(returns)
+        for i in range(n_traj):
+            for t in range(horizon):
+                if baseline == "loo-mean":
+                    others = [float(returns[j, t]) for j in range(n_traj) if j != i]
+                    weights[i, t] = sum(others) / len(others) if others else 0.0
+                else:
+                    weights[i, t] = task.gamma ** t * baseline
+        log_prob = _log_prob_fn(task, traj, theta.shape)
+        second = hessian(lambda th: (log_prob(th) * weights).sum() / n_traj, row.theta)
+        cumulative = row.step_scores.cumsum(1)
+        rewards = traj.rewards[0] * discounts(task.gamma, traj.horizon, traj.rewards)
+        h_causal = row.j_n + torch.einsum("nt,ntd,nte->de", rewards, cumulative,
+                                          cumulative) / n_traj
+        control = second + _same_and_decayed_products(weights, 1.0)(row.step_scores) / n_traj
+        h_n = h_causal - control
+        rows.append((row.outer_grad + inner_lr * h_n.T @ row.outer_grad).reshape(theta.shape))
+    return torch.stack(rows)
+
+
+def hf_maml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+            outer: Callable | None = None, delta: float = 0.01) -> torch.Tensor:
+    """u + eta [g_IS(theta + delta u) - g_IS(theta - delta u)] / (2 delta), u = grad V(theta'),
+    g_IS(x) = (1/N) sum_i p_x(tau_i)/p_theta(tau_i) sum_t grad log pi_x(a_t|x_t) G_t by
+    per-trajectory Jacobians, one row at a time."""
+    shape = theta.shape
+    rows = []
+    for r in range(inner.n_rows):
+        traj = inner.rows(slice(r, r + 1))
+        row = _row(task, theta, traj, inner_lr, outer)
+        log_prob = _log_prob_fn(task, traj, shape)
+        returns = reward_to_go(traj.rewards, task.gamma)[0]                          # (N, T)
+        base = log_prob(row.theta).sum(-1)
+
+        def weighted_gradient(point: torch.Tensor) -> torch.Tensor:
+            step_scores = jacobian(log_prob, point, vectorize=True)                  # (N, T, D)
+            ratios = torch.exp(log_prob(point).sum(-1) - base)                       # (N,)
+            per_traj = (step_scores * returns.unsqueeze(-1)).sum(1)                  # (N, D)
+            return (ratios.unsqueeze(-1) * per_traj).mean(0)
+
+        difference = (weighted_gradient(row.theta + delta * row.outer_grad)
+                      - weighted_gradient(row.theta - delta * row.outer_grad))
+        rows.append((row.outer_grad + inner_lr * difference / (2 * delta)).reshape(shape))
+    return torch.stack(rows)
+
+
 def es_maml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
             outer: Callable | None = None, perturbations: torch.Tensor,
             sigma: float) -> torch.Tensor:
