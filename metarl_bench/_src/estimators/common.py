@@ -185,20 +185,58 @@ class _Chain:
 
     def run(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
         """Steps ``step``..K-1 from ``points``; returns lambda_step."""
-        self.points.append(points)
-        starts = RowStarts(points) if step > 0 else None
-        if starts is not None:
-            inner = dataclasses.replace(inner, starts=starts)
+        inner, starts = self._at(step, points, inner)
         continuation = Continuation(self, step)
         estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
                                      outer=continuation, **self.options)
         if not continuation.called or (starts is not None and not starts.used):
-            name = self.from_samples.__name__.replace("_from_samples", "")
-            raise UnsupportedError(
-                f"estimator {name!r} cannot take more than one inner step: its from-samples "
-                f"form must build its parameters with row_params(theta, inner) and reach the "
-                f"outer step through outer_at (metarl_bench._src.estimators.common)")
+            raise self._unsupported()
         return estimate
+
+    def advance(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
+        """Step ``step`` outside the differentiated window: the estimator's own theta_{k+1}
+        (its form run up to its outer step, then stopped), no Jacobian."""
+        inner, starts = self._at(step, points, inner)
+        try:
+            self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
+                              outer=_Advance(self.outer is None), **self.options)
+        except _Stopped as stopped:
+            if starts is not None and not starts.used:
+                raise self._unsupported() from None
+            return stopped.adapted
+        raise self._unsupported()
+
+    def _at(self, step: int, points: torch.Tensor, inner: Trajectories
+            ) -> tuple[Trajectories, RowStarts | None]:
+        self.points.append(points)
+        starts = RowStarts(points) if step > 0 else None
+        return (inner if starts is None else dataclasses.replace(inner, starts=starts)), starts
+
+    def _unsupported(self) -> UnsupportedError:
+        name = self.from_samples.__name__.replace("_from_samples", "")
+        return UnsupportedError(
+            f"estimator {name!r} cannot take more than one inner step: its from-samples "
+            f"form must build its parameters with row_params(theta, inner) and reach the "
+            f"outer step through outer_at (metarl_bench._src.estimators.common)")
+
+
+class _Stopped(Exception):
+    """Carries the adapted parameters of a step outside the window out of its form."""
+
+    def __init__(self, adapted: torch.Tensor):
+        super().__init__("inner step outside the truncation window")
+        self.adapted = adapted
+
+
+class _Advance(OuterStep):
+    """The outer step of a step outside the window: stops the form at its adapted
+    parameters (the Jacobian of that step is never formed)."""
+
+    def __init__(self, exact: bool):
+        self.exact = exact
+
+    def after(self, adapted: torch.Tensor, task_index: torch.Tensor) -> Outer:
+        raise _Stopped(adapted.detach())
 
 
 class Continuation(OuterStep):
@@ -239,10 +277,24 @@ def is_exact_outer(outer: OuterSampler | OuterStep | None) -> bool:
     return outer is None or isinstance(outer, OuterStep) and getattr(outer, "exact", False)
 
 
+def check_truncate(truncate: Any, n_steps: int) -> int:
+    """The truncation window w, checked: an integer from 0 to K = ``n_steps``; None is K."""
+    if truncate is None:
+        return n_steps
+    if (isinstance(truncate, bool) or not isinstance(truncate, (int, float))
+            or isinstance(truncate, float) and not truncate.is_integer()
+            or not 0 <= truncate <= n_steps):
+        raise ParameterError(f"truncate must be an integer from 0 to n_steps={n_steps} (the "
+                             f"inner steps differentiated, counted from the last; 0 is "
+                             f"first-order), got {truncate!r}")
+    return int(truncate)
+
+
 def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torch.Tensor,
                steps: Sequence[Trajectories], *, inner_lr: float,
                outer: OuterSampler | None = None, sampler: StepSampler | None = None,
-               n_steps: int | None = None, **options: Any) -> MultiStep:
+               n_steps: int | None = None, truncate: int | None = None,
+               **options: Any) -> MultiStep:
     """K inner steps of the estimator whose one-step form is ``from_samples``.
 
     ``steps``: the trajectories (R, N, T) of the first steps, the rows of step k drawn at
@@ -252,16 +304,30 @@ def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torc
     "outer gradient" is lambda_{k+1}, pulled back by the later steps, and its "outer value"
     is V(theta_K) (``Continuation``), so the estimate is
     lambda_0 = A_0^T (A_1^T (... A_{K-1}^T grad V(theta_K) + c_{K-1}) ...) + c_0.
+
+    ``truncate=w`` (truncated backpropagation) keeps the last w factors only: steps
+    0..K-w-1 take the estimator's own inner step with no Jacobian and no correction (A_k = I,
+    c_k = 0), and the estimate is lambda_{K-w}. w = K (or None) is the full chain, w = 0 is
+    grad V(theta_K): first-order MAML's construction on the estimator's own theta_k.
     """
     n_steps = validation.positive_int("n_steps", len(steps) if n_steps is None else n_steps)
+    window = check_truncate(truncate, n_steps)
     if not steps or len(steps) > n_steps or (len(steps) < n_steps and sampler is None):
         raise ParameterError(f"{n_steps} inner step(s) need the trajectories of step 0 and "
                              f"then of every step or a sampler; got {len(steps)} and "
                              f"{'a' if sampler else 'no'} sampler")
     chain = _Chain(from_samples, task, theta, list(steps), sampler, n_steps, inner_lr, outer,
                    dict(options))
-    start = theta.detach().expand(steps[0].n_rows, *theta.shape)
-    return MultiStep(chain.run(0, start, steps[0]), chain.points)
+    points = theta.detach().expand(steps[0].n_rows, *theta.shape)
+    inner, task_index = steps[0], steps[0].task_index
+    for step in range(n_steps - window):  # iterative: the window alone recurses
+        points = chain.advance(step, points, inner)
+        if step + 1 < n_steps:
+            inner = chain.samples(step + 1, points, task_index)
+    if window == 0:
+        chain.points.append(points)
+        return MultiStep(outer_at(task, points, task_index, outer).grad, chain.points)
+    return MultiStep(chain.run(n_steps - window, points, inner), chain.points)
 
 
 def pathwise(step: InnerStep, outer: Outer) -> torch.Tensor:
@@ -333,7 +399,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     argument checks, seeded sampling, chunks of trials, the average over the tasks.
 
     ``n_steps=K`` adapts in K inner steps with fresh trajectories at each theta_k
-    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError. ``draw``
+    (``multi_step``); ``truncate=w`` differentiates the last w of them only (None: all K);
+    ``multi_step_ok=False`` makes K > 1 (and truncation) an UnsupportedError. ``draw``
     samples the inner trajectories where the estimator needs them (``Draw``; default: N at
     theta per row); its keyword options are then the estimator's options.
     ``trajectories(n_inner, n_outer, options)``: what one trial samples per task, when not
@@ -349,12 +416,13 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
                   generator: torch.Generator | None = None, n_steps: int = 1,
-                  **options: Any) -> torch.Tensor:
+                  truncate: int | None = None, **options: Any) -> torch.Tensor:
         n_inner, inner_lr, n_trials, n_outer = validate_call(
             task, theta, n_inner, inner_lr, n_trials, n_outer, generator,
             needs_model=needs_model)
         n_steps = validation.positive_int("n_steps", n_steps)
-        if n_steps > 1 and not multi_step_ok:
+        window = check_truncate(truncate, n_steps)
+        if (n_steps > 1 or window < n_steps) and not multi_step_ok:
             raise UnsupportedError(f"estimator {name!r} is defined for one inner step only; "
                                    f"use n_steps=1")
         for key in options:
@@ -379,7 +447,7 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                 inner, drawn = draw(task, theta, task_index, n_inner=n_inner,
                                     generator=generator, **options)
                 extra = {**form_options, **drawn}
-            if n_steps == 1:
+            if n_steps == 1 and window == 1:
                 estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
                                          **extra)
             else:
@@ -387,7 +455,7 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                     from_samples, task, theta, [inner], inner_lr=inner_lr, outer=outer,
                     sampler=lambda k, points, index: task.sample(points, n_inner, index,
                                                                  generator),
-                    n_steps=n_steps, **extra).estimate
+                    n_steps=n_steps, truncate=window, **extra).estimate
             return estimates.reshape(count, task.n_tasks, *theta.shape).mean(1).detach()
 
         # K inner steps sample K times N inner trajectories per trial
@@ -397,12 +465,15 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
     estimator.__name__ = from_samples.__name__.replace("_from_samples", "")
+    # options every K-step estimator takes beyond its form's (entries, records, store keys)
+    estimator.chain_options = ("truncate",) if multi_step_ok else ()
     # help() and inspect.signature show the call a user makes (functools.wraps would point
     # them at the from-samples form): the common keywords, then this estimator's options
     own = inspect.signature(estimator, follow_wrapped=False)
     form = inspect.signature(draw if draw is not None else from_samples).parameters
     estimator.__signature__ = own.replace(parameters=[
-        *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
+        *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+          and (multi_step_ok or p.name != "truncate")),
         *(form[key].replace(kind=inspect.Parameter.KEYWORD_ONLY) for key in allowed)])
     drawn = ("n_inner trajectories" if draw is None
              else f"n_inner trajectories drawn by {draw.__name__} ({inspect.getdoc(draw)})")

@@ -459,28 +459,34 @@ def _final_outer(task: Any, final: torch.Tensor, traj: Trajectories, outer: Call
 
 def _multi_step_twin(step_map: Callable, score: str | None = None) -> Callable:
     def twin(task: Any, theta: torch.Tensor, steps: list[Trajectories], *, inner_lr: float,
-             outer: Callable | None = None, baseline: float = 0.0) -> torch.Tensor:
+             outer: Callable | None = None, baseline: float = 0.0,
+             truncate: int | None = None) -> torch.Tensor:
         shape = theta.shape
+        first = 0 if truncate is None else len(steps) - truncate  # the first step kept
         rows = []
         for r in range(steps[0].n_rows):
             trajs = [s.rows(slice(r, r + 1)) for s in steps]
-            start = theta.detach().reshape(-1).clone().requires_grad_()
-            points = [start]
-            for traj in trajs:
+            points = [theta.detach().reshape(-1).clone().requires_grad_()]
+            for k, traj in enumerate(trajs):
+                if k == first:  # truncation: theta_first is where differentiation starts
+                    points[-1] = points[-1].detach().requires_grad_()
                 points.append(step_map(task, points[-1], traj, inner_lr, shape))
+            if first == len(trajs):
+                points[-1] = points[-1].detach().requires_grad_()
+            start = points[first]
             pathwise, value, _ = _final_outer(task, points[-1], trajs[0], outer, shape)
             objective = pathwise
             log_probs = [_log_prob_fn(task, traj, shape)(point).sum(-1)       # (N,) each
                          for traj, point in zip(trajs, points)]
             if score == "unbiased":
-                # the magic box of every step's samples: its gradient is
-                # sum_k (d theta_k / d theta_0)^T sum_i s(tau_i^k)
-                total = sum(lp.sum() for lp in log_probs)
+                # the magic box of every kept step's samples: its gradient is
+                # sum_k (d theta_k / d theta_first)^T sum_i s(tau_i^k)
+                total = sum(lp.sum() for lp in log_probs[first:]) + 0.0 * value
                 objective = objective + (value - baseline) * torch.exp(total - total.detach())
             elif score == "loo":
                 objective = objective + sum(
                     ((value - _loo_baselines(task, trajs, points, k, inner_lr, shape))
-                     * log_probs[k]).sum() for k in range(len(trajs)))
+                     * log_probs[k]).sum() for k in range(first, len(trajs)))
             (grad,) = torch.autograd.grad(objective, start)
             rows.append(grad.reshape(shape))
         return torch.stack(rows)

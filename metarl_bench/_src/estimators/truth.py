@@ -18,7 +18,7 @@ from metarl_bench._src.core import resources
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import UnsupportedError
-from metarl_bench._src.estimators.common import multi_step
+from metarl_bench._src.estimators.common import check_truncate, multi_step
 from metarl_bench._src.core.progress import as_advance
 from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.core.trajectories import Trajectories, discounted_return
@@ -232,6 +232,7 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     prod_k p_{theta_k}(n_k) at the estimator's own adapted parameters theta_k.
     """
     n_steps = validation.positive_int("n_steps", n_steps)
+    window = check_truncate(options.pop("truncate", None), n_steps)
     if spec.from_samples is not None and not spec.is_count_determined(options):
         raise UnsupportedError(
             f"estimator {spec.name!r} with options {options} is random beyond its inner "
@@ -248,8 +249,8 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     per_task: dict[int, list[torch.Tensor]] = {}
     cosine_sum = 0.0
     truth_flat = truth.reshape(-1)
-    outcomes = (_one_step_outcomes if n_steps == 1 else _multi_step_outcomes)(
-        task, theta, spec, n_inner, inner_lr, n_steps, options)
+    outcomes = (_one_step_outcomes if n_steps == 1 and window == 1 else _multi_step_outcomes)(
+        task, theta, spec, n_inner, inner_lr, n_steps, {**options, "truncate": window})
     for log_weight, estimates, k in outcomes:
         weight = torch.exp(log_weight)
         estimates = estimates.detach().reshape(-1, dim)
@@ -278,6 +279,7 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
 def _one_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_inner: int,
                        inner_lr: float, n_steps: int, options: dict[str, Any]
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    options = {k: v for k, v in options.items() if k != "truncate"}  # the full window, 1
     for log_weight, inner in task.enumerate_inner(theta, n_inner):
         yield log_weight, spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
                                             **options), int(inner.task_index[0])

@@ -30,6 +30,7 @@ from metarl_bench._src.core.progress import as_advance
 from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                           summarize_exact)
+from metarl_bench._src.estimators.common import check_truncate
 from metarl_bench._src.estimators.entries import resolve_all
 from metarl_bench._src.estimators.truth import (estimate_meta_gradient, exact_finite_truth,
                                                 exact_moments, meta_gradient,
@@ -225,6 +226,8 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
         if n_steps > 1 and "n_steps" not in _keywords(entry.spec.fn):
             raise UnsupportedError(f"estimator {entry.label!r} takes one inner step only "
                                    f"(it has no n_steps keyword); use n_steps=1")
+        if "truncate" in entry.options:  # checked against K before anything runs
+            check_truncate(entry.options["truncate"], n_steps)
     grid = _n_inner_grid(n_inner)
     n_trials = validation.positive_int("n_trials", n_trials, minimum=2)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
