@@ -199,6 +199,9 @@ def _run_parser(commands: Any) -> None:
                           f"(default: {HEADLINE_ESTIMATORS})")
     run.add_argument("--n-steps", type=_positive_int, default=CellConfig.n_steps,
                      help="inner adaptation steps K, fresh trajectories at each (default: 1)")
+    run.add_argument("--wrt", choices=("theta", "inner_lr", "all"), default=CellConfig.wrt,
+                     help="the meta-gradient of theta, of the inner step size, or of both "
+                          "(default: theta)")
     run.add_argument("--n-inner", type=_int_list, default=_int_list(HEADLINE_N),
                      help=f"inner trajectories N, comma-separated (default: {HEADLINE_N})")
     run.add_argument("--trials", type=_positive_int, default=HEADLINE_TRIALS,
@@ -398,7 +401,8 @@ def _run(args: argparse.Namespace) -> int:
                       exact=not args.monte_carlo, truth_samples=args.truth_samples,
                       dtype=getattr(torch, args.dtype), device=args.device,
                       n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
-                      max_trials=args.max_trials, target_metric=args.target_metric)
+                      max_trials=args.max_trials, target_metric=args.target_metric,
+                      wrt=args.wrt)
                  for name, params, lr in grid]
         in_out = args.json is None
         if args.out is None:

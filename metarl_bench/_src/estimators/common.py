@@ -47,7 +47,8 @@ from metarl_bench._src.core import resources
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.tasks.advantages import inner_returns
-from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.core.errors import (ParameterError, ShapeError, UnsupportedError,
+                                           did_you_mean)
 from metarl_bench._src.core.registry import keyword_options
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.core.trajectories import (RowStarts, Trajectories, discounted_return,
@@ -154,10 +155,12 @@ StepSampler = Callable[[int, torch.Tensor, torch.Tensor], Trajectories]
 @dataclass(frozen=True)
 class MultiStep:
     """The estimate (R, *P) of K inner steps and the points visited, theta_0..theta_K (each
-    (R, *P), detached; theta_0 is theta repeated)."""
+    (R, *P), detached; theta_0 is theta repeated); ``inner_lr_grad`` (R,): the estimate of
+    dF/d eta, sum over the differentiated steps k of g_k . lambda_{k+1}."""
 
     estimate: torch.Tensor
     points: list[torch.Tensor]
+    inner_lr_grad: torch.Tensor | None = None
 
 
 @dataclass
@@ -173,6 +176,14 @@ class _Chain:
     options: dict[str, Any]
     points: list[torch.Tensor] = field(default_factory=list)
     final_value: torch.Tensor | None = None
+    inner_lr_grad: torch.Tensor | None = None
+
+    def add_inner_lr_term(self, step: int, adapted: torch.Tensor, pulled_back: torch.Tensor):
+        """dF/d eta += g_k . lambda_{k+1}, with the step g_k = (theta_{k+1} - theta_k) / eta
+        the estimator's own (d theta_{k+1} / d eta holding theta_k fixed)."""
+        step_taken = (adapted - self.points[step]) / self.inner_lr
+        term = (step_taken * pulled_back).reshape(adapted.shape[0], -1).sum(-1)
+        self.inner_lr_grad = term if self.inner_lr_grad is None else self.inner_lr_grad + term
 
     def samples(self, step: int, points: torch.Tensor, task_index: torch.Tensor) -> Trajectories:
         if step >= len(self.steps):
@@ -265,10 +276,12 @@ class Continuation(OuterStep):
             chain.points.append(points)
             out = outer_at(chain.task, points, task_index, chain.outer)
             chain.final_value = out.value
+            chain.add_inner_lr_term(self.step, points, out.grad)
             return out
         inner = chain.samples(self.step + 1, points, task_index)
-        pulled_back = chain.run(self.step + 1, points, inner)
-        return Outer(chain.final_value, pulled_back.detach(),
+        pulled_back = chain.run(self.step + 1, points, inner).detach()
+        chain.add_inner_lr_term(self.step, points, pulled_back)
+        return Outer(chain.final_value, pulled_back,
                      steps_after=chain.n_steps - self.step - 1, exact=self.exact)
 
 
@@ -326,8 +339,42 @@ def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torc
             inner = chain.samples(step + 1, points, task_index)
     if window == 0:
         chain.points.append(points)
-        return MultiStep(outer_at(task, points, task_index, outer).grad, chain.points)
-    return MultiStep(chain.run(n_steps - window, points, inner), chain.points)
+        return MultiStep(outer_at(task, points, task_index, outer).grad, chain.points,
+                         points.new_zeros(points.shape[0]))
+    estimate = chain.run(n_steps - window, points, inner)
+    return MultiStep(estimate, chain.points, chain.inner_lr_grad)
+
+
+#: What a meta-gradient differentiates: theta, the inner step size eta, or both.
+WRT = ("theta", "inner_lr", "all")
+
+
+def check_wrt(wrt: Any, inner_lr: float) -> str:
+    """``wrt``, checked: one of WRT; eta-gradients need eta != 0 (the step g_k is read off
+    theta_{k+1} - theta_k)."""
+    if wrt not in WRT:
+        raise ParameterError(f"wrt must be one of {', '.join(map(repr, WRT))}, got "
+                             f"{wrt!r}.{did_you_mean(str(wrt), WRT)}")
+    if wrt != "theta" and inner_lr == 0:
+        raise ParameterError(f"wrt={wrt!r} needs inner_lr != 0: the inner step g_k is read "
+                             f"off theta_(k+1) - theta_k = eta g_k")
+    return wrt
+
+
+def with_respect_to(wrt: str, estimate: torch.Tensor, inner_lr_grad: torch.Tensor | None
+                    ) -> torch.Tensor:
+    """The meta-gradient asked for, per row: (R, *P) for theta, (R, 1) for eta, (R, D + 1)
+    for both (theta flattened, then eta)."""
+    if wrt == "theta":
+        return estimate
+    eta = inner_lr_grad.unsqueeze(-1)
+    return eta if wrt == "inner_lr" else torch.cat([estimate.reshape(eta.shape[0], -1), eta], -1)
+
+
+def wrt_shape(wrt: str, theta: torch.Tensor) -> tuple[int, ...]:
+    """The shape of one meta-gradient with respect to ``wrt``."""
+    return tuple(theta.shape) if wrt == "theta" else (
+        (1,) if wrt == "inner_lr" else (theta.numel() + 1,))
 
 
 def pathwise(step: InnerStep, outer: Outer) -> torch.Tensor:
@@ -416,13 +463,15 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
                   generator: torch.Generator | None = None, n_steps: int = 1,
-                  truncate: int | None = None, **options: Any) -> torch.Tensor:
+                  truncate: int | None = None, wrt: str = "theta",
+                  **options: Any) -> torch.Tensor:
         n_inner, inner_lr, n_trials, n_outer = validate_call(
             task, theta, n_inner, inner_lr, n_trials, n_outer, generator,
             needs_model=needs_model)
         n_steps = validation.positive_int("n_steps", n_steps)
         window = check_truncate(truncate, n_steps)
-        if (n_steps > 1 or window < n_steps) and not multi_step_ok:
+        wrt = check_wrt(wrt, inner_lr)
+        if (n_steps > 1 or window < n_steps or wrt != "theta") and not multi_step_ok:
             raise UnsupportedError(f"estimator {name!r} is defined for one inner step only; "
                                    f"use n_steps=1")
         for key in options:
@@ -447,16 +496,18 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                 inner, drawn = draw(task, theta, task_index, n_inner=n_inner,
                                     generator=generator, **options)
                 extra = {**form_options, **drawn}
-            if n_steps == 1 and window == 1:
+            if n_steps == 1 and window == 1 and wrt == "theta":
                 estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
                                          **extra)
             else:
-                estimates = multi_step(
+                run = multi_step(
                     from_samples, task, theta, [inner], inner_lr=inner_lr, outer=outer,
                     sampler=lambda k, points, index: task.sample(points, n_inner, index,
                                                                  generator),
-                    n_steps=n_steps, truncate=window, **extra).estimate
-            return estimates.reshape(count, task.n_tasks, *theta.shape).mean(1).detach()
+                    n_steps=n_steps, truncate=window, **extra)
+                estimates = with_respect_to(wrt, run.estimate, run.inner_lr_grad)
+            shape = wrt_shape(wrt, theta)
+            return estimates.reshape(count, task.n_tasks, *shape).mean(1).detach()
 
         # K inner steps sample K times N inner trajectories per trial
         per_task = (trajectories(n_inner, n_outer, options) if trajectories is not None
@@ -466,14 +517,14 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
 
     estimator.__name__ = from_samples.__name__.replace("_from_samples", "")
     # options every K-step estimator takes beyond its form's (entries, records, store keys)
-    estimator.chain_options = ("truncate",) if multi_step_ok else ()
+    estimator.chain_options = ("truncate", "wrt") if multi_step_ok else ()
     # help() and inspect.signature show the call a user makes (functools.wraps would point
     # them at the from-samples form): the common keywords, then this estimator's options
     own = inspect.signature(estimator, follow_wrapped=False)
     form = inspect.signature(draw if draw is not None else from_samples).parameters
     estimator.__signature__ = own.replace(parameters=[
         *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
-          and (multi_step_ok or p.name != "truncate")),
+          and (multi_step_ok or p.name not in ("truncate", "wrt"))),
         *(form[key].replace(kind=inspect.Parameter.KEYWORD_ONLY) for key in allowed)])
     drawn = ("n_inner trajectories" if draw is None
              else f"n_inner trajectories drawn by {draw.__name__} ({inspect.getdoc(draw)})")

@@ -413,9 +413,18 @@ def _step_map_maml(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr:
 
 def _step_map_fomaml(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
                      shape: torch.Size) -> torch.Tensor:
-    """theta + stop(eta g_N): A = I."""
-    step = _step_map_maml(task, point.detach().requires_grad_(), traj, inner_lr, shape)
-    return point + (step - point).detach()
+    """theta + eta stop(g_N): A = I (and d/d eta = g_N)."""
+    return point + inner_lr * _plain_gradient(task, point, traj, shape)
+
+
+def _plain_gradient(task: Any, point: torch.Tensor, traj: Trajectories,
+                    shape: torch.Size) -> torch.Tensor:
+    """g_N at ``point``, detached."""
+    leaf = point.detach().requires_grad_()
+    log_prob = _log_prob_fn(task, traj, shape)(leaf)
+    returns = reward_to_go(traj.rewards, task.gamma)[0]
+    (grad,) = torch.autograd.grad((log_prob * returns).sum(-1).mean(), leaf)
+    return grad
 
 
 def _step_map_lsf(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
@@ -460,17 +469,19 @@ def _final_outer(task: Any, final: torch.Tensor, traj: Trajectories, outer: Call
 def _multi_step_twin(step_map: Callable, score: str | None = None) -> Callable:
     def twin(task: Any, theta: torch.Tensor, steps: list[Trajectories], *, inner_lr: float,
              outer: Callable | None = None, baseline: float = 0.0,
-             truncate: int | None = None) -> torch.Tensor:
+             truncate: int | None = None, wrt: str = "theta") -> torch.Tensor:
         shape = theta.shape
         first = 0 if truncate is None else len(steps) - truncate  # the first step kept
         rows = []
         for r in range(steps[0].n_rows):
             trajs = [s.rows(slice(r, r + 1)) for s in steps]
             points = [theta.detach().reshape(-1).clone().requires_grad_()]
+            eta = torch.tensor(inner_lr, dtype=theta.dtype, requires_grad=True)
             for k, traj in enumerate(trajs):
                 if k == first:  # truncation: theta_first is where differentiation starts
                     points[-1] = points[-1].detach().requires_grad_()
-                points.append(step_map(task, points[-1], traj, inner_lr, shape))
+                step_size = eta if k >= first else inner_lr
+                points.append(step_map(task, points[-1], traj, step_size, shape))
             if first == len(trajs):
                 points[-1] = points[-1].detach().requires_grad_()
             start = points[first]
@@ -487,8 +498,13 @@ def _multi_step_twin(step_map: Callable, score: str | None = None) -> Callable:
                 objective = objective + sum(
                     ((value - _loo_baselines(task, trajs, points, k, inner_lr, shape))
                      * log_probs[k]).sum() for k in range(first, len(trajs)))
-            (grad,) = torch.autograd.grad(objective, start)
-            rows.append(grad.reshape(shape))
+            if wrt == "theta":
+                (grad,) = torch.autograd.grad(objective, start)
+                rows.append(grad.reshape(shape))
+                continue
+            grad, eta_grad = torch.autograd.grad(objective, (start, eta), allow_unused=True)
+            eta_grad = torch.zeros(1, dtype=theta.dtype) if eta_grad is None else eta_grad.reshape(1)
+            rows.append(eta_grad if wrt == "inner_lr" else torch.cat([grad.reshape(-1), eta_grad]))
         return torch.stack(rows)
 
     return twin

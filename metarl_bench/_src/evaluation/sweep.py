@@ -20,6 +20,7 @@ Spec (TOML shown; YAML has the same keys)::
     target_rel_ci = 0.1                  # optional adaptive trials (see run --target-rel-ci),
     max_trials = 16000                   # with their cap and the metric they target
     target_metric = "mse"
+    wrt = "theta"                        # or "inner_lr" / "all": meta-gradients of eta
     truth = "finite"                     # or "limit"
     truth_samples = 20000
     exact_moments = true
@@ -64,7 +65,7 @@ from metarl_bench._src.evaluation.store import Store, make_line
 
 GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps", "truncate")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
-               "device", "options", "target_rel_ci", "max_trials", "target_metric")
+               "device", "options", "target_rel_ci", "max_trials", "target_metric", "wrt")
 #: A spec's defaults: the grid's own, and a cell's (CellConfig's) for the shared settings.
 DEFAULTS: dict[str, Any] = dict(
     estimators=["unbiased", "lsf", "maml", "fomaml"], n_inner=[1, 2, 4, 8, 16, 32, 64],
@@ -74,7 +75,7 @@ DEFAULTS: dict[str, Any] = dict(
     truth_samples=CellConfig.truth_samples, exact_moments=CellConfig.exact,
     n_boot=CellConfig.n_boot, dtype=CellConfig.dtype, device=CellConfig.device, options={},
     target_rel_ci=CellConfig.target_rel_ci, max_trials=CellConfig.max_trials,
-    target_metric=CellConfig.target_metric)
+    target_metric=CellConfig.target_metric, wrt=CellConfig.wrt)
 TOP_KEYS = ("output", "tasks", *GRID_KEYS, *SHARED_KEYS)
 TASK_KEYS = ("name", "params", *GRID_KEYS, *SHARED_KEYS)
 #: Local worker processes allowed per CPU. Cells are single-threaded and CPU-bound, so one
@@ -197,7 +198,7 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
                     dtype=getattr(torch, settings["dtype"]), device=settings["device"],
                     options=settings["options"], n_steps=n_steps,
                     target_rel_ci=settings["target_rel_ci"], max_trials=settings["max_trials"],
-                    target_metric=settings["target_metric"]))
+                    target_metric=settings["target_metric"], wrt=settings["wrt"]))
             except MetaRLBenchError as exc:
                 raise type(exc)(f"{where} ({entry['name']}): {exc}") from None
     return Sweep(plans, output)
