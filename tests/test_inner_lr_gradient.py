@@ -1,8 +1,8 @@
 """Meta-gradients of the inner step size (``wrt="inner_lr"`` and ``"all"``): the truths
-against central finite differences in eta of the exact objectives, the chain's
-dF/d eta = sum_k g_k . lambda_{k+1} against per-row nested autodiff in eta, exact moments
+against central finite differences in eta of the exact objectives, exact moments
 against the truth (exactly unbiased for ``unbiased`` and ``loo``) and against Monte Carlo,
-and evaluate / CLI support."""
+and evaluate / CLI support. The chain's dF/d eta against per-row nested autodiff in eta is
+in test_truncation.py (every window, wrt="all")."""
 
 import subprocess
 
@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import metarl_bench as mb
-from metarl_bench._src.estimators import reference
-from metarl_bench._src.estimators.common import multi_step, with_respect_to
+from metarl_bench._src.estimators.common import multi_step
 
 from conftest import SCIENCE_BANDIT, cli_command, generator
-from test_multistep import make, step_samples
+from test_multistep import step_samples
 
 ETA = 1.5
 
@@ -63,22 +62,6 @@ def test_limit_truth_is_the_eta_derivative_of_f_inf_on_a_tabular_mdp(small_mdp, 
     torch.testing.assert_close(both[:-1].reshape(theta.shape),
                                mb.meta_gradient(small_mdp, theta, inner_lr=0.8, n_steps=n_steps),
                                rtol=0, atol=1e-14)
-
-
-@pytest.mark.parametrize("truncate", [None, 1])
-@pytest.mark.parametrize("task_key", ["bandit", "tabular-2tasks"])
-@pytest.mark.parametrize("name", sorted(reference.MULTI_STEP))
-def test_chain_eta_gradient_equals_nested_autodiff_in_eta(name, task_key, truncate):
-    task = make(task_key)
-    theta = task.initial_params() + 0.2
-    steps = step_samples(task, theta, n_rows=3, n_inner=4, n_steps=3)
-    options = {"baseline": 0.3} if name == "unbiased" else {}
-    run = multi_step(mb.estimator_spec(name).from_samples, task, theta, steps, inner_lr=0.7,
-                     truncate=truncate, **options)
-    slow = reference.MULTI_STEP[name](task, theta, steps, inner_lr=0.7, truncate=truncate,
-                                      wrt="all", **options)
-    torch.testing.assert_close(with_respect_to("all", run.estimate, run.inner_lr_grad), slow,
-                               rtol=1e-10, atol=1e-12)
 
 
 def exact_eta(task, theta, name, n_inner, n_steps, truth, **options):

@@ -4,17 +4,15 @@ per-row nested-autodiff twins; exact moments against Monte Carlo; the bias it ad
 the full objective's exact truth; invalid windows as typed errors; K = 100."""
 
 import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 
 import metarl_bench as mb
 from metarl_bench._src.estimators import reference
-from metarl_bench._src.estimators.common import multi_step, outer_at, row_params
+from metarl_bench._src.estimators.common import multi_step, with_respect_to
 
-from conftest import SCIENCE_BANDIT, SCIENCE_LR, cli_command, generator
+from conftest import SCIENCE_LR, cli_command, generator
 from test_multistep import ReplayedOuter, make, step_samples
 
 CHAINED = [n for n in mb.list_estimators() if "truncate" in mb.estimator_spec(n).options]
@@ -51,22 +49,23 @@ def test_window_zero_is_fomaml_and_window_k_is_the_full_estimate(name, n_steps, 
         assert (zero - full).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("truncate", [0, 1, 2])
+@pytest.mark.parametrize("truncate", [None, 0, 1, 2])
 @pytest.mark.parametrize("task_key", ["bandit", "tabular-2tasks"])
 @pytest.mark.parametrize("name", sorted(reference.MULTI_STEP))
 def test_truncated_chain_equals_nested_autodiff_twin(name, task_key, truncate):
     # the twin detaches theta_{K-w} and differentiates the last w steps (and their score
-    # terms) by nested autodiff, one row at a time
+    # terms) by nested autodiff in theta and eta, one row at a time: both meta-gradients
+    # (wrt="all": theta's, then dF/d eta = sum_k g_k . lambda_{k+1} of the window)
     task = make(task_key)
     theta = task.initial_params() + 0.2
     steps = step_samples(task, theta, n_rows=3, n_inner=4, n_steps=3)
     options = {"baseline": 0.3} if name == "unbiased" else {}
-    spec = mb.estimator_spec(name)
-    fast = multi_step(spec.from_samples, task, theta, steps, inner_lr=0.7, truncate=truncate,
-                      **options).estimate
+    run = multi_step(mb.estimator_spec(name).from_samples, task, theta, steps, inner_lr=0.7,
+                     truncate=truncate, **options)
     slow = reference.MULTI_STEP[name](task, theta, steps, inner_lr=0.7, truncate=truncate,
-                                      **options)
-    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+                                      wrt="all", **options)
+    torch.testing.assert_close(with_respect_to("all", run.estimate, run.inner_lr_grad), slow,
+                               rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["lsf", "unbiased"])
