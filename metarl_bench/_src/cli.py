@@ -204,6 +204,9 @@ def _run_parser(commands: Any) -> None:
                           f"(default: {HEADLINE_ESTIMATORS})")
     run.add_argument("--n-steps", type=_positive_int, default=CellConfig.n_steps,
                      help="inner adaptation steps K, fresh trajectories at each (default: 1)")
+    run.add_argument("--wrt", choices=("theta", "inner_lr", "all"), default=CellConfig.wrt,
+                     help="the meta-gradient of theta, of the inner step size, or of both "
+                          "(default: theta)")
     run.add_argument("--n-inner", type=_int_list, default=None,
                      help=f"inner trajectories N, comma-separated (default: the task's, see "
                           f"'list --tasks'; {HEADLINE_N} for the headline)")
@@ -412,7 +415,8 @@ def _run(args: argparse.Namespace) -> int:
                       seed=args.seed, truth=args.truth, exact=not args.monte_carlo,
                       dtype=getattr(torch, args.dtype), device=args.device,
                       n_steps=args.n_steps, target_rel_ci=args.target_rel_ci,
-                      max_trials=args.max_trials, target_metric=args.target_metric)
+                      max_trials=args.max_trials, target_metric=args.target_metric,
+                      wrt=args.wrt)
                  for name, params, defaults in grid]
         in_out = args.json is None
         if args.out is None:

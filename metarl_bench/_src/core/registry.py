@@ -270,7 +270,9 @@ def register_estimator(name: str, fn: Callable[..., torch.Tensor] | None = None,
         ESTIMATORS[name] = EstimatorSpec(
             name=name, fn=function, from_samples=from_samples, reference=reference,
             needs_model=needs_model, count_determined=count_determined,
-            options=(keyword_options(from_samples) if from_samples is not None
+            options=(keyword_options(from_samples)
+                     + tuple(getattr(function, "chain_options", ()))
+                     if from_samples is not None
                      else keyword_options(function, from_samples_form=False)),
             trajectories=trajectories, bias=bias, deterministic=deterministic)
         return function

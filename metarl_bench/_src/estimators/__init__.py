@@ -12,9 +12,11 @@ from metarl_bench._src.estimators.dice import (dice_from_samples, loaded_dice_fr
 from metarl_bench._src.estimators.emaml import emaml_from_samples
 from metarl_bench._src.estimators.es_maml import es_maml, es_maml_trajectories
 from metarl_bench._src.estimators.exact import exact
+from metarl_bench._src.estimators.hessian_free import hf_maml_from_samples
 from metarl_bench._src.estimators.lsf import lsf_from_samples
 from metarl_bench._src.estimators.maml import fomaml_from_samples, maml_from_samples
 from metarl_bench._src.estimators.score_function import loo_from_samples, unbiased_from_samples
+from metarl_bench._src.estimators.tmaml import tmaml_from_samples
 
 
 def _register_builtin() -> None:
@@ -30,8 +32,10 @@ def _register_builtin() -> None:
             ("loaded-dice", loaded_dice_from_samples, reference.loaded_dice, False, "vanishing"),
             ("lvc", lvc_from_samples, reference.lvc, False, "persistent"),
             ("taypo", taypo_from_samples, reference.taypo, False, "vanishing"),
-            ("emaml", emaml_from_samples, reference.emaml, False, "persistent")):
-        register_estimator(name, batched(from_samples, needs_model=needs_model),
+            ("emaml", emaml_from_samples, reference.emaml, False, "persistent"),
+            ("tmaml", tmaml_from_samples, reference.tmaml, False, "vanishing"),
+            ("hf-maml", hf_maml_from_samples, reference.hf_maml, False, "vanishing")):
+        register_estimator(name, batched(from_samples, needs_model=needs_model, name=name),
                            from_samples=from_samples, reference=twin, needs_model=needs_model,
                            count_determined=_without_noisy_critic, bias=bias, overwrite=True)
     register_estimator("es-maml", es_maml, trajectories=es_maml_trajectories,

@@ -35,6 +35,7 @@ otherwise UnsupportedError).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -47,7 +48,8 @@ from metarl_bench._src.core import resources
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.tasks.advantages import inner_returns
-from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
+from metarl_bench._src.core.errors import (ParameterError, ShapeError, UnsupportedError,
+                                           did_you_mean)
 from metarl_bench._src.core.registry import keyword_options
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.core.trajectories import (RowStarts, Trajectories, discounted_return,
@@ -88,6 +90,18 @@ def row_params(theta: torch.Tensor, rows: int | Trajectories) -> torch.Tensor:
     return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
 
 
+#: Set while a step outside a truncation window runs: its graph is never differentiated
+#: again, so forms need not build one (``keep_graph``). The values do not change.
+_FORWARD_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("forward_only",
+                                                                    default=False)
+
+
+def keep_graph(differentiable: bool = True) -> bool:
+    """``create_graph`` for a form's inner gradient: False in a step outside the window
+    (the form is stopped at its outer step there, before anything differentiates it)."""
+    return differentiable and not _FORWARD_ONLY.get()
+
+
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
                differentiable: bool = True) -> InnerStep:
     """theta' = theta + eta (1/N) sum_i sum_t grad log pi(a_t|x_t) A_t, per row.
@@ -99,7 +113,8 @@ def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: fl
     log_prob = task.log_prob(params, inner)
     returns = inner_returns(task, inner)
     objective = (log_prob * returns).sum(-1).mean(-1)
-    (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=differentiable)
+    (grad,) = torch.autograd.grad(objective.sum(), params,
+                                  create_graph=keep_graph(differentiable))
     return InnerStep(params, log_prob, returns, params + inner_lr * grad)
 
 
@@ -154,10 +169,12 @@ StepSampler = Callable[[int, torch.Tensor, torch.Tensor], Trajectories]
 @dataclass(frozen=True)
 class MultiStep:
     """The estimate (R, *P) of K inner steps and the points visited, theta_0..theta_K (each
-    (R, *P), detached; theta_0 is theta repeated)."""
+    (R, *P), detached; theta_0 is theta repeated); ``inner_lr_grad`` (R,): the estimate of
+    dF/d eta, sum over the differentiated steps k of g_k . lambda_{k+1}."""
 
     estimate: torch.Tensor
     points: list[torch.Tensor]
+    inner_lr_grad: torch.Tensor | None = None
 
 
 @dataclass
@@ -173,6 +190,14 @@ class _Chain:
     options: dict[str, Any]
     points: list[torch.Tensor] = field(default_factory=list)
     final_value: torch.Tensor | None = None
+    inner_lr_grad: torch.Tensor | None = None
+
+    def add_inner_lr_term(self, step: int, adapted: torch.Tensor, pulled_back: torch.Tensor):
+        """dF/d eta += g_k . lambda_{k+1}, with the step g_k = (theta_{k+1} - theta_k) / eta
+        the estimator's own (d theta_{k+1} / d eta holding theta_k fixed)."""
+        step_taken = (adapted - self.points[step]) / self.inner_lr
+        term = (step_taken * pulled_back).reshape(adapted.shape[0], -1).sum(-1)
+        self.inner_lr_grad = term if self.inner_lr_grad is None else self.inner_lr_grad + term
 
     def samples(self, step: int, points: torch.Tensor, task_index: torch.Tensor) -> Trajectories:
         if step >= len(self.steps):
@@ -185,20 +210,61 @@ class _Chain:
 
     def run(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
         """Steps ``step``..K-1 from ``points``; returns lambda_step."""
-        self.points.append(points)
-        starts = RowStarts(points) if step > 0 else None
-        if starts is not None:
-            inner = dataclasses.replace(inner, starts=starts)
+        inner, starts = self._at(step, points, inner)
         continuation = Continuation(self, step)
         estimate = self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
                                      outer=continuation, **self.options)
         if not continuation.called or (starts is not None and not starts.used):
-            name = self.from_samples.__name__.replace("_from_samples", "")
-            raise UnsupportedError(
-                f"estimator {name!r} cannot take more than one inner step: its from-samples "
-                f"form must build its parameters with row_params(theta, inner) and reach the "
-                f"outer step through outer_at (metarl_bench._src.estimators.common)")
+            raise self._unsupported()
         return estimate
+
+    def advance(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
+        """Step ``step`` outside the differentiated window: the estimator's own theta_{k+1}
+        (its form run up to its outer step, then stopped), no Jacobian."""
+        inner, starts = self._at(step, points, inner)
+        token = _FORWARD_ONLY.set(True)
+        try:
+            self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
+                              outer=_Advance(self.outer is None), **self.options)
+        except _Stopped as stopped:
+            if starts is not None and not starts.used:
+                raise self._unsupported() from None
+            return stopped.adapted
+        finally:
+            _FORWARD_ONLY.reset(token)
+        raise self._unsupported()
+
+    def _at(self, step: int, points: torch.Tensor, inner: Trajectories
+            ) -> tuple[Trajectories, RowStarts | None]:
+        self.points.append(points)
+        starts = RowStarts(points) if step > 0 else None
+        return (inner if starts is None else dataclasses.replace(inner, starts=starts)), starts
+
+    def _unsupported(self) -> UnsupportedError:
+        name = self.from_samples.__name__.replace("_from_samples", "")
+        return UnsupportedError(
+            f"estimator {name!r} cannot take more than one inner step: its from-samples "
+            f"form must build its parameters with row_params(theta, inner) and reach the "
+            f"outer step through outer_at (metarl_bench._src.estimators.common)")
+
+
+class _Stopped(Exception):
+    """Carries the adapted parameters of a step outside the window out of its form."""
+
+    def __init__(self, adapted: torch.Tensor):
+        super().__init__("inner step outside the truncation window")
+        self.adapted = adapted
+
+
+class _Advance(OuterStep):
+    """The outer step of a step outside the window: stops the form at its adapted
+    parameters (the Jacobian of that step is never formed)."""
+
+    def __init__(self, exact: bool):
+        self.exact = exact
+
+    def after(self, adapted: torch.Tensor, task_index: torch.Tensor) -> Outer:
+        raise _Stopped(adapted.detach())
 
 
 class Continuation(OuterStep):
@@ -227,10 +293,12 @@ class Continuation(OuterStep):
             chain.points.append(points)
             out = outer_at(chain.task, points, task_index, chain.outer)
             chain.final_value = out.value
+            chain.add_inner_lr_term(self.step, points, out.grad)
             return out
         inner = chain.samples(self.step + 1, points, task_index)
-        pulled_back = chain.run(self.step + 1, points, inner)
-        return Outer(chain.final_value, pulled_back.detach(),
+        pulled_back = chain.run(self.step + 1, points, inner).detach()
+        chain.add_inner_lr_term(self.step, points, pulled_back)
+        return Outer(chain.final_value, pulled_back,
                      steps_after=chain.n_steps - self.step - 1, exact=self.exact)
 
 
@@ -239,10 +307,24 @@ def is_exact_outer(outer: OuterSampler | OuterStep | None) -> bool:
     return outer is None or isinstance(outer, OuterStep) and getattr(outer, "exact", False)
 
 
+def check_truncate(truncate: Any, n_steps: int) -> int:
+    """The truncation window w, checked: an integer from 0 to K = ``n_steps``; None is K."""
+    if truncate is None:
+        return n_steps
+    if (isinstance(truncate, bool) or not isinstance(truncate, (int, float))
+            or isinstance(truncate, float) and not truncate.is_integer()
+            or not 0 <= truncate <= n_steps):
+        raise ParameterError(f"truncate must be an integer from 0 to n_steps={n_steps} (the "
+                             f"inner steps differentiated, counted from the last; 0 is "
+                             f"first-order), got {truncate!r}")
+    return int(truncate)
+
+
 def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torch.Tensor,
                steps: Sequence[Trajectories], *, inner_lr: float,
                outer: OuterSampler | None = None, sampler: StepSampler | None = None,
-               n_steps: int | None = None, **options: Any) -> MultiStep:
+               n_steps: int | None = None, truncate: int | None = None,
+               **options: Any) -> MultiStep:
     """K inner steps of the estimator whose one-step form is ``from_samples``.
 
     ``steps``: the trajectories (R, N, T) of the first steps, the rows of step k drawn at
@@ -252,16 +334,64 @@ def multi_step(from_samples: Callable[..., torch.Tensor], task: Any, theta: torc
     "outer gradient" is lambda_{k+1}, pulled back by the later steps, and its "outer value"
     is V(theta_K) (``Continuation``), so the estimate is
     lambda_0 = A_0^T (A_1^T (... A_{K-1}^T grad V(theta_K) + c_{K-1}) ...) + c_0.
+
+    ``truncate=w`` (truncated backpropagation) keeps the last w factors only: steps
+    0..K-w-1 take the estimator's own inner step with no Jacobian and no correction (A_k = I,
+    c_k = 0), and the estimate is lambda_{K-w}. w = K (or None) is the full chain, w = 0 is
+    grad V(theta_K): first-order MAML's construction on the estimator's own theta_k.
     """
     n_steps = validation.positive_int("n_steps", len(steps) if n_steps is None else n_steps)
+    window = check_truncate(truncate, n_steps)
     if not steps or len(steps) > n_steps or (len(steps) < n_steps and sampler is None):
         raise ParameterError(f"{n_steps} inner step(s) need the trajectories of step 0 and "
                              f"then of every step or a sampler; got {len(steps)} and "
                              f"{'a' if sampler else 'no'} sampler")
     chain = _Chain(from_samples, task, theta, list(steps), sampler, n_steps, inner_lr, outer,
                    dict(options))
-    start = theta.detach().expand(steps[0].n_rows, *theta.shape)
-    return MultiStep(chain.run(0, start, steps[0]), chain.points)
+    points = theta.detach().expand(steps[0].n_rows, *theta.shape)
+    inner, task_index = steps[0], steps[0].task_index
+    for step in range(n_steps - window):  # iterative: the window alone recurses
+        points = chain.advance(step, points, inner)
+        if step + 1 < n_steps:
+            inner = chain.samples(step + 1, points, task_index)
+    if window == 0:
+        chain.points.append(points)
+        return MultiStep(outer_at(task, points, task_index, outer).grad, chain.points,
+                         points.new_zeros(points.shape[0]))
+    estimate = chain.run(n_steps - window, points, inner)
+    return MultiStep(estimate, chain.points, chain.inner_lr_grad)
+
+
+#: What a meta-gradient differentiates: theta, the inner step size eta, or both.
+WRT = ("theta", "inner_lr", "all")
+
+
+def check_wrt(wrt: Any, inner_lr: float) -> str:
+    """``wrt``, checked: one of WRT; eta-gradients need eta != 0 (the step g_k is read off
+    theta_{k+1} - theta_k)."""
+    if wrt not in WRT:
+        raise ParameterError(f"wrt must be one of {', '.join(map(repr, WRT))}, got "
+                             f"{wrt!r}.{did_you_mean(str(wrt), WRT)}")
+    if wrt != "theta" and inner_lr == 0:
+        raise ParameterError(f"wrt={wrt!r} needs inner_lr != 0: the inner step g_k is read "
+                             f"off theta_(k+1) - theta_k = eta g_k")
+    return wrt
+
+
+def with_respect_to(wrt: str, estimate: torch.Tensor, inner_lr_grad: torch.Tensor | None
+                    ) -> torch.Tensor:
+    """The meta-gradient asked for, per row: (R, *P) for theta, (R, 1) for eta, (R, D + 1)
+    for both (theta flattened, then eta)."""
+    if wrt == "theta":
+        return estimate
+    eta = inner_lr_grad.unsqueeze(-1)
+    return eta if wrt == "inner_lr" else torch.cat([estimate.reshape(eta.shape[0], -1), eta], -1)
+
+
+def wrt_shape(wrt: str, theta: torch.Tensor) -> tuple[int, ...]:
+    """The shape of one meta-gradient with respect to ``wrt``."""
+    return tuple(theta.shape) if wrt == "theta" else (
+        (1,) if wrt == "inner_lr" else (theta.numel() + 1,))
 
 
 def pathwise(step: InnerStep, outer: Outer) -> torch.Tensor:
@@ -341,7 +471,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     argument checks, seeded sampling, chunks of trials, the average over the tasks.
 
     ``n_steps=K`` adapts in K inner steps with fresh trajectories at each theta_k
-    (``multi_step``); ``multi_step_ok=False`` makes K > 1 an UnsupportedError. ``draw``
+    (``multi_step``); ``truncate=w`` differentiates the last w of them only (None: all K);
+    ``multi_step_ok=False`` makes K > 1 (and truncation) an UnsupportedError. ``draw``
     samples the inner trajectories where the estimator needs them (``Draw``; default: N at
     theta per row); its keyword options are then the estimator's options.
     ``trajectories(n_inner, n_outer, options)``: what one trial samples per task, when not
@@ -357,12 +488,15 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
     def estimator(task: Any, theta: torch.Tensor, *, n_inner: int, inner_lr: float,
                   n_trials: int, n_outer: int | None = None,
                   generator: torch.Generator | None = None, n_steps: int = 1,
+                  truncate: int | None = None, wrt: str = "theta",
                   **options: Any) -> torch.Tensor:
         n_inner, inner_lr, n_trials, n_outer = validate_call(
             task, theta, n_inner, inner_lr, n_trials, n_outer, generator,
             needs_model=needs_model)
         n_steps = validation.positive_int("n_steps", n_steps)
-        if n_steps > 1 and not multi_step_ok:
+        window = check_truncate(truncate, n_steps)
+        wrt = check_wrt(wrt, inner_lr)
+        if (n_steps > 1 or window < n_steps or wrt != "theta") and not multi_step_ok:
             raise UnsupportedError(f"estimator {name!r} is defined for one inner step only; "
                                    f"use n_steps=1")
         for key in options:
@@ -387,16 +521,18 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                 inner, drawn = draw(task, theta, task_index, n_inner=n_inner,
                                     generator=generator, **options)
                 extra = {**form_options, **drawn}
-            if n_steps == 1:
+            if n_steps == 1 and window == 1 and wrt == "theta":
                 estimates = from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
                                          **extra)
             else:
-                estimates = multi_step(
+                run = multi_step(
                     from_samples, task, theta, [inner], inner_lr=inner_lr, outer=outer,
                     sampler=lambda k, points, index: task.sample(points, n_inner, index,
                                                                  generator),
-                    n_steps=n_steps, **extra).estimate
-            return estimates.reshape(count, task.n_tasks, *theta.shape).mean(1).detach()
+                    n_steps=n_steps, truncate=window, **extra)
+                estimates = with_respect_to(wrt, run.estimate, run.inner_lr_grad)
+            shape = wrt_shape(wrt, theta)
+            return estimates.reshape(count, task.n_tasks, *shape).mean(1).detach()
 
         # K inner steps sample K times N inner trajectories per trial
         per_task = (trajectories(n_inner, n_outer, options) if trajectories is not None
@@ -406,12 +542,15 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
         return trials(n_trials) if len(counts) == 1 else torch.cat([trials(c) for c in counts])
 
     estimator.__name__ = from_samples.__name__.replace("_from_samples", "")
+    # options every K-step estimator takes beyond its form's (entries, records, store keys)
+    estimator.chain_options = ("truncate", "wrt") if multi_step_ok else ()
     # help() and inspect.signature show the call a user makes (functools.wraps would point
     # them at the from-samples form): the common keywords, then this estimator's options
     own = inspect.signature(estimator, follow_wrapped=False)
     form = inspect.signature(draw if draw is not None else from_samples).parameters
     estimator.__signature__ = own.replace(parameters=[
-        *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
+        *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+          and (multi_step_ok or p.name not in ("truncate", "wrt"))),
         *(form[key].replace(kind=inspect.Parameter.KEYWORD_ONLY) for key in allowed)])
     drawn = ("n_inner trajectories" if draw is None
              else f"n_inner trajectories drawn by {draw.__name__} ({inspect.getdoc(draw)})")

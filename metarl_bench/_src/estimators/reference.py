@@ -285,6 +285,63 @@ taypo.__doc__ = """(I + eta H)^T grad V(theta'), H = J_Q + (1/N) sum_t Q_t s_t s
 (+ sum_{t<m} Q_m (s_t s_m^T + s_m s_t^T) for order 2), Q_t = G_t or gamma^t r_t + W_{t+1}."""
 
 
+def tmaml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+          outer: Callable | None = None, baseline: float | str = "loo-mean") -> torch.Tensor:
+    """(I + eta (H_causal - C))^T grad V(theta'), theta' = theta + eta g_N (plain),
+    C = (1/N) sum_i sum_t b_it [grad s_t + s_t s_t^T + s_t S_<t^T + S_<t s_t^T], b_it the
+    other trajectories' mean reward-to-go at t (one entry at a time) or gamma^t b."""
+    rows = []
+    for r in range(inner.n_rows):
+        traj = inner.rows(slice(r, r + 1))
+        row = _row(task, theta, traj, inner_lr, outer)
+        returns = reward_to_go(traj.rewards, task.gamma)[0]                          # (N, T)
+        n_traj, horizon = returns.shape
+        weights = torch.zeros_like(returns)
+        for i in range(n_traj):
+            for t in range(horizon):
+                if baseline == "loo-mean":
+                    others = [float(returns[j, t]) for j in range(n_traj) if j != i]
+                    weights[i, t] = sum(others) / len(others) if others else 0.0
+                else:
+                    weights[i, t] = task.gamma ** t * baseline
+        log_prob = _log_prob_fn(task, traj, theta.shape)
+        second = hessian(lambda th: (log_prob(th) * weights).sum() / n_traj, row.theta)
+        cumulative = row.step_scores.cumsum(1)
+        rewards = traj.rewards[0] * discounts(task.gamma, traj.horizon, traj.rewards)
+        h_causal = row.j_n + torch.einsum("nt,ntd,nte->de", rewards, cumulative,
+                                          cumulative) / n_traj
+        control = second + _same_and_decayed_products(weights, 1.0)(row.step_scores) / n_traj
+        h_n = h_causal - control
+        rows.append((row.outer_grad + inner_lr * h_n.T @ row.outer_grad).reshape(theta.shape))
+    return torch.stack(rows)
+
+
+def hf_maml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
+            outer: Callable | None = None, delta: float = 0.01) -> torch.Tensor:
+    """u + eta [g_IS(theta + delta u) - g_IS(theta - delta u)] / (2 delta), u = grad V(theta'),
+    g_IS(x) = (1/N) sum_i p_x(tau_i)/p_theta(tau_i) sum_t grad log pi_x(a_t|x_t) G_t by
+    per-trajectory Jacobians, one row at a time."""
+    shape = theta.shape
+    rows = []
+    for r in range(inner.n_rows):
+        traj = inner.rows(slice(r, r + 1))
+        row = _row(task, theta, traj, inner_lr, outer)
+        log_prob = _log_prob_fn(task, traj, shape)
+        returns = reward_to_go(traj.rewards, task.gamma)[0]                          # (N, T)
+        base = log_prob(row.theta).sum(-1)
+
+        def weighted_gradient(point: torch.Tensor) -> torch.Tensor:
+            step_scores = jacobian(log_prob, point, vectorize=True)                  # (N, T, D)
+            ratios = torch.exp(log_prob(point).sum(-1) - base)                       # (N,)
+            per_traj = (step_scores * returns.unsqueeze(-1)).sum(1)                  # (N, D)
+            return (ratios.unsqueeze(-1) * per_traj).mean(0)
+
+        difference = (weighted_gradient(row.theta + delta * row.outer_grad)
+                      - weighted_gradient(row.theta - delta * row.outer_grad))
+        rows.append((row.outer_grad + inner_lr * difference / (2 * delta)).reshape(shape))
+    return torch.stack(rows)
+
+
 def es_maml(task: Any, theta: torch.Tensor, inner: Trajectories, *, inner_lr: float,
             outer: Callable | None = None, perturbations: torch.Tensor,
             sigma: float) -> torch.Tensor:
@@ -356,9 +413,18 @@ def _step_map_maml(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr:
 
 def _step_map_fomaml(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
                      shape: torch.Size) -> torch.Tensor:
-    """theta + stop(eta g_N): A = I."""
-    step = _step_map_maml(task, point.detach().requires_grad_(), traj, inner_lr, shape)
-    return point + (step - point).detach()
+    """theta + eta stop(g_N): A = I (and d/d eta = g_N)."""
+    return point + inner_lr * _plain_gradient(task, point, traj, shape)
+
+
+def _plain_gradient(task: Any, point: torch.Tensor, traj: Trajectories,
+                    shape: torch.Size) -> torch.Tensor:
+    """g_N at ``point``, detached."""
+    leaf = point.detach().requires_grad_()
+    log_prob = _log_prob_fn(task, traj, shape)(leaf)
+    returns = reward_to_go(traj.rewards, task.gamma)[0]
+    (grad,) = torch.autograd.grad((log_prob * returns).sum(-1).mean(), leaf)
+    return grad
 
 
 def _step_map_lsf(task: Any, point: torch.Tensor, traj: Trajectories, inner_lr: float,
@@ -402,30 +468,43 @@ def _final_outer(task: Any, final: torch.Tensor, traj: Trajectories, outer: Call
 
 def _multi_step_twin(step_map: Callable, score: str | None = None) -> Callable:
     def twin(task: Any, theta: torch.Tensor, steps: list[Trajectories], *, inner_lr: float,
-             outer: Callable | None = None, baseline: float = 0.0) -> torch.Tensor:
+             outer: Callable | None = None, baseline: float = 0.0,
+             truncate: int | None = None, wrt: str = "theta") -> torch.Tensor:
         shape = theta.shape
+        first = 0 if truncate is None else len(steps) - truncate  # the first step kept
         rows = []
         for r in range(steps[0].n_rows):
             trajs = [s.rows(slice(r, r + 1)) for s in steps]
-            start = theta.detach().reshape(-1).clone().requires_grad_()
-            points = [start]
-            for traj in trajs:
-                points.append(step_map(task, points[-1], traj, inner_lr, shape))
+            points = [theta.detach().reshape(-1).clone().requires_grad_()]
+            eta = torch.tensor(inner_lr, dtype=theta.dtype, requires_grad=True)
+            for k, traj in enumerate(trajs):
+                if k == first:  # truncation: theta_first is where differentiation starts
+                    points[-1] = points[-1].detach().requires_grad_()
+                step_size = eta if k >= first else inner_lr
+                points.append(step_map(task, points[-1], traj, step_size, shape))
+            if first == len(trajs):
+                points[-1] = points[-1].detach().requires_grad_()
+            start = points[first]
             pathwise, value, _ = _final_outer(task, points[-1], trajs[0], outer, shape)
             objective = pathwise
             log_probs = [_log_prob_fn(task, traj, shape)(point).sum(-1)       # (N,) each
                          for traj, point in zip(trajs, points)]
             if score == "unbiased":
-                # the magic box of every step's samples: its gradient is
-                # sum_k (d theta_k / d theta_0)^T sum_i s(tau_i^k)
-                total = sum(lp.sum() for lp in log_probs)
+                # the magic box of every kept step's samples: its gradient is
+                # sum_k (d theta_k / d theta_first)^T sum_i s(tau_i^k)
+                total = sum(lp.sum() for lp in log_probs[first:]) + 0.0 * value
                 objective = objective + (value - baseline) * torch.exp(total - total.detach())
             elif score == "loo":
                 objective = objective + sum(
                     ((value - _loo_baselines(task, trajs, points, k, inner_lr, shape))
-                     * log_probs[k]).sum() for k in range(len(trajs)))
-            (grad,) = torch.autograd.grad(objective, start)
-            rows.append(grad.reshape(shape))
+                     * log_probs[k]).sum() for k in range(first, len(trajs)))
+            if wrt == "theta":
+                (grad,) = torch.autograd.grad(objective, start)
+                rows.append(grad.reshape(shape))
+                continue
+            grad, eta_grad = torch.autograd.grad(objective, (start, eta), allow_unused=True)
+            eta_grad = torch.zeros(1, dtype=theta.dtype) if eta_grad is None else eta_grad.reshape(1)
+            rows.append(eta_grad if wrt == "inner_lr" else torch.cat([grad.reshape(-1), eta_grad]))
         return torch.stack(rows)
 
     return twin

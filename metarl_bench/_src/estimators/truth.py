@@ -18,7 +18,8 @@ from metarl_bench._src.core import resources
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import UnsupportedError
-from metarl_bench._src.estimators.common import multi_step
+from metarl_bench._src.estimators.common import (check_truncate, check_wrt, multi_step,
+                                                with_respect_to)
 from metarl_bench._src.core.progress import as_advance
 from metarl_bench._src.core.registry import EstimatorSpec, estimator_spec
 from metarl_bench._src.core.trajectories import Trajectories, discounted_return
@@ -57,7 +58,8 @@ def _check(task: Any, theta: torch.Tensor, inner_lr: Any) -> float:
 
 
 def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
-                  n_inner: int | None = None, n_steps: int = 1) -> torch.Tensor:
+                  n_inner: int | None = None, n_steps: int = 1,
+                  wrt: str = "theta") -> torch.Tensor:
     """Exact meta-gradient: grad F_inf (``n_inner=None``) or grad F_N (``n_inner=N``).
 
     grad F_inf = E_task (I + eta grad^2 V(theta)) grad V(theta + eta grad V(theta)), by nested
@@ -66,11 +68,19 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
     K = ``n_steps`` inner steps: F_inf = E_task V(theta_K), theta_{k+1} = theta_k + eta grad
     V(theta_k), differentiated through all K exact steps; F_N by nested enumeration of every
     step's samples (C**K outcomes, at most ``MAX_ENUMERATION``).
-    Result: shape theta.shape, theta's dtype and device.
+    ``wrt="inner_lr"``: dF/d eta instead, shape (1,), by differentiating the same objective
+    in eta (through every exact step for F_inf, through the enumerated F_N, whose
+    multinomial weights at theta_k, k >= 1, depend on eta too); ``"all"``: both,
+    (theta.numel() + 1,), theta's part flattened first.
+    Result: shape theta.shape (``wrt="theta"``), theta's dtype and device.
     """
     inner_lr = _check(task, theta, inner_lr)
     n_steps = validation.positive_int("n_steps", n_steps)
+    wrt = check_wrt(wrt, inner_lr)
     point = theta.detach().requires_grad_()
+    if wrt != "theta":  # eta as a leaf: every use of it below is differentiated
+        inner_lr = torch.tensor(inner_lr, dtype=theta.dtype, device=theta.device,
+                                requires_grad=True)
     if n_inner is None:
         task_index = torch.arange(task.n_tasks, device=theta.device)
         rows = point.unsqueeze(0).expand(task.n_tasks, *theta.shape)
@@ -95,8 +105,11 @@ def meta_gradient(task: Any, theta: torch.Tensor, *, inner_lr: float,
             objective = task.finite_meta_objective(point, n_inner, inner_lr)
         else:
             objective = task.finite_meta_objective(point, n_inner, inner_lr, n_steps=n_steps)
-    (grad,) = torch.autograd.grad(objective, point)
-    return grad
+    if wrt == "theta":
+        (grad,) = torch.autograd.grad(objective, point)
+        return grad
+    grad, eta_grad = torch.autograd.grad(objective, (point, inner_lr))
+    return with_respect_to(wrt, grad.unsqueeze(0), eta_grad.reshape(1))[0]
 
 
 @dataclass(frozen=True)
@@ -125,8 +138,8 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
                            chunk: int | None = None,
                            generator: torch.Generator | None = None,
                            n_steps: int = 1,
-                           progress: bool | Callable[[int], None] | None = None
-                           ) -> EstimatedGradient:
+                           progress: bool | Callable[[int], None] | None = None,
+                           wrt: str = "theta") -> EstimatedGradient:
     """grad F_N estimated as the mean of ``n_samples`` exactly unbiased estimates.
 
     Tasks with a model: leave-one-out estimates (``loo``: exact outer, O(1/N) variance), in
@@ -143,7 +156,9 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
     the configuration alone (N, K, M), never on the machine, so the result is the same
     everywhere. ``progress``: True for a bar on stderr, or a function called with the number
     of samples of each chunk. The result's ``method`` says which estimator, N, K, M and how
-    many samples made it.
+    many samples made it. ``wrt``: the meta-gradient of theta, of eta (``"inner_lr"``) or
+    of both (``"all"``); both estimators' eta-gradients are exactly unbiased too
+    (``common.multi_step``).
     """
     validation.params_tensor(theta, task.param_shape, task.name)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
@@ -178,6 +193,8 @@ def estimate_meta_gradient(task: Any, theta: torch.Tensor, *, n_inner: int, inne
                   f"pilot trajectories per task")
     if n_steps > 1:
         options = {**options, "n_steps": n_steps}
+    if check_wrt(wrt, inner_lr) != "theta":
+        options = {**options, "wrt": wrt}
     fn = estimator_spec(name).fn
     advance, bar = as_advance(progress, n_samples, f"truth N={n_inner}", "sample")
     parts = []
@@ -237,6 +254,8 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     prod_k p_{theta_k}(n_k) at the estimator's own adapted parameters theta_k.
     """
     n_steps = validation.positive_int("n_steps", n_steps)
+    window = check_truncate(options.pop("truncate", None), n_steps)
+    wrt = check_wrt(options.pop("wrt", "theta"), inner_lr)
     if spec.from_samples is not None and not spec.is_count_determined(options):
         raise UnsupportedError(
             f"estimator {spec.name!r} with options {options} is random beyond its inner "
@@ -249,12 +268,14 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
                                + (f" with {enumeration_size(task, n_inner, n_steps):,} "
                                   f"outcomes over {n_steps} steps (at most "
                                   f"{MAX_ENUMERATION:,})" if n_steps > 1 else ""))
-    dim = theta.numel()
+    dim = truth.numel()
     per_task: dict[int, list[torch.Tensor]] = {}
     cosine_sum = 0.0
     truth_flat = truth.reshape(-1)
-    outcomes = (_one_step_outcomes if n_steps == 1 else _multi_step_outcomes)(
-        task, theta, spec, n_inner, inner_lr, n_steps, options)
+    one_step = n_steps == 1 and window == 1 and wrt == "theta"
+    outcomes = (_one_step_outcomes if one_step else _multi_step_outcomes)(
+        task, theta, spec, n_inner, inner_lr, n_steps, {**options, "truncate": window,
+                                                        "wrt": wrt})
     for log_weight, estimates, k in outcomes:
         weight = torch.exp(log_weight)
         estimates = estimates.detach().reshape(-1, dim)
@@ -277,12 +298,13 @@ def exact_moments(task: Any, theta: torch.Tensor, spec: EstimatorSpec, *, n_inne
     # per-estimate cosine of a multi-task average needs the joint law of all tasks' counts:
     # report it only where one task makes it a single sum
     mean_cosine = cosine_sum if n_tasks == 1 else float("nan")
-    return ExactMoments(mean.reshape(theta.shape), covariance, mean_cosine)
+    return ExactMoments(mean.reshape(truth.shape), covariance, mean_cosine)
 
 
 def _one_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_inner: int,
                        inner_lr: float, n_steps: int, options: dict[str, Any]
                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    options = {k: v for k, v in options.items() if k not in ("truncate", "wrt")}  # defaults
     for log_weight, inner in task.enumerate_inner(theta, n_inner):
         yield log_weight, spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=None,
                                             **options), int(inner.task_index[0])
@@ -313,11 +335,13 @@ def _multi_step_outcomes(task: Any, theta: torch.Tensor, spec: EstimatorSpec, n_
             flat = torch.arange(lo, min(lo + chunk, total), device=theta.device)
             picks = [flat // n_outcomes ** (n_steps - 1 - j) % n_outcomes for j in range(n_steps)]
             steps = [outcomes.rows(pick) for pick in picks]
-            run = multi_step(spec.from_samples, task, theta, steps, inner_lr=inner_lr, **options)
+            wrt = options.get("wrt", "theta")
+            run = multi_step(spec.from_samples, task, theta, steps, inner_lr=inner_lr,
+                             **{k: v for k, v in options.items() if k != "wrt"})
             log_weight = sum(base_log_weight[pick] - base_log_prob[pick]
                              + task.log_prob(point, traj).sum((1, 2)).detach()
                              for pick, point, traj in zip(picks, run.points, steps))
-            yield log_weight, run.estimate, k
+            yield log_weight, with_respect_to(wrt, run.estimate, run.inner_lr_grad), k
 
 
 def _concatenate(parts: list[Trajectories]) -> Trajectories:

@@ -7,7 +7,8 @@ rules that keep keys stable live here and only here:
 
 * one inner step (``n_steps=1``) is left out of the dict, so that stores written before
   K inner steps existed still resume;
-* likewise the adaptive-trials fields, present only when trials are adaptive;
+* likewise the adaptive-trials fields, present only when trials are adaptive, and ``wrt``
+  only when the meta-gradient is not theta's;
 * each random stream of a cell has its own seed derived from the run's seed
   (:meth:`~CellConfig.stream_seed`), so adding an estimator or an N never changes the
   numbers of the others.
@@ -76,6 +77,7 @@ class CellConfig:
     target_rel_ci: float | None = None
     target_metric: str = "mse"
     max_trials: int | None = None
+    wrt: str = "theta"
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as the store writes it and digests it into the key."""
@@ -88,7 +90,8 @@ class CellConfig:
                     **({"n_steps": self.n_steps} if self.n_steps != 1 else {}),
                     **({"target_rel_ci": self.target_rel_ci,
                         "target_metric": self.target_metric, "max_trials": self.max_trials}
-                       if self.target_rel_ci is not None else {}))
+                       if self.target_rel_ci is not None else {}),
+                    **({"wrt": self.wrt} if self.wrt != "theta" else {}))
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "CellConfig":
@@ -121,10 +124,12 @@ class CellConfig:
 
     @property
     def call_options(self) -> dict[str, Any]:
-        """The estimator's options as it is called: ``exact`` is told which truth it is."""
+        """The estimator's options as it is called: ``exact`` is told which truth it is, and
+        every estimator what it differentiates when that is not theta (``wrt``)."""
+        wrt = {"wrt": self.wrt} if self.wrt != "theta" else {}
         if self.estimator == "exact":
-            return {"truth": self.truth, **self.options}
-        return dict(self.options)
+            return {"truth": self.truth, **self.options, **wrt}
+        return {**self.options, **wrt}
 
     def call_keywords(self) -> dict[str, Any]:
         """The keywords of the estimator's call, beyond task, theta, n_trials and generator

@@ -32,6 +32,7 @@ from metarl_bench._src.core.registry import (EstimatorSpec, estimator_spec, list
                                              unmatched_arguments)
 from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                           summarize_exact)
+from metarl_bench._src.estimators.common import check_truncate, check_wrt, wrt_shape
 from metarl_bench._src.estimators.entries import resolve_all
 from metarl_bench._src.estimators.truth import (estimate_meta_gradient, exact_finite_truth,
                                                 exact_moments, meta_gradient,
@@ -202,7 +203,7 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
          dtype: torch.dtype = torch.float64, device: Any = None,
          options: dict[str, dict[str, Any]] | None = None, n_steps: int = CellConfig.n_steps,
          target_rel_ci: float | None = None, max_trials: int | None = None,
-         target_metric: str = CellConfig.target_metric) -> Plan:
+         target_metric: str = CellConfig.target_metric, wrt: str = CellConfig.wrt) -> Plan:
     """Check every argument and list the cells; allocates nothing large, writes nothing.
 
     ``estimators``: names, entries with options (``"unbiased:baseline=0.5"``, see
@@ -222,13 +223,20 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
             raise ParameterError(f"options[{name!r}] must be a dict of keyword options, got "
                                  f"{type(given).__name__}")
     entries = resolve_all(estimators, options)
+    if not task.has_model:  # first: no other setting could make such an estimator run
+        check_model_free(task, entries)
     n_steps = validation.positive_int("n_steps", n_steps)
     for entry in entries:
         if n_steps > 1 and "n_steps" not in _keywords(entry.spec.fn):
             raise UnsupportedError(f"estimator {entry.label!r} takes one inner step only "
                                    f"(it has no n_steps keyword); use n_steps=1")
-    if not task.has_model:
-        check_model_free(task, entries)
+        if "truncate" in entry.options:  # checked against K before anything runs
+            check_truncate(entry.options["truncate"], n_steps)
+    wrt = check_wrt(wrt, validation.finite_float("inner_lr", inner_lr))
+    for entry in entries:
+        if wrt != "theta" and "wrt" not in entry.spec.options:
+            raise UnsupportedError(f"estimator {entry.label!r} has no meta-gradient of the "
+                                   f"inner step size (no wrt keyword); use wrt='theta'")
     grid = _n_inner_grid(n_inner)
     n_trials = validation.positive_int("n_trials", n_trials, minimum=2)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
@@ -270,7 +278,7 @@ def plan(task: Task, estimators: Sequence[str | EstimatorSpec] | str | Estimator
                             n_boot=n_boot, dtype=str(theta.dtype).replace("torch.", ""),
                             device=str(theta.device), n_steps=n_steps,
                             target_rel_ci=target_rel_ci, target_metric=target_metric,
-                            max_trials=max_trials)
+                            max_trials=max_trials, wrt=wrt)
                  for entry in entries] for n in grid}
     return Plan(task, theta, cells)
 
@@ -468,6 +476,7 @@ def evaluate(task: Task,
              options: dict[str, dict[str, Any]] | None = None,
              n_steps: int = CellConfig.n_steps, target_rel_ci: float | None = None,
              max_trials: int | None = None, target_metric: str = CellConfig.target_metric,
+             wrt: str = CellConfig.wrt,
              jsonl: str | os.PathLike | None = None, force: bool = False,
              progress: bool | Callable[[dict[str, Any]], None] | None = None,
              max_memory: int | str | None = None,
@@ -485,7 +494,9 @@ def evaluate(task: Task,
     ``estimators`` may also carry its own (``"unbiased:baseline=0.5"``, see
     ``estimator_entries``) or be a spec such as ``decomposed(...)``. ``n_steps``: K inner
     steps for every estimator and the truth (an estimator that cannot take them raises
-    :class:`UnsupportedError`).
+    :class:`UnsupportedError`). ``wrt``: the meta-gradient of theta (``"theta"``), of the
+    inner step size eta (``"inner_lr"``: dF/d eta, one number) or of both (``"all"``: theta's
+    flattened, then eta's), for the estimates and the truth alike.
 
     ``target_rel_ci``: adaptive trials. Each cell starts with ``n_trials`` estimates and adds
     more, in rounds, until the 95% interval of ``target_metric`` (``"mse"``, ``"variance"``
@@ -514,7 +525,7 @@ def evaluate(task: Task,
                        n_outer=n_outer, seed=seed, truth=truth, theta=theta, exact=exact,
                        truth_samples=truth_samples, n_boot=n_boot, dtype=dtype, device=device,
                        options=options, n_steps=n_steps, target_rel_ci=target_rel_ci,
-                       max_trials=max_trials, target_metric=target_metric)
+                       max_trials=max_trials, target_metric=target_metric, wrt=wrt)
         if jsonl is not None:
             check_storable(checked.task)
         store = Store(jsonl) if jsonl is not None else None
@@ -639,19 +650,20 @@ def compute_truth(task: Task, theta: torch.Tensor, config: CellConfig,
                   advance: Callable[[float], None] = lambda n: None) -> Truth:
     """The reference of a cell; a function of the cell's task, theta, N, inner_lr, truth,
     truth_samples and seed only, so every estimator at one N shares it."""
-    n, inner_lr, n_steps = config.n_inner, config.inner_lr, config.n_steps
+    n, inner_lr, n_steps, wrt = config.n_inner, config.inner_lr, config.n_steps, config.wrt
     if config.truth == "limit":
-        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps), None,
-                     "exact", "grad F_inf by nested autodiff through the model")
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_steps=n_steps, wrt=wrt),
+                     None, "exact", "grad F_inf by nested autodiff through the model")
     if exact_finite_truth(task, n, n_steps):
-        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps),
+        return Truth(meta_gradient(task, theta, inner_lr=inner_lr, n_inner=n, n_steps=n_steps,
+                                   wrt=wrt),
                      None, "exact", "grad F_N by exact enumeration of the inner samples")
     generator = torch.Generator(device=theta.device).manual_seed(config.stream_seed("truth"))
     n_outer = None if task.has_model else config.n_outer
     per_sample = task.n_tasks * (n * n_steps + (n_outer or 0))
     estimate = estimate_meta_gradient(
         task, theta, n_inner=n, inner_lr=inner_lr, n_samples=config.truth_samples,
-        n_outer=n_outer, generator=generator, n_steps=n_steps,
+        n_outer=n_outer, generator=generator, n_steps=n_steps, wrt=wrt,
         progress=lambda done: advance(done * per_sample))
     return Truth(estimate.mean, estimate.samples, "estimated", estimate.method)
 
@@ -669,7 +681,7 @@ def _call_estimator(spec: Any, task: Task, theta: torch.Tensor, n_trials: int,
     except ValueError:  # no signature to read (a builtin): let the call decide
         pass
     out = spec.fn(task, theta, n_trials=n_trials, **kwargs)
-    expected = (n_trials, *theta.shape)
+    expected = (n_trials, *wrt_shape(kwargs.get("wrt", "theta"), theta))
     if not isinstance(out, torch.Tensor):
         raise ShapeError(f"estimator {spec.name!r} returned a {type(out).__name__}; expected a "
                          f"tensor of shape {expected}")

@@ -15,10 +15,12 @@ Spec (TOML shown; YAML has the same keys)::
     seeds = [0, 1, 2]
     n_outer = ["exact"]                  # "exact" (exact outer step) or integers M
     n_steps = [1]                        # inner steps K (1: the one-step cells)
+    truncate = ["full"]                  # windows w of truncated backpropagation (see below)
     n_trials = 1000                      # shared settings: one value each
     target_rel_ci = 0.1                  # optional adaptive trials (see run --target-rel-ci),
     max_trials = 16000                   # with their cap and the metric they target
     target_metric = "mse"
+    wrt = "theta"                        # or "inner_lr" / "all": meta-gradients of eta
     truth = "finite"                     # or "limit"
     truth_samples = 20000
     exact_moments = true
@@ -33,6 +35,11 @@ Spec (TOML shown; YAML has the same keys)::
     name = "bandit-v0"                   # overridden inside it
     params = { rewards = [1.0, 0.0, 0.5] }
     inner_lr = [2.0]
+
+``truncate``: each estimator that takes K steps becomes one entry per window,
+``NAME:...,truncate=w`` ("full": the entry as written, all K steps); a window above a
+plan's n_steps is left out of that plan, and estimators with no window (``es-maml``) are
+listed once.
 """
 
 from __future__ import annotations
@@ -49,24 +56,26 @@ from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import (MetaRLBenchError, ParameterError, ResourceError,
                                            did_you_mean)
 from metarl_bench._src.core.progress import Progress
+from metarl_bench._src.core.registry import estimator_spec
 from metarl_bench._src.evaluation.config import CellConfig
 from metarl_bench._src.evaluation.evaluate import (Plan, Truth, check_plans, compute_cell,
                                                    compute_truth, pending, plan, results_of,
                                                    run_plans)
 from metarl_bench._src.evaluation.store import Store, make_line
 
-GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps")
+GRID_KEYS = ("estimators", "n_inner", "inner_lr", "seeds", "n_outer", "n_steps", "truncate")
 SHARED_KEYS = ("n_trials", "truth", "truth_samples", "exact_moments", "n_boot", "dtype",
-               "device", "options", "target_rel_ci", "max_trials", "target_metric")
+               "device", "options", "target_rel_ci", "max_trials", "target_metric", "wrt")
 #: A spec's defaults: the grid's own, and a cell's (CellConfig's) for the shared settings.
 DEFAULTS: dict[str, Any] = dict(
     estimators=["unbiased", "lsf", "maml", "fomaml"], n_inner=[1, 2, 4, 8, 16, 32, 64],
     inner_lr=[CellConfig.inner_lr], seeds=[CellConfig.seed], n_outer=["exact"],
-    n_steps=[CellConfig.n_steps], n_trials=CellConfig.n_trials, truth=CellConfig.truth,
+    n_steps=[CellConfig.n_steps], truncate=["full"], n_trials=CellConfig.n_trials,
+    truth=CellConfig.truth,
     truth_samples=CellConfig.truth_samples, exact_moments=CellConfig.exact,
     n_boot=CellConfig.n_boot, dtype=CellConfig.dtype, device=CellConfig.device, options={},
     target_rel_ci=CellConfig.target_rel_ci, max_trials=CellConfig.max_trials,
-    target_metric=CellConfig.target_metric)
+    target_metric=CellConfig.target_metric, wrt=CellConfig.wrt)
 TOP_KEYS = ("output", "tasks", *GRID_KEYS, *SHARED_KEYS)
 TASK_KEYS = ("name", "params", *GRID_KEYS, *SHARED_KEYS)
 #: Local worker processes allowed per CPU. Cells are single-threaded and CPU-bound, so one
@@ -180,7 +189,8 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
                 grid["inner_lr"], grid["seeds"], grid["n_outer"], grid["n_steps"]):
             try:
                 plans.append(plan(
-                    task, grid["estimators"], n_inner=grid["n_inner"],
+                    task, _windowed(where, grid["estimators"], grid["truncate"], n_steps),
+                    n_inner=grid["n_inner"],
                     n_trials=settings["n_trials"], inner_lr=inner_lr,
                     n_outer=_n_outer(where, n_outer), seed=seed, truth=settings["truth"],
                     theta=None, exact=settings["exact_moments"],
@@ -188,10 +198,37 @@ def build(spec: dict[str, Any], *, source: str = "spec") -> Sweep:
                     dtype=getattr(torch, settings["dtype"]), device=settings["device"],
                     options=settings["options"], n_steps=n_steps,
                     target_rel_ci=settings["target_rel_ci"], max_trials=settings["max_trials"],
-                    target_metric=settings["target_metric"]))
+                    target_metric=settings["target_metric"], wrt=settings["wrt"]))
             except MetaRLBenchError as exc:
                 raise type(exc)(f"{where} ({entry['name']}): {exc}") from None
     return Sweep(plans, output)
+
+
+def _windowed(where: str, entries: list[Any], windows: list[Any], n_steps: Any) -> list[Any]:
+    """Each entry once per truncation window w <= K (``truncate`` grid key); "full" keeps
+    it as written; entries whose estimator has no window are kept once."""
+    if windows == ["full"]:
+        return entries
+    for window in windows:
+        if window != "full" and (isinstance(window, bool) or not isinstance(window, int)
+                                 or window < 0):
+            raise ParameterError(f"{where}: truncate values must be 'full' or integers >= 0, "
+                                 f"got {window!r}")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            out.append(entry)
+            continue
+        name, has_options, _ = entry.partition(":")
+        if "truncate" not in estimator_spec(name.strip()).options:
+            out.append(entry)
+            continue
+        for window in windows:
+            if window == "full":
+                out.append(entry)
+            elif isinstance(n_steps, int) and window <= n_steps:
+                out.append(f"{entry}{',' if has_options else ':'}truncate={window}")
+    return out
 
 
 @contextlib.contextmanager

@@ -255,3 +255,58 @@ def _cost_figure(stem, task, series) -> Figure:
                   + (" Peak memory: what computing the estimates added to the process at its "
                      "peak (the resident high-water mark on CPUs, the allocator's peak on "
                      "CUDA), large cells being computed in chunks." if has_memory else ""))
+
+
+def window_figures(results: Sequence[Any], folder: str | os.PathLike) -> list[Figure]:
+    """Bias and variance against the truncation window w (``truncate``), one line per number
+    of inner steps K and one figure per task; the records without a window are the full
+    chain (w = K). Placed after the last result of each task in a report."""
+    by_task: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for index, result in enumerate(results):
+        for record in result.records:
+            by_task.setdefault(record["task"], []).append((index, record))
+    figures = []
+    for task, indexed in by_task.items():
+        lines: dict[tuple[int, int], list[tuple[int, dict[str, Any]]]] = {}
+        for _, record in indexed:
+            steps = record.get("n_steps") or 1
+            window = (record.get("options") or {}).get("truncate", steps)
+            lines.setdefault((steps, record["n_inner"]), []).append((window, record))
+        fig = _figure(11, 4.2)
+        axes = fig.subplots(1, 2)
+        colours = [_cycle_colour(i) for i in range(len(lines))]
+        for colour, ((steps, n_inner), points) in zip(colours, sorted(lines.items())):
+            points.sort(key=lambda p: p[0])
+            windows = [w for w, _ in points]
+            for axis, metric in zip(axes, ("bias", "variance")):
+                axis.plot(windows, [r.get(metric) if r.get(metric) else math.nan
+                                    for _, r in points], marker="o", ms=3.5, color=colour,
+                          label=f"K={steps}, N={n_inner}")
+        ticks = sorted({w for points in lines.values() for w, _ in points})
+        for axis, (metric, label) in zip(axes, STATISTICS[:2]):
+            axis.set_xscale("symlog", linthresh=1)
+            axis.set_xticks(ticks, [str(w) for w in ticks])
+            if _has_positive(axis):
+                axis.set_yscale("log")
+            axis.set_xlabel("w (inner steps differentiated, of K)")
+            axis.set_title(label)
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=7)
+        truths = sorted({f"{r.get('truth')} ({r.get('truth_kind')})" for _, r in indexed})
+        estimators = sorted({r["estimator"] for _, r in indexed})
+        fig.suptitle(f"{task}: truncated meta-gradients ({', '.join(estimators)}) against the "
+                     f"window; truth: {', '.join(truths)} of the full K steps")
+        path = os.path.join(folder, _slug(task) + "-windows.png")
+        _save(fig, path)
+        figures.append(Figure(
+            path, f"{task}: bias and variance against the truncation window",
+            "Each line is one number of inner steps K; w = 0 is first-order (no Jacobian), "
+            "w = K the full chain. The truth is the full K-step objective's, so the bias "
+            "shows what truncation adds (plus the estimator's own bias at w = K).",
+            result_index=max(index for index, _ in indexed), task=task))
+    return figures
+
+
+def _cycle_colour(index: int) -> str:
+    """The index-th colour of matplotlib's default cycle (tab10)."""
+    return f"C{index % 10}"

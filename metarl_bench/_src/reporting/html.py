@@ -12,7 +12,7 @@ import json
 import os
 import re
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from metarl_bench._src.core.errors import ParameterError
 from metarl_bench._src.core.files import check_folder, make_folder
@@ -191,8 +191,13 @@ def check_report_folder(folder: str | os.PathLike, option: str = "folder") -> li
 
 
 def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
-                 title: str | None = None, source: str | None = None) -> str:
+                 title: str | None = None, source: str | None = None,
+                 more_figures: Callable[[Sequence[Any], str], list[Figure]] | None = None
+                 ) -> str:
     """Write the figures and ``index.html`` of ``results`` into ``folder``; returns its path.
+
+    ``more_figures(results, folder)``: figures beyond the ones against N (a reproduction's
+    own, e.g. ``figures.window_figures``), each shown in its result's section.
 
     ``title`` defaults to one naming the results' tasks (the scope of the page). Refuses
     (ParameterError) a folder whose ``index.html`` another program or person wrote; the
@@ -201,6 +206,8 @@ def write_report(results: Sequence[Any], folder: str | os.PathLike, *,
     previous = check_report_folder(folder)
     make_folder(folder, "folder")
     figures = write_figures(results, folder)
+    if more_figures is not None:
+        figures += more_figures(results, folder)
     written = [os.path.basename(f.path) for f in figures]
     if title is None:
         title = "metarl_bench: " + ", ".join(dict.fromkeys(

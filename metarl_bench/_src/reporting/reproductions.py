@@ -28,6 +28,8 @@ class Reproduction:
     name: str
     title: str
     runs: Callable[[], list[dict[str, Any]]]   # evaluate() keyword arguments, task made
+    #: figures beyond those against N: ``(results, folder) -> list[Figure]``
+    figures: Callable[[Any, str], list[Any]] | None = None
 
 
 def _tang2022() -> list[dict[str, Any]]:
@@ -39,10 +41,45 @@ def _tang2022() -> list[dict[str, Any]]:
             for task_id, params, inner_lr in HEADLINE]
 
 
+#: Vuorio, Beck, Whiteson, Foerster, Farquhar (2022, arXiv:2209.11303): the bias truncated
+#: backpropagation adds, against the window w, for short and long inner loops. Exact truths:
+#: grad F_inf of the full K steps by autodiff through the model (no enumeration reaches
+#: K = 100), so the bias at w = K is LSF's own finite-N bias.
+VUORIO_TASKS = (
+    ("bandit-v0", {"rewards": [1.0, 0.0, 0.5], "init_logits": [0.0, 0.5, -0.5]}, 0.5),
+    ("tabular-v0", {"n_states": 5, "n_actions": 3, "horizon": 5, "gamma": 0.9, "seed": 0}, 0.5),
+)
+VUORIO_STEPS = (5, 20, 100)
+VUORIO_WINDOWS = (0, 1, 2, 5, 10, 20, 50, 100)
+VUORIO_ESTIMATOR = "lsf"
+VUORIO_N = 16
+VUORIO_TRIALS = 200
+
+
+def _vuorio2022() -> list[dict[str, Any]]:
+    from metarl_bench._src.core.registry import make_task
+
+    return [dict(task=make_task(task_id, **params),
+                 estimators=[f"{VUORIO_ESTIMATOR}:truncate={w}" for w in VUORIO_WINDOWS
+                             if w < n_steps] + [VUORIO_ESTIMATOR],
+                 n_inner=[VUORIO_N], n_trials=VUORIO_TRIALS, inner_lr=inner_lr, seed=0,
+                 truth="limit", n_steps=n_steps)
+            for task_id, params, inner_lr in VUORIO_TASKS for n_steps in VUORIO_STEPS]
+
+
+def _window_figures(results: Any, folder: str) -> list[Any]:
+    from metarl_bench._src.reporting.figures import window_figures
+
+    return window_figures(results, folder)
+
+
 REPRODUCTIONS = {
     "tang2022": Reproduction(
         "tang2022", "Tang (ICML 2022): unbiased vs LSF vs MAML estimates against N",
         _tang2022),
+    "vuorio2022": Reproduction(
+        "vuorio2022", "Vuorio et al. (2022): bias and variance of truncated meta-gradients "
+        "against the window, K = 5, 20, 100", _vuorio2022, _window_figures),
 }
 
 
@@ -60,4 +97,5 @@ def reproduce(name: str, folder: str | os.PathLike, *, progress: Any = None) -> 
     folder = make_folder(folder, "folder")
     store = os.path.join(folder, "results.jsonl")
     results = [evaluate(jsonl=store, progress=progress, **kwargs) for kwargs in entry.runs()]
-    return write_report(results, folder, title=entry.title, source=store)
+    return write_report(results, folder, title=entry.title, source=store,
+                        more_figures=entry.figures)
