@@ -35,7 +35,6 @@ otherwise UnsupportedError).
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import inspect
@@ -90,18 +89,6 @@ def row_params(theta: torch.Tensor, rows: int | Trajectories) -> torch.Tensor:
     return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
 
 
-#: Set while a step outside a truncation window runs: its graph is never differentiated
-#: again, so forms need not build one (``keep_graph``). The values do not change.
-_FORWARD_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("forward_only",
-                                                                    default=False)
-
-
-def keep_graph(differentiable: bool = True) -> bool:
-    """``create_graph`` for a form's inner gradient: False in a step outside the window
-    (the form is stopped at its outer step there, before anything differentiates it)."""
-    return differentiable and not _FORWARD_ONLY.get()
-
-
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
                differentiable: bool = True) -> InnerStep:
     """theta' = theta + eta (1/N) sum_i sum_t grad log pi(a_t|x_t) A_t, per row.
@@ -113,8 +100,7 @@ def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: fl
     log_prob = task.log_prob(params, inner)
     returns = inner_returns(task, inner)
     objective = (log_prob * returns).sum(-1).mean(-1)
-    (grad,) = torch.autograd.grad(objective.sum(), params,
-                                  create_graph=keep_graph(differentiable))
+    (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=differentiable)
     return InnerStep(params, log_prob, returns, params + inner_lr * grad)
 
 
@@ -222,7 +208,6 @@ class _Chain:
         """Step ``step`` outside the differentiated window: the estimator's own theta_{k+1}
         (its form run up to its outer step, then stopped), no Jacobian."""
         inner, starts = self._at(step, points, inner)
-        token = _FORWARD_ONLY.set(True)
         try:
             self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
                               outer=_Advance(self.outer is None), **self.options)
@@ -230,8 +215,6 @@ class _Chain:
             if starts is not None and not starts.used:
                 raise self._unsupported() from None
             return stopped.adapted
-        finally:
-            _FORWARD_ONLY.reset(token)
         raise self._unsupported()
 
     def _at(self, step: int, points: torch.Tensor, inner: Trajectories
