@@ -6,10 +6,14 @@ plug-in package is benchmarked here with no edit to this file.
 
 import json
 import os
+import statistics
+import time
+
+import torch
 
 import metarl_bench as mb
 
-from .common import ESTIMATORS, N_GRID, TASKS, Case, allocated_peak_bytes
+from .common import ESTIMATORS, N_GRID, SEED, TASKS, Case, allocated_peak_bytes
 
 PARAMS = [ESTIMATORS, list(TASKS), N_GRID]
 PARAM_NAMES = ["estimator", "task", "n_inner"]
@@ -135,3 +139,55 @@ class MultiStep:
 
     def time_estimate(self, estimator, n_steps):
         self.case.run(n_steps=n_steps)
+
+
+class Truncation:
+    """A truncated meta-gradient: ``lsf`` through K = 100 inner steps (fresh trajectories at
+    each theta_k) with only the last ``window`` steps differentiated, on the tabular task at
+    N = 16 with the exact outer step. ``track_cost_over_sampling``: the time of one batch of
+    estimates over the time of sampling its K x N trajectories per trial alone, the two
+    timed alternately in one process, median of 5 rounds (so the machine's load cancels).
+    The backward pass through the window should cost no more than half the sampling
+    (ratio <= 1.5 at window 10). A commit without ``truncate`` skips."""
+
+    version = 1
+    params = [[0, 10, 100]]
+    param_names = ["window"]
+    timeout = 600
+    n_steps, n_inner, n_trials, rounds = 100, 16, 20, 5
+
+    def setup(self, window):
+        task_id, params, self.inner_lr, *_ = TASKS["tabular"]
+        self.task = mb.make_task(task_id, **params)
+        self.theta = self.task.initial_params()
+        self.estimator = mb.get_estimator("lsf")
+        try:
+            self.estimate(torch.Generator().manual_seed(SEED), 1, window)
+        except (TypeError, mb.MetaRLBenchError) as exc:
+            raise NotImplementedError(str(exc)) from None
+
+    def estimate(self, generator, n_trials, window):
+        return self.estimator(self.task, self.theta, n_inner=self.n_inner,
+                              inner_lr=self.inner_lr, n_trials=n_trials,
+                              n_steps=self.n_steps, truncate=window, generator=generator)
+
+    def sample(self, generator):
+        """The trajectories the estimate samples: K times N per trial and task (at theta:
+        where they are drawn does not change what drawing them costs)."""
+        rows = self.theta.expand(self.n_trials * self.task.n_tasks, *self.theta.shape)
+        task_index = torch.arange(self.task.n_tasks).repeat(self.n_trials)
+        for _ in range(self.n_steps):
+            self.task.sample(rows, self.n_inner, task_index, generator)
+
+    def track_cost_over_sampling(self, window):
+        ratios = []
+        for round_ in range(self.rounds):
+            generator = torch.Generator().manual_seed(SEED + round_)
+            start = time.perf_counter()
+            self.estimate(generator, self.n_trials, window)
+            middle = time.perf_counter()
+            self.sample(generator)
+            ratios.append((middle - start) / (time.perf_counter() - middle))
+        return statistics.median(ratios)
+
+    track_cost_over_sampling.unit = "estimate time / sampling time"
