@@ -390,9 +390,11 @@ def planned_seconds(checked: Plan, configs: Sequence[CellConfig],
     pace (trajectories per second) of pilot calls: of an estimator, and of the estimated
     truth where there is one. One unit at the smallest N first (cheap; its pace is the
     slowest, so a plan that it already puts below ``announce`` seconds stops there), then at
-    the largest N, growing fourfold towards a chunk of its cell while a call is predicted to
-    take under ``PILOT_SECONDS`` (small calls run at a lower throughput than a cell's). So
-    a pilot costs seconds, even before a run of days. An estimate within a few times the
+    the largest N one unit, growing fourfold towards a chunk of its cell while the next call
+    (the last one's time, scaled) would take under ``PILOT_SECONDS``: small calls run at a
+    far lower throughput than a cell's chunks where a fixed cost per call dominates (a
+    K-step bandit's truth: one sample's pace predicted 7.4 h for a run of 3 min). So a pilot
+    costs seconds, even before a run of days. An estimate within a few times the
     truth, not a promise (a plan whose single truth sample takes a minute, such as 100 inner
     steps with leave-one-out baselines, pays that minute); pilots draw from their own
     generator, so no result depends on them."""
@@ -445,12 +447,16 @@ def planned_seconds(checked: Plan, configs: Sequence[CellConfig],
     if seconds() < announce:
         return seconds()
     for index, (call, _, unit, most) in enumerate(pilots):
-        count = 0
+        count, last = 0, 0.0
         while count < most:
-            grown = min(most, 2 if count == 0 else 4 * count)
-            if grown * unit(largest) / paces[index] > PILOT_SECONDS:
+            grown = min(most, 4 * count) if count else 1
+            # the next call's time from the last one's: a fixed cost per call keeps calls
+            # short where the pace of one unit would predict long ones, and growing on
+            # towards a chunk's size is what finds a vectorised call's real pace
+            if count and grown / count * last > PILOT_SECONDS:
                 break
-            paces[index] = grown * unit(largest) / max(timed(call, largest, grown), 1e-9)
+            last = timed(call, largest, grown)
+            paces[index] = grown * unit(largest) / max(last, 1e-9)
             count = grown
     return seconds()
 
