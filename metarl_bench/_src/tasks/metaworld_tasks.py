@@ -130,8 +130,6 @@ class MetaWorldSimulator:
     ``reset(seeds, tasks)`` starts one simulation per task (made with ``set_task``, seeded
     with ``env.seed``) on the first ``len(tasks)`` environments of a pool that grows as
     needed and is kept across calls (an environment is remade only when its skill changes).
-    ``successes`` holds, during an episode, whether each simulation has reached Meta-World's
-    success flag.
     """
 
     takes_tasks = True
@@ -140,7 +138,6 @@ class MetaWorldSimulator:
         self.classes = classes
         self.pool: list[Any] = []
         self.envs: list[Any] = []
-        self.successes = np.zeros(0, dtype=bool)
 
     def reset(self, seeds: np.ndarray, tasks: list[Any]) -> np.ndarray:
         observations = []
@@ -156,16 +153,14 @@ class MetaWorldSimulator:
             observation, _ = env.reset()
             observations.append(observation)
         self.envs = self.pool[:len(tasks)]
-        self.successes = np.zeros(len(tasks), dtype=bool)
         return np.asarray(observations, dtype=np.float64)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         observations, rewards = [], []
         for index, env in enumerate(self.envs):
-            observation, reward, _, _, info = env.step(actions[index])
+            observation, reward, *_ = env.step(actions[index])
             observations.append(observation)
             rewards.append(reward)
-            self.successes[index] |= bool(info.get("success", False))
         return np.asarray(observations, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
 
     def close(self) -> None:
