@@ -141,7 +141,7 @@ def test_cli_refuses_a_window_beyond_n_steps_in_one_line(tmp_path):
                                        str(tmp_path / "out.jsonl")]),
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "truncate must be an integer from 0 to n_steps=2" \
+    assert done.stderr.count("\n") == 1 and "truncate must be an integer from 0 to --n-steps 2" \
         in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -15,12 +15,15 @@ class RowStarts:
     ``used`` is set when an estimator builds its parameters from them (``row_params``), so
     that a from-samples form that ignored them (and so would start every row at theta) is
     refused rather than silently wrong. A view of them (``Trajectories.rows``,
-    ``one_per_row``) reports its use to the starts it came from.
+    ``one_per_row``) reports its use to the starts it came from. ``differentiated`` False:
+    nothing will differentiate the step these rows take (a step before a truncation window),
+    so a form need not build its inner gradient's graph (``builds_graph``).
     """
 
     points: torch.Tensor
     used: bool = False
     parent: "RowStarts | None" = None
+    differentiated: bool = True
 
     def take(self) -> torch.Tensor:
         """The points, marked used (here and in the starts they were taken from)."""
@@ -31,7 +34,7 @@ class RowStarts:
         return self.points
 
     def view(self, points: torch.Tensor) -> "RowStarts":
-        return RowStarts(points, parent=self)
+        return RowStarts(points, parent=self, differentiated=self.differentiated)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,13 @@ def row_params(theta: torch.Tensor, rows: int | Trajectories) -> torch.Tensor:
     return theta.detach().unsqueeze(0).repeat(n_rows, *([1] * theta.dim())).requires_grad_()
 
 
+def builds_graph(inner: Trajectories) -> bool:
+    """Whether a form's inner gradient needs its graph (``create_graph``): not for rows whose
+    step nothing differentiates (``RowStarts.differentiated``, a step before a truncation
+    window). The values are the same either way."""
+    return inner.starts is None or inner.starts.differentiated
+
+
 def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: float, *,
                differentiable: bool = True) -> InnerStep:
     """theta' = theta + eta (1/N) sum_i sum_t grad log pi(a_t|x_t) A_t, per row.
@@ -100,7 +107,8 @@ def inner_step(task: Any, theta: torch.Tensor, inner: Trajectories, inner_lr: fl
     log_prob = task.log_prob(params, inner)
     returns = inner_returns(task, inner)
     objective = (log_prob * returns).sum(-1).mean(-1)
-    (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=differentiable)
+    (grad,) = torch.autograd.grad(objective.sum(), params,
+                                  create_graph=differentiable and builds_graph(inner))
     return InnerStep(params, log_prob, returns, params + inner_lr * grad)
 
 
@@ -206,8 +214,9 @@ class _Chain:
 
     def advance(self, step: int, points: torch.Tensor, inner: Trajectories) -> torch.Tensor:
         """Step ``step`` outside the differentiated window: the estimator's own theta_{k+1}
-        (its form run up to its outer step, then stopped), no Jacobian."""
-        inner, starts = self._at(step, points, inner)
+        (its form run up to its outer step, then stopped), no Jacobian; its rows' starts say
+        so (``RowStarts.differentiated``), so the form builds no second-order graph."""
+        inner, starts = self._at(step, points, inner, differentiated=False)
         try:
             self.from_samples(self.task, self.theta, inner, inner_lr=self.inner_lr,
                               outer=_Advance(self.outer is None), **self.options)
@@ -217,10 +226,11 @@ class _Chain:
             return stopped.adapted
         raise self._unsupported()
 
-    def _at(self, step: int, points: torch.Tensor, inner: Trajectories
-            ) -> tuple[Trajectories, RowStarts | None]:
+    def _at(self, step: int, points: torch.Tensor, inner: Trajectories,
+            differentiated: bool = True) -> tuple[Trajectories, RowStarts | None]:
         self.points.append(points)
-        starts = RowStarts(points) if step > 0 else None
+        starts = (RowStarts(points, differentiated=differentiated)
+                  if step > 0 or not differentiated else None)
         return (inner if starts is None else dataclasses.replace(inner, starts=starts)), starts
 
     def _unsupported(self) -> UnsupportedError:

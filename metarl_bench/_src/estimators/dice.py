@@ -22,7 +22,8 @@ import torch
 from metarl_bench._src.core import validation
 from metarl_bench._src.tasks.advantages import decay_matrix, gae_from_values, require_plain
 from metarl_bench._src.core.errors import ParameterError
-from metarl_bench._src.estimators.common import OuterSampler, grad_of, outer_at, row_params
+from metarl_bench._src.estimators.common import (OuterSampler, builds_graph, grad_of, outer_at,
+                                                row_params)
 from metarl_bench._src.estimators.critics import check_critic, critic_values
 from metarl_bench._src.core.trajectories import Trajectories, discounts, reward_to_go
 
@@ -41,7 +42,7 @@ def _through_surrogate(task: Any, theta: torch.Tensor, inner: Trajectories, inne
     params = row_params(theta, inner)
     log_prob = task.log_prob(params, inner)
     objective = surrogate(params, log_prob).mean(-1)
-    (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=True)
+    (grad,) = torch.autograd.grad(objective.sum(), params, create_graph=builds_graph(inner))
     adapted = params + inner_lr * grad
     out = outer_at(task, adapted, inner.task_index, outer)
     return grad_of((adapted * out.grad).sum(), params)

@@ -9,7 +9,8 @@ import torch
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.errors import ParameterError
 from metarl_bench._src.core.trajectories import Trajectories, discounts, reward_to_go
-from metarl_bench._src.estimators.common import OuterSampler, grad_of, outer_at, row_params
+from metarl_bench._src.estimators.common import (OuterSampler, builds_graph, grad_of, outer_at,
+                                                row_params)
 from metarl_bench._src.estimators.dice import _magic_box
 from metarl_bench._src.tasks.advantages import require_plain
 
@@ -68,8 +69,10 @@ def tmaml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     dice = (discounted_rewards * _magic_box(cumulative)).sum(-1).mean(-1)
     control = (weights * (_magic_box(cumulative - log_prob) - _magic_box(cumulative))
                ).sum(-1).mean(-1)
-    (dice_grad,) = torch.autograd.grad(dice.sum(), params, create_graph=True)
-    (control_grad,) = torch.autograd.grad(control.sum(), params, create_graph=True)
+    graph = builds_graph(inner)
+    (dice_grad,) = torch.autograd.grad(dice.sum(), params, create_graph=graph,
+                                       retain_graph=True)
+    (control_grad,) = torch.autograd.grad(control.sum(), params, create_graph=graph)
     # a baseline in the step itself would change theta', hence the objective: keep its Jacobian
     adapted = params + inner_lr * (dice_grad + (control_grad - control_grad.detach()))
     out = outer_at(task, adapted, inner.task_index, outer)
