@@ -210,8 +210,8 @@ def test_the_timed_grid_covers_every_task_family_with_a_model_and_every_path():
     suite = Suite()
     specs = {name: mb.estimator_spec(name) for name in mb.list_estimators()}
     # one estimator per module (family): the one named like it, else the first by name
-    assert families(specs) == ["decomposed", "dice", "emaml", "es-maml", "exact", "loo",
-                               "lsf", "maml", "unbiased-anchored"]
+    assert families(specs) == ["decomposed", "dice", "emaml", "es-maml", "exact", "hf-maml",
+                               "loo", "lsf", "maml", "tmaml", "unbiased-anchored"]
     items = set(suite.items())
     for key, task in TIMED_TASKS.items():
         assert mb.make_task(task.task_id, **task.params).has_model
@@ -221,7 +221,8 @@ def test_the_timed_grid_covers_every_task_family_with_a_model_and_every_path():
             assert Item(path="sampler", estimator=SAMPLER, task=key, n_inner=n_inner) in items
             forms = {i.estimator for i in items
                      if i.path == "from-samples" and (i.task, i.n_inner) == (key, n_inner)}
-            assert forms == {"dice", "emaml", "loo", "lsf", "maml", "unbiased-anchored"}
+            assert forms == {"dice", "emaml", "hf-maml", "loo", "lsf", "maml", "tmaml",
+                             "unbiased-anchored"}
             calls = {i.estimator for i in items
                      if i.path == "call" and (i.task, i.n_inner) == (key, n_inner)}
             # maml's registered call, and the estimators that have no from-samples form
