@@ -59,3 +59,12 @@ def test_the_simulator_cache_evicts_the_least_recently_used():
     assert task.simulator(1) is first[1]
     assert task.simulator(2) is not first[2]
     assert [n for _, n in task._simulators] == [4, limit + 1, 1, 2]
+
+
+def test_a_task_names_the_simulator_libraries_its_results_depend_on():
+    """What each result records as ``simulator_versions``: MuJoCo only where it simulates."""
+    assert mb.make_task("bandit-v0").versions() == {}
+    assert set(mb.make_task("gym-v0").versions()) == {"gymnasium"}   # Pendulum: no MuJoCo
+    pytest.importorskip("mujoco")
+    versions = mb.make_task("halfcheetah-vel-v0", n_tasks=1, horizon=5).versions()
+    assert set(versions) == {"gymnasium", "mujoco"}

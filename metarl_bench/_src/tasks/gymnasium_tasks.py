@@ -182,9 +182,11 @@ class GymnasiumTask(Task):
         import gymnasium
 
         out = {"gymnasium": gymnasium.__version__}
-        mujoco = sys.modules.get("mujoco")  # imported where a simulation uses it
-        if mujoco is not None:
-            out["mujoco"] = mujoco.__version__
+        simulated_by_mujoco = self.sampler == "batch" or any(
+            cls.__module__.startswith("gymnasium.envs.mujoco")
+            for cls in type(self._reference_env).__mro__)
+        if simulated_by_mujoco:  # then mujoco is imported already
+            out["mujoco"] = sys.modules["mujoco"].__version__
         return out
 
     def reset_seeds(self, n_rows: int, n_traj: int,
