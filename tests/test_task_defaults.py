@@ -124,3 +124,11 @@ def test_a_memory_refusal_names_what_can_come_down(tmp_path, capsys):
                                         "lsf", "--n-inner", "1", "--max-memory", "100MB"))
     assert "lower --truth-samples" in line
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_run_defaults_keep_the_truth_budget_of_a_cell_configuration():
+    """The two layers each hold the default truth budget (core cannot import evaluation);
+    stored keys hold truth_samples, so the two must not drift apart."""
+    from metarl_bench._src.evaluation.config import CellConfig
+
+    assert RunDefaults.truth_samples == CellConfig.truth_samples

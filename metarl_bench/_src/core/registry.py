@@ -112,7 +112,7 @@ class RunDefaults:
     n_inner: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     n_trials: int = 2000
     n_outer: int | None = None
-    truth_samples: int = 20_000
+    truth_samples: int = 20_000  # evaluation's CellConfig.truth_samples (a test holds them equal)
 
     def describe(self) -> str:
         """One line: the flags these defaults stand for."""

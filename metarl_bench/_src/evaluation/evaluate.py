@@ -28,8 +28,8 @@ from metarl_bench._src.core import resources, validation
 from metarl_bench._src.core.errors import ParameterError, ShapeError, UnsupportedError
 from metarl_bench._src.core.files import plain
 from metarl_bench._src.core.progress import as_advance
-from metarl_bench._src.core.registry import (EstimatorSpec, estimator_spec, list_estimators,
-                                             unmatched_arguments)
+from metarl_bench._src.core.registry import (EstimatorSpec, RunDefaults, estimator_spec,
+                                             list_estimators, unmatched_arguments)
 from metarl_bench._src.core.stats import (METRICS, MIN_SLOPE_POINTS, fit_log_log, summarize,
                                           summarize_exact)
 from metarl_bench._src.estimators.common import check_truncate, check_wrt, wrt_shape
@@ -44,8 +44,8 @@ from metarl_bench._src.evaluation.tables import format_result
 from metarl_bench._src.tasks import Task
 
 SLOPE_METRICS = ("bias", "variance", "mse")
-#: The grid of N ``evaluate`` runs unless told otherwise.
-DEFAULT_N_INNER = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: The grid of N ``evaluate`` runs unless told otherwise: ``run``'s default grid.
+DEFAULT_N_INNER = RunDefaults.n_inner
 #: Metrics adaptive trials can target: their interval narrows like 1/sqrt(trials).
 TARGET_METRICS = ("mse", "variance", "bias")
 #: The default cap on adaptive trials, as a multiple of the first batch: 16 times the

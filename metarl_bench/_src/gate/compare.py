@@ -16,7 +16,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from metarl_bench._src.gate.suite import SAMPLER, STAT_METRICS, TIME_METRICS
+from metarl_bench._src.gate.suite import SAMPLER, STAT_METRICS, TIME_METRICS, Item
 
 COST_METRICS = ("peak_bytes", *TIME_METRICS)
 #: The ratio of time or memory that fails. Unchanged code read 0.94-1.06 with the calls of
@@ -26,16 +26,6 @@ DEFAULT_FACTOR = 1.5
 FAILING = ("worse", "slower", "larger")
 #: the path of statistics rows, and of times and memory saved before paths existed
 STATISTICS_PATH = "call"
-
-
-@dataclass(frozen=True, order=True)
-class Key:
-    """What a measurement is of: a path through a cell, for one estimator (or the sampler)."""
-
-    path: str
-    estimator: str
-    task: str
-    n_inner: int
 
 
 @dataclass(frozen=True)
@@ -55,8 +45,8 @@ class Row:
     verdict: str
 
     @property
-    def key(self) -> Key:
-        return Key(path=self.path, estimator=self.estimator, task=self.task,
+    def key(self) -> Item:
+        return Item(path=self.path, estimator=self.estimator, task=self.task,
                    n_inner=self.n_inner)
 
     @property
@@ -64,8 +54,10 @@ class Row:
         return self.verdict in FAILING
 
 
-def key_of(record: dict[str, Any]) -> Key:
-    return Key(path=record.get("path", STATISTICS_PATH), estimator=record["estimator"],
+def key_of(record: dict[str, Any]) -> Item:
+    """What a record measures: a path through a cell for one estimator (or the sampler),
+    the suite's own ``Item``; statistics records saved before paths existed are calls."""
+    return Item(path=record.get("path", STATISTICS_PATH), estimator=record["estimator"],
                task=record["task"], n_inner=record["n_inner"])
 
 
@@ -80,7 +72,7 @@ def interleaved(baseline: dict[str, Any], now: dict[str, Any]) -> bool:
     return baseline.get("run_id") is not None and baseline.get("run_id") == now.get("run_id")
 
 
-def _row(key: Key, metric: str, base: Any, now: Any, verdict: str,
+def _row(key: Item, metric: str, base: Any, now: Any, verdict: str,
          ratio: float | None = None) -> Row:
     if ratio is None and isinstance(base, (int, float)) and isinstance(now, (int, float)) \
             and base != 0:
