@@ -145,7 +145,7 @@ COMMANDS = {
     "train": (
         "meta-train a policy with one estimator; JSON lines and a PNG curve",
         "Meta-train the initial parameters with an estimator's meta-gradient "
-        "(outer Adam or SGD); log the return before and after adaptation per "
+        "(outer Adam, SGD or TRPO); log the return before and after adaptation per "
         "iteration as JSON lines and draw the learning curve as a PNG."),
     "check": (
         "compare the working tree with a baseline: statistics, time, memory",
@@ -280,10 +280,15 @@ def _train_parser(commands: Any) -> None:
                        help="outer trajectories M per task (default: 20)")
     train.add_argument("--inner-lr", type=_float, default=0.1,
                        help="inner step size (default: 0.1)")
-    train.add_argument("--outer-lr", type=_float, default=0.01,
-                       help="outer step size (default: 0.01)")
-    train.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                       help="outer optimiser (default: adam)")
+    train.add_argument("--outer-lr", type=_float, default=None,
+                       help="outer step size of adam and sgd (default: 0.01)")
+    train.add_argument("--outer", "--optimizer", dest="optimizer",
+                       choices=("adam", "sgd", "trpo"), default="adam",
+                       help="outer step: adam, sgd, or trpo (MAML-TRPO: natural gradient in a "
+                            "KL trust region; --max-kl) (default: adam)")
+    train.add_argument("--max-kl", type=_float, default=None,
+                       help="trpo's trust region, the mean KL of the adapted policies a step "
+                            "may reach (default: 0.01)")
     train.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--json", metavar="PATH", default="train.jsonl",
                        help="JSON lines log, one line per iteration, with a checkpoint beside "
@@ -604,6 +609,7 @@ def _train(args: argparse.Namespace) -> int:
     from metarl_bench._src.core.registry import make_task
     from metarl_bench._src.training.train import check_plot_path, train
     from metarl_bench._src.training.state import checkpoint_path, finished_iterations
+    from metarl_bench._src.training.trpo import TRPO
 
     entries = _estimator_entries(args.estimator)
     if len(entries) != 1 or entries[0].options:
@@ -619,6 +625,12 @@ def _train(args: argparse.Namespace) -> int:
                              f"when no --plot is given; name the log e.g. train.jsonl, or give "
                              f"--plot PATH")
     check_plot_path(plot, "--plot", log=args.json)
+    if args.max_kl is not None and args.optimizer != "trpo":
+        raise ParameterError(f"--max-kl is trpo's trust region; it needs --outer trpo, not "
+                             f"--outer {args.optimizer}")
+    trpo = None
+    if args.optimizer == "trpo":
+        trpo = TRPO() if args.max_kl is None else TRPO(max_kl=args.max_kl)
     task = make_task(args.task, **dict(args.task_param))
     reported: list[dict[str, Any]] = []
 
@@ -627,8 +639,12 @@ def _train(args: argparse.Namespace) -> int:
         if not reported:
             reported.append(row)
             print(f"training {task!r} with {estimator[0]} ...", file=sys.stderr, flush=True)
+        success = (f", success {row['success_before']:.3g} -> {row['success_after']:.3g}"
+                   if "success_after" in row else "")
+        step = (f", KL {row['kl']:.3g}, step {row['step_fraction']:.3g}" if row.get("accepted")
+                else ", step rejected" if "accepted" in row else "")
         print(f"  iteration {row['iteration']:>4}: return before {row['return_before']:.4g}, "
-              f"after {row['return_after']:.4g}", file=sys.stderr, flush=True)
+              f"after {row['return_after']:.4g}{success}{step}", file=sys.stderr, flush=True)
 
     # a bar on a terminal; elsewhere (CI logs) one line per iteration, so a log shows life
     progress = True if wanted(args.quiet) else None if args.quiet else report
@@ -637,7 +653,7 @@ def _train(args: argparse.Namespace) -> int:
                        meta_batch=args.meta_batch, n_inner=args.n_inner, n_outer=args.n_outer,
                        inner_lr=args.inner_lr, outer_lr=args.outer_lr,
                        optimizer=args.optimizer, seed=args.seed, jsonl=args.json, plot=plot,
-                       progress=progress, max_memory=args.max_memory,
+                       trpo=trpo, progress=progress, max_memory=args.max_memory,
                        max_work=_max_work(args))
     except KeyboardInterrupt:
         print(f"metarl-bench: interrupted; {finished_iterations(args.json)} finished iterations "
@@ -689,7 +705,7 @@ API_FLAGS = {"n_trials": "--trials", "n_outer": "--n-outer", "n_inner": "--n-inn
              "n_samples": "--truth-samples", "inner_lr": "--inner-lr",
              "max_trials": "--max-trials", "target_rel_ci": "--target-rel-ci",
              "target_metric": "--target-metric", "meta_batch": "--meta-batch",
-             "outer_lr": "--outer-lr", "max_memory": "--max-memory"}
+             "outer_lr": "--outer-lr", "max_memory": "--max-memory", "max_kl": "--max-kl"}
 
 
 def flag_words(message: str) -> str:

@@ -58,6 +58,10 @@ class Trajectories:
 
     ``starts`` (:class:`RowStarts`) or None (every row was drawn at the theta the estimator
     is given): the parameters each row was drawn at, when they differ per row.
+
+    ``success`` bool (R, N, T) or None (the task has no success flag): the environment's own
+    success flag after each step (Meta-World's ``info["success"]``). No estimator reads it;
+    training reports the fraction of trajectories whose flag was ever set.
     """
 
     states: torch.Tensor
@@ -66,6 +70,7 @@ class Trajectories:
     task_index: torch.Tensor
     mask: torch.Tensor | None = None
     starts: RowStarts | None = None
+    success: torch.Tensor | None = None
 
     @property
     def observations(self) -> torch.Tensor:
@@ -89,7 +94,8 @@ class Trajectories:
                             self.task_index[index],
                             None if self.mask is None else self.mask[index],
                             None if self.starts is None
-                            else self.starts.view(self.starts.points[index]))
+                            else self.starts.view(self.starts.points[index]),
+                            None if self.success is None else self.success[index])
 
     def one_per_row(self) -> "Trajectories":
         """Every trajectory as a row of its own: (R, N, T, ...) -> (R*N, 1, T, ...)."""
@@ -102,7 +108,8 @@ class Trajectories:
                             self.task_index.repeat_interleave(n_traj),
                             None if self.mask is None else split(self.mask),
                             None if self.starts is None else self.starts.view(
-                                self.starts.points.repeat_interleave(n_traj, 0)))
+                                self.starts.points.repeat_interleave(n_traj, 0)),
+                            None if self.success is None else split(self.success))
 
 
 def discounts(gamma: float, horizon: int, like: torch.Tensor) -> torch.Tensor:

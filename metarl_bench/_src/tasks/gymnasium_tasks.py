@@ -216,7 +216,7 @@ class GymnasiumTask(Task):
             goals = np.array([self.tasks[i][self.goal_key] for i in range(self.n_tasks)])
             observation = sim.reset(seeds, goals[sim_tasks])
         discrete = self.policy.discrete
-        observations, actions, rewards = [], [], []
+        observations, actions, rewards, successes = [], [], [], []
         with one_torch_thread():
             for _ in range(self.horizon):
                 obs_t = torch.from_numpy(observation).to(params).reshape(n_rows, n_traj, -1)
@@ -230,9 +230,16 @@ class GymnasiumTask(Task):
                 actions.append(action if discrete else
                                torch.from_numpy(env_action).to(params).reshape(action.shape))
                 rewards.append(torch.from_numpy(reward).to(params).reshape(n_rows, n_traj))
+                # a simulator with a success flag (Meta-World's) reports it after each step
+                success = getattr(sim, "last_success", None)
+                if success is not None:
+                    successes.append(torch.from_numpy(np.asarray(success, dtype=bool))
+                                     .reshape(n_rows, n_traj))
         return Trajectories(torch.stack(observations, 2).to(device),
                             torch.stack(actions, 2).to(device),
-                            torch.stack(rewards, -1).to(device), task_index)
+                            torch.stack(rewards, -1).to(device), task_index,
+                            success=torch.stack(successes, -1).to(device)
+                            if len(successes) == self.horizon else None)
 
 
 def _horizon_gamma(horizon: Any, gamma: Any) -> tuple[int, float]:

@@ -130,6 +130,8 @@ class MetaWorldSimulator:
     ``reset(seeds, tasks)`` starts one simulation per task (made with ``set_task``, seeded
     with ``env.seed``) on the first ``len(tasks)`` environments of a pool that grows as
     needed and is kept across calls (an environment is remade only when its skill changes).
+    After each ``step``, ``last_success`` (bool, (n_sims,)) holds each simulation's
+    ``info["success"]``.
     """
 
     takes_tasks = True
@@ -156,11 +158,13 @@ class MetaWorldSimulator:
         return np.asarray(observations, dtype=np.float64)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        observations, rewards = [], []
+        observations, rewards, success = [], [], []
         for index, env in enumerate(self.envs):
-            observation, reward, *_ = env.step(actions[index])
+            observation, reward, _, _, info = env.step(actions[index])
             observations.append(observation)
             rewards.append(reward)
+            success.append(bool(info["success"]))
+        self.last_success = np.asarray(success, dtype=bool)
         return np.asarray(observations, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
 
     def close(self) -> None:
@@ -199,7 +203,9 @@ class MetaWorldTask(GymnasiumTask):
                                                    sampler=sampler)
                  for lo in range(0, params.shape[0], rows)]
         return Trajectories(*(torch.cat([getattr(w, name) for w in waves])
-                              for name in ("states", "actions", "rewards", "task_index")))
+                              for name in ("states", "actions", "rewards", "task_index")),
+                            success=None if waves[0].success is None
+                            else torch.cat([w.success for w in waves]))
 
     def versions(self) -> dict[str, str]:
         return {**super().versions(), **versions()}

@@ -27,7 +27,8 @@ import torch
 
 from metarl_bench._src.core import validation
 from metarl_bench._src.core.draws import inverse_cdf, normal, uniform
-from metarl_bench._src.core.errors import ParameterError, ShapeError, unknown_name
+from metarl_bench._src.core.errors import (ParameterError, ShapeError, UnsupportedError,
+                                           unknown_name)
 
 
 class Policy:
@@ -61,6 +62,14 @@ class Policy:
                generator: torch.Generator | None) -> torch.Tensor:
         """One action per observation with each row's own parameters (no gradient)."""
         raise NotImplementedError
+
+    def kl(self, old_params: torch.Tensor, new_params: torch.Tensor,
+           observations: torch.Tensor) -> torch.Tensor:
+        """KL(pi_old(.|x) || pi_new(.|x)) in closed form at each observation, each row with
+        its own two parameter sets: -> (R, *batch), differentiable in both (the trust region
+        of a TRPO outer step). A policy without one raises UnsupportedError."""
+        raise UnsupportedError(f"policy {type(self).__name__} has no closed-form KL "
+                               f"divergence (Policy.kl), which a TRPO step needs")
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
@@ -104,6 +113,15 @@ class TabularSoftmax(Policy):
         flat_state_action = observations * self.n_actions + actions
         return log_pi.reshape(n_rows, -1).gather(
             1, flat_state_action.reshape(n_rows, -1)).reshape(actions.shape)
+
+    def kl(self, old_params: torch.Tensor, new_params: torch.Tensor,
+           observations: torch.Tensor) -> torch.Tensor:
+        _check_rows(old_params, observations)
+        rows = torch.arange(old_params.shape[0], device=observations.device)
+        rows = rows.reshape(-1, *([1] * (observations.dim() - 1)))
+        old = torch.log_softmax(self.logits(old_params), dim=-1)[rows, observations]
+        new = torch.log_softmax(self.logits(new_params), dim=-1)[rows, observations]
+        return categorical_kl(old, new)
 
     def sample(self, params: torch.Tensor, observations: torch.Tensor,
                generator: torch.Generator | None) -> torch.Tensor:
@@ -186,6 +204,20 @@ def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor,
     return (-0.5 * z * z - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+def gaussian_kl(old_mean: torch.Tensor, old_log_std: torch.Tensor, new_mean: torch.Tensor,
+                new_log_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(old_mean, old_std^2) || N(new_mean, new_std^2)) of diagonal Gaussians, summed over
+    the last axis: log(s1/s0) + (s0^2 + (m0 - m1)^2) / (2 s1^2) - 1/2 per coordinate."""
+    ratio = torch.exp(2 * (old_log_std - new_log_std))
+    gap = (old_mean - new_mean) * torch.exp(-new_log_std)
+    return (new_log_std - old_log_std + 0.5 * (ratio + gap * gap - 1)).sum(-1)
+
+
+def categorical_kl(old_log_probs: torch.Tensor, new_log_probs: torch.Tensor) -> torch.Tensor:
+    """sum_a p_old(a) (log p_old(a) - log p_new(a)) over the last axis (log-probabilities)."""
+    return (torch.exp(old_log_probs) * (old_log_probs - new_log_probs)).sum(-1)
+
+
 class _GaussianPolicy(Policy):
     """Shared by the Gaussian policies: a mean network and a state-independent log-std."""
 
@@ -210,6 +242,12 @@ class _GaussianPolicy(Policy):
         _check_rows(params, observations)
         mean, log_std = self.mean_and_log_std(params, observations)
         return gaussian_log_prob(mean, log_std, actions)
+
+    def kl(self, old_params: torch.Tensor, new_params: torch.Tensor,
+           observations: torch.Tensor) -> torch.Tensor:
+        _check_rows(old_params, observations)
+        return gaussian_kl(*self.mean_and_log_std(old_params, observations),
+                           *self.mean_and_log_std(new_params, observations))
 
     def sample(self, params: torch.Tensor, observations: torch.Tensor,
                generator: torch.Generator | None) -> torch.Tensor:
@@ -302,6 +340,12 @@ class CategoricalMLP(Policy):
                  actions: torch.Tensor) -> torch.Tensor:
         _check_rows(params, observations)
         return self.log_softmax(params, observations).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+    def kl(self, old_params: torch.Tensor, new_params: torch.Tensor,
+           observations: torch.Tensor) -> torch.Tensor:
+        _check_rows(old_params, observations)
+        return categorical_kl(self.log_softmax(old_params, observations),
+                              self.log_softmax(new_params, observations))
 
     def sample(self, params: torch.Tensor, observations: torch.Tensor,
                generator: torch.Generator | None) -> torch.Tensor:

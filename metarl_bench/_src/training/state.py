@@ -1,8 +1,8 @@
 """The files of a meta-training run: its JSON-lines log and the checkpoint beside it.
 
 A run with ``jsonl="train.jsonl"`` keeps ``train.state.json`` next to the log: the number
-of finished iterations, theta, the optimiser's state, the random generator's state and the
-last finished row, as plain JSON (never pickle). Rules, so that a crash, Ctrl-C or SIGKILL
+of finished iterations, theta, the optimiser's state (null for TRPO, which keeps none), the
+random generator's state and the last finished row, as plain JSON (never pickle). Rules, so that a crash, Ctrl-C or SIGKILL
 loses no finished iteration and the same call resumes bit for bit:
 
 * Per iteration the checkpoint is replaced atomically first (``core.files``: a reader sees
@@ -97,11 +97,17 @@ def _decode_tree(value: Any) -> Any:
     return value
 
 
-def encode_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    return _encode_tree(optimizer.state_dict())
+def encode_optimizer(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+    """A torch optimiser's state dict as JSON; None for a step without state (TRPO's)."""
+    return None if optimizer is None else _encode_tree(optimizer.state_dict())
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+def restore_optimizer(optimizer: torch.optim.Optimizer | None,
+                      saved: dict[str, Any] | None) -> None:
+    if optimizer is None or saved is None:
+        if optimizer is not None or saved is not None:
+            raise ValueError("the checkpoint's optimiser state does not fit this optimiser")
+        return
     state = _decode_tree(saved)
     # JSON keys are strings; torch keys a parameter's state by its integer index
     state["state"] = {int(key): value for key, value in state["state"].items()}
@@ -266,7 +272,7 @@ class TrainingFiles:
             raise ParameterError(bad)
         return checkpoint
 
-    def restore(self, parameter: torch.Tensor, optimizer: torch.optim.Optimizer,
+    def restore(self, parameter: torch.Tensor, optimizer: torch.optim.Optimizer | None,
                 generator: torch.Generator) -> None:
         """Set theta, the optimiser and the generator to the checkpoint's (if any); a damaged
         checkpoint is refused before any file is changed."""
@@ -293,8 +299,9 @@ class TrainingFiles:
         if self._missing:
             self._append(self._missing)
 
-    def record(self, finished: int, theta: torch.Tensor, optimizer: torch.optim.Optimizer,
-               generator: torch.Generator, row: dict[str, Any]) -> None:
+    def record(self, finished: int, theta: torch.Tensor,
+               optimizer: torch.optim.Optimizer | None, generator: torch.Generator,
+               row: dict[str, Any]) -> None:
         """Save one finished iteration: the checkpoint first, then its log row."""
         checkpoint = {"schema": CHECKPOINT_SCHEMA, "schema_version": CHECKPOINT_VERSION,
                       "log": os.path.basename(self.path), "config": self.config,

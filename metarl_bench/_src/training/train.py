@@ -3,15 +3,20 @@
 Each iteration draws a meta-batch of B tasks (uniformly, with replacement, from the task's
 distribution of ``n_tasks``), samples N inner trajectories per task at theta, adapts with
 one inner step per task, samples M outer trajectories at each adapted theta', and steps
-theta along the average of the estimator's B per-task estimates of grad F_N with Adam or
-SGD (ascent: F_N is a return). It logs, per iteration, the mean return of the inner
-trajectories (before adaptation) and of the outer ones (after adaptation): the learning
-curve of meta-RL papers.
+theta along the average g of the estimator's B per-task estimates of grad F_N (ascent: F_N
+is a return): with Adam or SGD, or with TRPO (``optimizer="trpo"``, ``training.trpo``: the
+natural gradient F^{-1} g in a KL trust region around the adapted policies, as MAML-TRPO).
+It logs, per iteration, the mean return of the inner trajectories (before adaptation) and
+of the outer ones (after adaptation): the learning curve of meta-RL papers.
 
 Output: JSON lines (schema below), and a PNG learning curve drawn on matplotlib's Agg
 canvas. Schema (``SCHEMA_VERSION``): one ``{"type": "header", ...}`` line with the
 configuration, then one ``{"type": "iteration", "iteration", "return_before",
-"return_after", "grad_norm", "seconds"}`` line per iteration, flushed as it finishes.
+"return_after", "grad_norm", "seconds"}`` line per iteration, flushed as it finishes. Rows
+may carry more fields, each present only where it applies: ``success_before`` and
+``success_after`` on tasks with a success flag (Meta-World: the fraction of trajectories
+whose flag was ever set), and TRPO's ``accepted``, ``kl``, ``step_fraction``,
+``backtracks`` and ``surrogate_gain`` (``TRPOStep``).
 
 Resume: beside the log ``train.jsonl`` a JSON checkpoint ``train.state.json`` is written
 atomically after every iteration (theta, the optimiser's and the generator's state), before
@@ -29,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from metarl_bench._src.core import resources, validation
-from metarl_bench._src.core.errors import ParameterError, UnsupportedError
+from metarl_bench._src.core.errors import ParameterError, UnsupportedError, unknown_name
 from metarl_bench._src.core.files import check_path, plain
 from metarl_bench._src.core.progress import Progress
 from metarl_bench._src.core.registry import estimator_spec
@@ -37,9 +42,12 @@ from metarl_bench._src.core.trajectories import Trajectories
 from metarl_bench._src.evaluation.tables import estimator_colour
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.training import state as train_state
+from metarl_bench._src.training.trpo import TRPO, trpo_step
 
 SCHEMA_VERSION = train_state.LOG_SCHEMA_VERSION
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "trpo")
+#: The step size of adam and sgd when none is given (TRPO's step comes from its max KL).
+DEFAULT_OUTER_LR = 0.01
 #: The first 8 bytes of every PNG file: what a learning curve may replace.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -58,8 +66,9 @@ class TrainResult:
 
 def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_batch: int = 20,
           n_inner: int = 20, n_outer: int = 20, inner_lr: float = 0.1,
-          outer_lr: float = 0.01, optimizer: str = "adam", seed: int = 0,
+          outer_lr: float | None = None, optimizer: str = "adam", seed: int = 0,
           theta: torch.Tensor | None = None, options: dict[str, Any] | None = None,
+          trpo: TRPO | None = None,
           jsonl: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
           progress: bool | Callable[[dict[str, Any]], None] | None = None,
           max_memory: int | str | None = None,
@@ -68,7 +77,10 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
 
     ``estimator``: any registered estimator with a from-samples form (all built-in ones but
     ``exact``; ``loo`` only on tasks with a model). ``optimizer``: ``"adam"`` or ``"sgd"``
-    with step size ``outer_lr``. Same seed, bit-identical run.
+    with step size ``outer_lr`` (default 0.01), or ``"trpo"``: the MAML-TRPO step of
+    ``training.trpo`` with the settings ``trpo`` (a ``TRPO``; default ``TRPO()``: max KL
+    0.01, garage's), whose length the KL sets (no ``outer_lr``). Same seed, bit-identical
+    run.
 
     ``jsonl``: the log; with it, a checkpoint ``<log without suffix>.state.json`` is kept
     beside it, and calling again with the same arguments resumes an interrupted run (and
@@ -102,11 +114,23 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     n_inner = validation.positive_int("n_inner", n_inner)
     n_outer = validation.positive_int("n_outer", n_outer)
     inner_lr = validation.finite_float("inner_lr", inner_lr)
-    outer_lr = validation.finite_float("outer_lr", outer_lr, positive=True)
     seed = validation.positive_int("seed", seed, minimum=0)
     if optimizer not in OPTIMIZERS:
-        raise ParameterError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
-                             f"{optimizer!r}")
+        raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+    if optimizer == "trpo":
+        if outer_lr is not None:
+            raise ParameterError(f"outer_lr is the step size of adam and sgd; trpo's step "
+                                 f"length comes from its max KL (trpo=TRPO(max_kl=...)), got "
+                                 f"outer_lr={outer_lr!r}")
+        trpo = TRPO() if trpo is None else trpo
+        if not isinstance(trpo, TRPO):
+            raise ParameterError(f"trpo must be a TRPO (metarl_bench._src.training.trpo), got "
+                                 f"{type(trpo).__name__}")
+    else:
+        if trpo is not None:
+            raise ParameterError(f"trpo settings are for optimizer='trpo', not {optimizer!r}")
+        outer_lr = validation.finite_float(
+            "outer_lr", DEFAULT_OUTER_LR if outer_lr is None else outer_lr, positive=True)
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ParameterError(f"progress must be True, False, None or a callable, got "
                              f"{type(progress).__name__}")
@@ -130,10 +154,12 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
                   iterations=iterations, meta_batch=meta_batch, n_inner=n_inner,
                   n_outer=n_outer, inner_lr=inner_lr, outer_lr=outer_lr, optimizer=optimizer,
                   seed=seed, options=options, torch_version=torch.__version__)
+    if trpo is not None:  # adam's and sgd's configurations (and so their logs) stay as they were
+        config["trpo"] = trpo.describe()
     result = TrainResult(config=config)
     parameter = torch.nn.Parameter(theta.detach().clone())
-    make = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
-    step = make([parameter], lr=outer_lr)
+    step = None if trpo is not None else (
+        torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)([parameter], lr=outer_lr)
     generator = torch.Generator(device=theta.device).manual_seed(seed)
     # every check above and the files' (in TrainingFiles) come before anything is written
     files = train_state.TrainingFiles(jsonl, config, theta) if jsonl is not None else None
@@ -147,11 +173,20 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
                       unit_scale=False) as bar:
             for iteration in range(finished, iterations):
                 started = time.perf_counter()
-                row = _iteration(task, spec, parameter.detach(), meta_batch, n_inner, n_outer,
-                                 inner_lr, options, generator)
-                step.zero_grad()
-                parameter.grad = -row.pop("meta_gradient")
-                step.step()
+                sampled = _iteration(task, spec, parameter.detach(), meta_batch, n_inner,
+                                     n_outer, inner_lr, options, generator)
+                row = sampled.row
+                if step is not None:
+                    step.zero_grad()
+                    parameter.grad = -sampled.meta_gradient
+                    step.step()
+                else:
+                    taken = trpo_step(task, parameter.detach(), sampled.meta_gradient,
+                                      sampled.inner, *sampled.outer_at_adapted(spec.name),
+                                      inner_lr=inner_lr, settings=trpo)
+                    with torch.no_grad():
+                        parameter.copy_(taken.theta)
+                    row = {**row, **taken.row()}
                 row = plain(dict(iteration=iteration, **row,
                                  seconds=time.perf_counter() - started))
                 result.iterations.append(row)
@@ -229,17 +264,50 @@ def _same_file(first: str, second: str) -> bool:
         return False
 
 
+@dataclass
+class _Sampled:
+    """One iteration's samples and the estimator's meta-gradient, before theta moves: the
+    log row so far, the inner trajectories, and each outer call's (adapted points, outer
+    trajectories)."""
+
+    meta_gradient: torch.Tensor
+    row: dict[str, Any]
+    inner: Trajectories
+    outer_calls: list[tuple[torch.Tensor, Trajectories]]
+
+    def outer_at_adapted(self, estimator: str) -> tuple[Trajectories, torch.Tensor]:
+        """The outer trajectories sampled at the adapted parameters and those parameters,
+        what a TRPO step measures its trust region on: one outer call, one row per task."""
+        shapes = [tuple(points.shape) for points, _ in self.outer_calls]
+        expected = (self.inner.n_rows, *self.meta_gradient.shape)
+        if shapes != [expected]:
+            raise UnsupportedError(
+                f"trpo measures its trust region on the outer trajectories sampled at the "
+                f"adapted parameters of each task ({expected}); estimator {estimator!r} "
+                f"sampled outer trajectories at {shapes or 'no points'}: use adam or sgd")
+        points, traj = self.outer_calls[0]
+        return traj, points
+
+
+def _success_rate(batches: list[Trajectories]) -> float | None:
+    """The fraction of trajectories whose success flag was ever set (None: no flag)."""
+    if not batches or any(traj.success is None for traj in batches):
+        return None
+    ever = torch.cat([traj.success.any(-1).reshape(-1) for traj in batches])
+    return float(ever.to(torch.float64).mean())
+
+
 def _iteration(task: Task, spec: Any, theta: torch.Tensor, meta_batch: int, n_inner: int,
                n_outer: int, inner_lr: float, options: dict[str, Any],
-               generator: torch.Generator) -> dict[str, Any]:
+               generator: torch.Generator) -> _Sampled:
     task_index = torch.randint(task.n_tasks, (meta_batch,), generator=generator,
                                device=generator.device).to(theta.device)
     inner = task.sample(theta.expand(meta_batch, *theta.shape), n_inner, task_index, generator)
-    outer_batches: list[Trajectories] = []
+    outer_calls: list[tuple[torch.Tensor, Trajectories]] = []
 
     def outer(adapted: torch.Tensor, index: torch.Tensor) -> Trajectories:
         traj = task.sample(adapted, n_outer, index, generator)
-        outer_batches.append(traj)
+        outer_calls.append((adapted.detach().clone(), traj))
         return traj
 
     estimates = spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
@@ -248,11 +316,15 @@ def _iteration(task: Task, spec: Any, theta: torch.Tensor, meta_batch: int, n_in
         raise UnsupportedError(f"estimator {spec.name!r} returned non-finite meta-gradients; "
                                f"lower inner_lr or outer_lr")
     meta_gradient = estimates.mean(0)
+    outer_batches = [traj for _, traj in outer_calls]
     after = torch.cat([traj.rewards.sum(-1).reshape(-1) for traj in outer_batches])
-    return dict(meta_gradient=meta_gradient,
-                return_before=float(inner.rewards.sum(-1).mean()),
-                return_after=float(after.mean()),
-                grad_norm=float(meta_gradient.norm()))
+    row = dict(return_before=float(inner.rewards.sum(-1).mean()),
+               return_after=float(after.mean()),
+               grad_norm=float(meta_gradient.norm()))
+    success_before, success_after = _success_rate([inner]), _success_rate(outer_batches)
+    if success_before is not None and success_after is not None:
+        row.update(success_before=success_before, success_after=success_after)
+    return _Sampled(meta_gradient, row, inner, outer_calls)
 
 
 def load_training(path: str | os.PathLike) -> TrainResult:
