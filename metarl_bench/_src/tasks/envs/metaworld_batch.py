@@ -132,9 +132,13 @@ def quat_from_matrix(matrices: np.ndarray) -> np.ndarray:
     norm = np.sqrt(quat[:, 0] * quat[:, 0] + quat[:, 1] * quat[:, 1]
                    + quat[:, 2] * quat[:, 2] + quat[:, 3] * quat[:, 3])
     quat /= norm[:, None]
-    gramians = m @ np.transpose(m, (0, 2, 1))
-    unusual = ~np.all(np.isclose(gramians, np.eye(3), atol=1e-12), axis=(1, 2))
-    unusual |= np.linalg.det(m) <= 0
+    # scipy's test, np.isclose(m m^T, I, atol=1e-12) (rtol 1e-5), written out: it is cheaper
+    eye = np.eye(3)
+    off = np.abs(m @ np.transpose(m, (0, 2, 1)) - eye) > 1e-12 + 1e-5 * eye
+    det = (m[:, 0, 0] * (m[:, 1, 1] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 1])
+           - m[:, 0, 1] * (m[:, 1, 0] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 0])
+           + m[:, 0, 2] * (m[:, 1, 0] * m[:, 2, 1] - m[:, 1, 1] * m[:, 2, 0]))
+    unusual = off.any(axis=(1, 2)) | (det <= 0)
     if unusual.any():
         from scipy.spatial.transform import Rotation
 
