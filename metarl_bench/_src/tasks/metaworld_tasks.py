@@ -317,7 +317,9 @@ def make_metaworld_ml10(split: str = "train", skills: list | None = None, n_task
 
     ``metaworld.ML10(seed)`` draws 50 goals per skill; task k is skill ``k mod S`` (in the
     split's order) at its goal ``k div S``, so any ``n_tasks`` covers the S skills evenly
-    (at most 50 S). Other arguments as ``metaworld-ml1-v0``.
+    (at most 50 S). Other arguments as ``metaworld-ml1-v0``; ``sampler="batch"`` needs
+    ``skills`` among reach-v3, push-v3 and pick-place-v3 (the split's other skills are
+    refused with a typed error).
     """
     split = _split(split)
     benchmark = _benchmark("ML10", None, validation.positive_int("seed", seed, minimum=0))
