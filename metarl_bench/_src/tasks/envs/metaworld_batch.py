@@ -140,8 +140,11 @@ def quat_from_matrix(matrices: np.ndarray) -> np.ndarray:
            + m[:, 0, 2] * (m[:, 1, 0] * m[:, 2, 1] - m[:, 1, 1] * m[:, 2, 0]))
     unusual = off.any(axis=(1, 2)) | (det <= 0)
     if unusual.any():
-        from scipy.spatial.transform import Rotation
-
+        try:
+            from scipy.spatial.transform import Rotation
+        except ImportError as exc:  # Meta-World itself needs scipy: only a broken install
+            raise UnsupportedError(f"Meta-World's quaternions need scipy: pip install "
+                                   f"'metarl-bench[metaworld]' ({exc})") from None
         quat[unusual] = Rotation.from_matrix(m[unusual]).as_quat()
     return quat
 
