@@ -96,3 +96,13 @@ def test_one_evaluation_serves_the_three_statistics_tracks(tmp_path, monkeypatch
             second.track_mse(None, "lsf", "bandit", 4)] == values
     with pytest.raises(NotImplementedError):   # read back as having no statistics
         Statistics().setup(folder, "lsf", "halfcheetah-vel", 4)
+
+
+def test_the_metaworld_benchmarks_skip_where_metaworld_is_absent(monkeypatch):
+    from benchmarks import bench_metaworld
+
+    monkeypatch.setattr(bench_metaworld, "metaworld_available", lambda: False)
+    with pytest.raises(NotImplementedError, match="Meta-World is not installed"):
+        bench_metaworld.Sampler().setup("reach-v3")
+    with pytest.raises(NotImplementedError, match="Meta-World is not installed"):
+        bench_metaworld.EstimateShare().setup()

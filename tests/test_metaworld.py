@@ -131,7 +131,7 @@ def test_ml1_goals_come_from_the_split_and_ml10_covers_its_skills_evenly():
     ({"split": "validation"}, "unknown split 'validation'"),
     ({"n_tasks": 51}, "n_tasks must be at most 50"),
     ({"horizon": 501}, "horizon must be at most 500"),
-    ({"sampler": "batch"}, "unknown sampler 'batch'"),
+    ({"sampler": "gymnasium"}, "unknown sampler 'gymnasium'. Valid samplers: batch, metaworld"),
 ])
 def test_bad_ml1_arguments_are_typed_errors(params, message):
     _metaworld()

@@ -63,11 +63,14 @@ def _ms(seconds):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stash = config.stash.get(RESULTS, None)
     if not stash or not (stash["cells"] or stash["speedup"] or stash["ratios"]
-                         or stash["throughput"] or stash.get("mujoco")):
+                         or stash["throughput"] or stash.get("mujoco")
+                         or stash.get("metaworld")):
         return
     write = terminalreporter.write_line
     if stash.get("mujoco"):
         _mujoco_summary(terminalreporter, stash["mujoco"])
+    if stash.get("metaworld"):
+        _metaworld_summary(terminalreporter, stash["metaworld"])
     if stash["cells"]:
         terminalreporter.section("metarl_bench: statistics and memory per cell")
         header = (f"{'cell':<22} {'median':>10} {'peak alloc':>11} {'bias':>9} {'variance':>9} "
@@ -117,3 +120,25 @@ def _mujoco_summary(terminalreporter, measured):
                   f"{share[f'{name}_share_outside_sampling']:.0%} outside sampling "
                   f"(target <= 25%)")
         write(f"torch {torch.get_num_threads()} threads; 1-min load {share['load_average']:.2f}")
+
+
+def _metaworld_summary(terminalreporter, measured):
+    write = terminalreporter.write_line
+    terminalreporter.section("metarl_bench: Meta-World ML1 (env-steps per CPU-second, best round)")
+    skills = [name for name in measured if name != "share"]
+    if skills:
+        write(f"{'skill':<16} {'batch':>8} {'metaworld':>10} {'raw':>8} {'vs metaworld':>13} "
+              f"{'vs raw':>7} {'load':>5}")
+        for skill in skills:
+            info = measured[skill]
+            write(f"{skill:<16} {info['env_steps_per_cpu_s_batch']:>8.0f} "
+                  f"{info['env_steps_per_cpu_s_metaworld']:>10.0f} "
+                  f"{info['env_steps_per_cpu_s_raw']:>8.0f} {info['vs_metaworld']:>12.2f}x "
+                  f"{info['vs_raw']:>7.2f} {info['load_average']:>5.2f}")
+        write("targets: batch >= 3x metaworld, >= 0.75 of raw mj_step")
+    share = measured.get("share")
+    if share:
+        write(f"lsf on ML1 reach (10 goals, N = M = 10, 500 steps): "
+              f"{share['lsf_cpu_seconds']:.1f} CPU s an estimate, "
+              f"{share['lsf_share_outside_sampling']:.0%} outside sampling (target <= 25%); "
+              f"1-min load {share['load_average']:.2f}")

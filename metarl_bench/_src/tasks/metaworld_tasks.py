@@ -36,9 +36,10 @@ METAWORLD_VERSION = "3.1.1"
 INSTALL = ("pip install 'metarl-bench[metaworld]' && pip install --no-deps "
            f"metaworld=={METAWORLD_VERSION}")
 SPLITS = ("train", "test")
-SAMPLERS = ("metaworld",)
-#: Most Meta-World environments a task keeps alive (each holds its own MuJoCo model and
-#: data, about 18 MB): a batch of more simulations is sampled in waves of rows.
+SAMPLERS = ("metaworld", "batch")
+#: Most Meta-World environments the reference sampler keeps alive (each holds its own MuJoCo
+#: model and data, about 18 MB): a batch of more simulations is sampled in waves of rows.
+#: The batched sampler keeps one environment per skill, for resets, and steps any number.
 MAX_ENVS = 64
 #: What Meta-World writes into a weld constraint's data (anchor, relative pose, torque
 #: scale): the same 11 numbers for every weld of every Sawyer environment.
@@ -174,7 +175,14 @@ class MetaWorldSimulator:
 
 
 class MetaWorldTask(GymnasiumTask):
-    """A distribution of Meta-World tasks (skill and goal) with a policy; no model."""
+    """A distribution of Meta-World tasks (skill and goal) with a policy; no model.
+
+    Samplers: ``"metaworld"``, Meta-World's environments stepped one after another
+    (:class:`MetaWorldSimulator`, the reference); ``"batch"``, every simulation of a call
+    stepped together on ``mujoco.batch`` with observations and rewards on arrays
+    (``envs.metaworld_batch``; reach-v3, push-v3 and pick-place-v3), equal to the reference
+    bit for bit.
+    """
 
     #: the estimated truth's constant baseline from 8 trajectories per task, not 64: a
     #: Meta-World step costs a millisecond of Python, and any constant keeps it unbiased
@@ -184,19 +192,38 @@ class MetaWorldTask(GymnasiumTask):
         self.classes = classes
         super().__init__(**kwargs)
         self._pool = MetaWorldSimulator(classes)
+        self._resets: dict[str, Any] = {}
 
-    def simulator(self, n_sims: int, sampler: str | None = None) -> MetaWorldSimulator:
-        """One pool of environments for every batch size (each environment is heavy)."""
-        return self._pool
+    def simulator(self, n_sims: int, sampler: str | None = None) -> Any:
+        """The reference sampler: one pool of environments for every batch size (each
+        environment is heavy); the batched one: a (cached) simulator per batch size."""
+        if (sampler or self.sampler) == "metaworld":
+            return self._pool
+        return super().simulator(n_sims, sampler)
+
+    def new_simulator(self, sampler: str, n_sims: int) -> Any:
+        """A batched simulator of ``n_sims`` simulations; its skills' reset environments
+        (and the resets they cache) are the task's, shared by every batch size."""
+        from metarl_bench._src.tasks.envs.metaworld_batch import (MetaWorldBatchSimulator,
+                                                                   SkillResets, check_skills)
+
+        _choice("sampler", sampler, SAMPLERS)
+        skills = list(dict.fromkeys(task.env_name for task in self.tasks))
+        check_skills(skills)
+        for skill in skills:
+            if skill not in self._resets:
+                self._resets[skill] = SkillResets(self.classes[skill]())
+        return MetaWorldBatchSimulator(self._resets, n_sims, nthread=self.nthread)
 
     def sample(self, params: torch.Tensor, n_traj: int, task_index: torch.Tensor,
                generator: torch.Generator | None, *, sampler: str | None = None
                ) -> Trajectories:
-        """As :meth:`GymnasiumTask.sample`, in waves of at most ``MAX_ENVS`` simulations
-        (whole rows; one row per wave when a row alone has more). The waves follow from the
-        batch's shape alone, so a seeded call gives the same trajectories everywhere."""
+        """As :meth:`GymnasiumTask.sample`; the reference sampler in waves of at most
+        ``MAX_ENVS`` simulations (whole rows; one row per wave when a row alone has more).
+        The waves follow from the batch's shape alone, so a seeded call gives the same
+        trajectories everywhere, and the same as the batched sampler's single wave."""
         rows = max(1, MAX_ENVS // n_traj)
-        if params.shape[0] <= rows:
+        if params.shape[0] <= rows or (sampler or self.sampler) == "batch":
             return super().sample(params, n_traj, task_index, generator, sampler=sampler)
         waves = [super(MetaWorldTask, self).sample(params[lo:lo + rows], n_traj,
                                                    task_index[lo:lo + rows], generator,
@@ -213,9 +240,15 @@ class MetaWorldTask(GymnasiumTask):
 
 def _metaworld_task(name: str, benchmark: Any, tasks: list[Any], *, horizon: Any, gamma: Any,
                     policy: str, hidden: Any, init_std: Any, policy_seed: Any, sampler: str,
-                    baseline: Any, gae_lambda: Any,
+                    nthread: Any, baseline: Any, gae_lambda: Any,
                     normalize_advantages: Any) -> MetaWorldTask:
     horizon, gamma = _horizon_gamma(horizon, gamma)
+    sampler = _choice("sampler", sampler, SAMPLERS)
+    nthread = validation.positive_int("nthread", nthread, minimum=0)
+    if sampler == "batch":
+        from metarl_bench._src.tasks.envs.metaworld_batch import check_skills
+
+        check_skills([task.env_name for task in tasks])
     classes = {**benchmark.train_classes, **benchmark.test_classes}
     reference = classes[tasks[0].env_name]()
     if horizon > reference.max_path_length:
@@ -225,8 +258,8 @@ def _metaworld_task(name: str, benchmark: Any, tasks: list[Any], *, horizon: Any
     return MetaWorldTask(
         classes=classes, name=name, env_id=f"metaworld/{tasks[0].env_name}", env_kwargs={},
         tasks=tasks, policy=_task_policy(reference, policy, hidden, init_std, policy_seed),
-        horizon=horizon, gamma=gamma, sampler=_choice("sampler", sampler, SAMPLERS),
-        action_dtype="float64", nthread=1, goal_key=None, set_task=None,
+        horizon=horizon, gamma=gamma, sampler=sampler,
+        action_dtype="float64", nthread=nthread, goal_key=None, set_task=None,
         advantages=make_advantages(baseline, gae_lambda, normalize_advantages),
         reference_env=reference)
 
@@ -238,7 +271,7 @@ def _split(split: Any) -> str:
 def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks: int = 5,
                        seed: int = 0, horizon: int = 150, gamma: float = 0.99,
                        policy: str = "mlp", hidden: Any = (100, 100), init_std: float = 1.0,
-                       policy_seed: int = 0, sampler: str = "metaworld",
+                       policy_seed: int = 0, sampler: str = "metaworld", nthread: int = 0,
                        baseline: str | None = "linear", gae_lambda: float | None = 1.0,
                        normalize_advantages: bool = True) -> MetaWorldTask:
     """Meta-World ML1: one manipulation skill ``env_name`` (e.g. ``reach-v3``, ``push-v3``,
@@ -255,7 +288,11 @@ def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks
     state-independent log-std ``init_std``, weights from ``policy_seed``. Inner step as
     MAML-TRPO's: a linear feature ``baseline``, GAE ``gae_lambda`` 1 and normalized
     advantages. ``sampler`` "metaworld": Meta-World's own environments, stepped one after
-    another. Needs MuJoCo and Meta-World (``pip install 'metarl-bench[metaworld]'`` then
+    another (the reference); "batch": every simulation of a call stepped together on
+    ``mujoco.batch``, observations and rewards computed on arrays, the same trajectories bit
+    for bit (reach-v3, push-v3 and pick-place-v3 only: other skills are refused with a typed
+    error). ``nthread``: the batched sampler's threads (0: all cores; results do not depend
+    on it). Needs MuJoCo and Meta-World (``pip install 'metarl-bench[metaworld]'`` then
     ``pip install --no-deps metaworld==3.1.1``); no model: use ``n_outer=M``.
     """
     metaworld = require_metaworld()
@@ -271,14 +308,14 @@ def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks
     return _metaworld_task(
         "metaworld-ml1-v0", benchmark, list(goals[:n_tasks]), horizon=horizon, gamma=gamma,
         policy=policy, hidden=hidden, init_std=init_std, policy_seed=policy_seed,
-        sampler=sampler, baseline=baseline, gae_lambda=gae_lambda,
+        sampler=sampler, nthread=nthread, baseline=baseline, gae_lambda=gae_lambda,
         normalize_advantages=normalize_advantages)
 
 
 def make_metaworld_ml10(split: str = "train", skills: list | None = None, n_tasks: int = 10,
                         seed: int = 0, horizon: int = 150, gamma: float = 0.99,
                         policy: str = "mlp", hidden: Any = (100, 100), init_std: float = 1.0,
-                        policy_seed: int = 0, sampler: str = "metaworld",
+                        policy_seed: int = 0, sampler: str = "metaworld", nthread: int = 0,
                         baseline: str | None = "linear", gae_lambda: float | None = 1.0,
                         normalize_advantages: bool = True) -> MetaWorldTask:
     """Meta-World ML10: ``n_tasks`` tasks over the 10 train skills (``split="train"``) or the
@@ -286,7 +323,9 @@ def make_metaworld_ml10(split: str = "train", skills: list | None = None, n_task
 
     ``metaworld.ML10(seed)`` draws 50 goals per skill; task k is skill ``k mod S`` (in the
     split's order) at its goal ``k div S``, so any ``n_tasks`` covers the S skills evenly
-    (at most 50 S). Other arguments as ``metaworld-ml1-v0``.
+    (at most 50 S). Other arguments as ``metaworld-ml1-v0``; ``sampler="batch"`` needs
+    ``skills`` among reach-v3, push-v3 and pick-place-v3 (the split's other skills are
+    refused with a typed error).
     """
     split = _split(split)
     benchmark = _benchmark("ML10", None, validation.positive_int("seed", seed, minimum=0))
@@ -315,7 +354,8 @@ def make_metaworld_ml10(split: str = "train", skills: list | None = None, n_task
     return _metaworld_task(
         "metaworld-ml10-v0", benchmark, tasks, horizon=horizon, gamma=gamma, policy=policy,
         hidden=hidden, init_std=init_std, policy_seed=policy_seed, sampler=sampler,
-        baseline=baseline, gae_lambda=gae_lambda, normalize_advantages=normalize_advantages)
+        nthread=nthread, baseline=baseline, gae_lambda=gae_lambda,
+        normalize_advantages=normalize_advantages)
 
 
 __all__ = ["INSTALL", "METAWORLD_VERSION", "MetaWorldSimulator",
