@@ -289,6 +289,11 @@ def _train_parser(commands: Any) -> None:
     train.add_argument("--max-kl", type=_float, default=None,
                        help="trpo's trust region, the mean KL of the adapted policies a step "
                             "may reach (default: 0.01)")
+    train.add_argument("--outer-advantages", choices=("plain", "task"), default="plain",
+                       help="what weights the outer trajectories' scores in the outer "
+                            "gradient: plain, the reward-to-go (the estimators' own), or task, "
+                            "the task's inner-step advantages (baseline, GAE, normalisation), "
+                            "as MAML-TRPO (default: plain)")
     train.add_argument("--seed", type=_seed, default=0, help="seed (default: 0)")
     train.add_argument("--json", metavar="PATH", default="train.jsonl",
                        help="JSON lines log, one line per iteration, with a checkpoint beside "
@@ -653,7 +658,8 @@ def _train(args: argparse.Namespace) -> int:
                        meta_batch=args.meta_batch, n_inner=args.n_inner, n_outer=args.n_outer,
                        inner_lr=args.inner_lr, outer_lr=args.outer_lr,
                        optimizer=args.optimizer, seed=args.seed, jsonl=args.json, plot=plot,
-                       trpo=trpo, progress=progress, max_memory=args.max_memory,
+                       trpo=trpo, outer_advantages=args.outer_advantages,
+                       progress=progress, max_memory=args.max_memory,
                        max_work=_max_work(args))
     except KeyboardInterrupt:
         print(f"metarl-bench: interrupted; {finished_iterations(args.json)} finished iterations "
@@ -705,7 +711,8 @@ API_FLAGS = {"n_trials": "--trials", "n_outer": "--n-outer", "n_inner": "--n-inn
              "n_samples": "--truth-samples", "inner_lr": "--inner-lr",
              "max_trials": "--max-trials", "target_rel_ci": "--target-rel-ci",
              "target_metric": "--target-metric", "meta_batch": "--meta-batch",
-             "outer_lr": "--outer-lr", "max_memory": "--max-memory", "max_kl": "--max-kl"}
+             "outer_lr": "--outer-lr", "max_memory": "--max-memory", "max_kl": "--max-kl",
+             "outer_advantages": "--outer-advantages"}
 
 
 def flag_words(message: str) -> str:

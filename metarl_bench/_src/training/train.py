@@ -34,18 +34,24 @@ from typing import Any, Callable
 import torch
 
 from metarl_bench._src.core import resources, validation
-from metarl_bench._src.core.errors import ParameterError, UnsupportedError, unknown_name
+from metarl_bench._src.core.errors import (ParameterError, UnsupportedError, did_you_mean,
+                                           unknown_name)
 from metarl_bench._src.core.files import check_path, plain
 from metarl_bench._src.core.progress import Progress
 from metarl_bench._src.core.registry import estimator_spec
-from metarl_bench._src.core.trajectories import Trajectories
+from metarl_bench._src.core.trajectories import Trajectories, discounted_return
+from metarl_bench._src.estimators.common import Outer, OuterStep
 from metarl_bench._src.evaluation.tables import estimator_colour
 from metarl_bench._src.tasks import Task
+from metarl_bench._src.tasks.advantages import inner_returns
 from metarl_bench._src.training import state as train_state
 from metarl_bench._src.training.trpo import TRPO, trpo_step
 
 SCHEMA_VERSION = train_state.LOG_SCHEMA_VERSION
 OPTIMIZERS = ("adam", "sgd", "trpo")
+#: What weights the outer trajectories' scores in the outer gradient: the plain reward-to-go
+#: (the estimators' own, ``outer_at``) or the task's inner-step advantages (MAML-TRPO's).
+OUTER_ADVANTAGES = ("plain", "task")
 #: The step size of adam and sgd when none is given (TRPO's step comes from its max KL).
 DEFAULT_OUTER_LR = 0.01
 #: The first 8 bytes of every PNG file: what a learning curve may replace.
@@ -68,7 +74,7 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
           n_inner: int = 20, n_outer: int = 20, inner_lr: float = 0.1,
           outer_lr: float | None = None, optimizer: str = "adam", seed: int = 0,
           theta: torch.Tensor | None = None, options: dict[str, Any] | None = None,
-          trpo: TRPO | None = None,
+          trpo: TRPO | None = None, outer_advantages: str = "plain",
           jsonl: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
           progress: bool | Callable[[dict[str, Any]], None] | None = None,
           max_memory: int | str | None = None,
@@ -81,6 +87,15 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
     ``training.trpo`` with the settings ``trpo`` (a ``TRPO``; default ``TRPO()``: max KL
     0.01, garage's), whose length the KL sets (no ``outer_lr``). Same seed, bit-identical
     run.
+
+    ``outer_advantages``: what weights the outer trajectories' scores in the outer gradient
+    grad V(theta') every estimator pulls back (and TRPO's line-search surrogate): ``"plain"``
+    (default), the discounted reward-to-go, as the estimators compute it (``outer_at``); or
+    ``"task"``, the task's own inner-step advantages (``task.advantages``: baseline, GAE,
+    normalisation, fitted on the M outer trajectories of each row), as MAML-TRPO's outer
+    loss does. A training-only option: a baselined, slightly biased (at finite M) estimate
+    of grad V(theta') with less noise; it changes no estimator and no task. An estimator
+    that samples the outer step without ``outer_at`` (``es_maml``) is refused with it.
 
     ``jsonl``: the log; with it, a checkpoint ``<log without suffix>.state.json`` is kept
     beside it, and calling again with the same arguments resumes an interrupted run (and
@@ -131,6 +146,10 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
             raise ParameterError(f"trpo settings are for optimizer='trpo', not {optimizer!r}")
         outer_lr = validation.finite_float(
             "outer_lr", DEFAULT_OUTER_LR if outer_lr is None else outer_lr, positive=True)
+    if not isinstance(outer_advantages, str) or outer_advantages not in OUTER_ADVANTAGES:
+        raise ParameterError(f"outer_advantages must be one of "
+                             f"{', '.join(map(repr, OUTER_ADVANTAGES))}, got "
+                             f"{outer_advantages!r}.{did_you_mean(str(outer_advantages), OUTER_ADVANTAGES)}")
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ParameterError(f"progress must be True, False, None or a callable, got "
                              f"{type(progress).__name__}")
@@ -156,6 +175,8 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
                   seed=seed, options=options, torch_version=torch.__version__)
     if trpo is not None:  # adam's and sgd's configurations (and so their logs) stay as they were
         config["trpo"] = trpo.describe()
+    if outer_advantages != "plain":  # likewise: the default's configurations stay as they were
+        config["outer_advantages"] = outer_advantages
     result = TrainResult(config=config)
     parameter = torch.nn.Parameter(theta.detach().clone())
     step = None if trpo is not None else (
@@ -174,7 +195,8 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
             for iteration in range(finished, iterations):
                 started = time.perf_counter()
                 sampled = _iteration(task, spec, parameter.detach(), meta_batch, n_inner,
-                                     n_outer, inner_lr, options, generator)
+                                     n_outer, inner_lr, options, generator,
+                                     outer_advantages)
                 row = sampled.row
                 if step is not None:
                     step.zero_grad()
@@ -183,7 +205,8 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
                 else:
                     taken = trpo_step(task, parameter.detach(), sampled.meta_gradient,
                                       sampled.inner, *sampled.outer_at_adapted(spec.name),
-                                      inner_lr=inner_lr, settings=trpo)
+                                      inner_lr=inner_lr, settings=trpo,
+                                      advantages=sampled.outer_weights)
                     with torch.no_grad():
                         parameter.copy_(taken.theta)
                     row = {**row, **taken.row()}
@@ -267,13 +290,15 @@ def _same_file(first: str, second: str) -> bool:
 @dataclass
 class _Sampled:
     """One iteration's samples and the estimator's meta-gradient, before theta moves: the
-    log row so far, the inner trajectories, and each outer call's (adapted points, outer
-    trajectories)."""
+    log row so far, the inner trajectories, each outer call's (adapted points, outer
+    trajectories), and the weights of the outer scores when they are not the reward-to-go
+    (``outer_advantages="task"``: one outer call's, (B, M, T))."""
 
     meta_gradient: torch.Tensor
     row: dict[str, Any]
     inner: Trajectories
     outer_calls: list[tuple[torch.Tensor, Trajectories]]
+    outer_weights: torch.Tensor | None = None
 
     def outer_at_adapted(self, estimator: str) -> tuple[Trajectories, torch.Tensor]:
         """The outer trajectories sampled at the adapted parameters and those parameters,
@@ -289,6 +314,46 @@ class _Sampled:
         return traj, points
 
 
+class TaskAdvantageOuter(OuterStep):
+    """The outer step of ``outer_advantages="task"``, handed to an estimator's form in place
+    of the outer sampler: at the adapted parameters theta' (R, *P) it samples M outer
+    trajectories per row (the same draws, in the same order, as the sampler would), and
+    returns V (the mean discounted return, as ``outer_at``) and the gradient of
+    (1/M) sum_j sum_t log pi_theta'(a_t|x_t) A_t, A_t the task's inner-step advantages
+    (``advantages.inner_returns``) computed on those M trajectories. With the plain setting
+    A_t is the reward-to-go, and the result is ``outer_at``'s bit for bit.
+
+    ``calls`` records each call's (adapted points, trajectories), ``weights`` each call's A_t.
+    """
+
+    exact = False
+
+    def __init__(self, task: Task, n_outer: int, generator: torch.Generator, estimator: str):
+        self.task, self.n_outer, self.generator, self.estimator = (task, n_outer, generator,
+                                                                   estimator)
+        self.calls: list[tuple[torch.Tensor, Trajectories]] = []
+        self.weights: list[torch.Tensor] = []
+
+    def after(self, adapted: torch.Tensor, task_index: torch.Tensor) -> Outer:
+        point = adapted.detach().requires_grad_()
+        traj = self.task.sample(point.detach(), self.n_outer, task_index, self.generator)
+        self.calls.append((point.detach().clone(), traj))
+        weights = inner_returns(self.task, traj).detach()
+        self.weights.append(weights)
+        value = discounted_return(traj.rewards, self.task.gamma).mean(-1)
+        surrogate = (self.task.log_prob(point, traj) * weights).sum(-1).mean(-1)
+        (grad,) = torch.autograd.grad(surrogate.sum(), point)
+        return Outer(value.detach(), grad, exact=False)
+
+    def __call__(self, adapted: torch.Tensor, index: torch.Tensor) -> Trajectories:
+        raise UnsupportedError(self.refusal("samples the outer trajectories itself"))
+
+    def refusal(self, why: str) -> str:
+        return (f"estimator {self.estimator!r} {why}, not through outer_at, so it would "
+                f"ignore outer_advantages='task'; use outer_advantages='plain' or another "
+                f"estimator")
+
+
 def _success_rate(batches: list[Trajectories]) -> float | None:
     """The fraction of trajectories whose success flag was ever set (None: no flag)."""
     if not batches or any(traj.success is None for traj in batches):
@@ -299,19 +364,28 @@ def _success_rate(batches: list[Trajectories]) -> float | None:
 
 def _iteration(task: Task, spec: Any, theta: torch.Tensor, meta_batch: int, n_inner: int,
                n_outer: int, inner_lr: float, options: dict[str, Any],
-               generator: torch.Generator) -> _Sampled:
+               generator: torch.Generator, outer_advantages: str = "plain") -> _Sampled:
     task_index = torch.randint(task.n_tasks, (meta_batch,), generator=generator,
                                device=generator.device).to(theta.device)
     inner = task.sample(theta.expand(meta_batch, *theta.shape), n_inner, task_index, generator)
     outer_calls: list[tuple[torch.Tensor, Trajectories]] = []
-
-    def outer(adapted: torch.Tensor, index: torch.Tensor) -> Trajectories:
-        traj = task.sample(adapted, n_outer, index, generator)
-        outer_calls.append((adapted.detach().clone(), traj))
-        return traj
+    outer_weights = None
+    if outer_advantages == "task":
+        outer: Any = TaskAdvantageOuter(task, n_outer, generator, spec.name)
+        outer_calls = outer.calls
+    else:
+        def outer(adapted: torch.Tensor, index: torch.Tensor) -> Trajectories:
+            traj = task.sample(adapted, n_outer, index, generator)
+            outer_calls.append((adapted.detach().clone(), traj))
+            return traj
 
     estimates = spec.from_samples(task, theta, inner, inner_lr=inner_lr, outer=outer,
                                   **options).detach()
+    if outer_advantages == "task":
+        if not outer_calls:
+            raise UnsupportedError(outer.refusal("did not take its outer step"))
+        if len(outer.weights) == 1:
+            outer_weights = outer.weights[0]
     if not torch.isfinite(estimates).all():
         raise UnsupportedError(f"estimator {spec.name!r} returned non-finite meta-gradients; "
                                f"lower inner_lr or outer_lr")
@@ -324,7 +398,7 @@ def _iteration(task: Task, spec: Any, theta: torch.Tensor, meta_batch: int, n_in
     success_before, success_after = _success_rate([inner]), _success_rate(outer_batches)
     if success_before is not None and success_after is not None:
         row.update(success_before=success_before, success_after=success_after)
-    return _Sampled(meta_gradient, row, inner, outer_calls)
+    return _Sampled(meta_gradient, row, inner, outer_calls, outer_weights)
 
 
 def load_training(path: str | os.PathLike) -> TrainResult:

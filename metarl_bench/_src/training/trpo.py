@@ -211,7 +211,7 @@ def kl_hessian_product(task: Any, theta: torch.Tensor, inner: Trajectories,
 
 def trpo_step(task: Any, theta: torch.Tensor, direction: torch.Tensor, inner: Trajectories,
               outer: Trajectories, sampled_at: torch.Tensor, *, inner_lr: float,
-              settings: TRPO) -> TRPOStep:
+              settings: TRPO, advantages: torch.Tensor | None = None) -> TRPOStep:
     """The MAML-TRPO step from ``theta`` (P) along ``direction`` (P, an ascent direction of
     the meta-objective, e.g. the mean of an estimator's estimates).
 
@@ -220,7 +220,9 @@ def trpo_step(task: Any, theta: torch.Tensor, direction: torch.Tensor, inner: Tr
     the estimator reached. The trust region is measured around ``sampled_at``:
     theta'_b(theta) = sampled_at[b] + (inner_step(theta) - inner_step(theta_0))_b, which
     equals ``sampled_at`` at theta_0 exactly and moves with theta as the task's inner step
-    does. See the module docstring for the formulas.
+    does. See the module docstring for the formulas. ``advantages`` (B, M, T): what weights
+    the surrogate's ratios in place of the reward-to-go G_t (training's
+    ``outer_advantages="task"``: the task's advantages, as the outer gradient used).
     """
     if direction.shape != theta.shape:
         raise ShapeError(f"direction must have theta's shape {tuple(theta.shape)}, got "
@@ -230,7 +232,13 @@ def trpo_step(task: Any, theta: torch.Tensor, direction: torch.Tensor, inner: Tr
                          f"trajectories, sampled at points of shape {tuple(sampled_at.shape)};"
                          f" expected one point of shape {tuple(theta.shape)} per row")
     sampled_at = sampled_at.detach()
-    returns = reward_to_go(outer.rewards, task.gamma)
+    if advantages is None:
+        returns = reward_to_go(outer.rewards, task.gamma)
+    elif advantages.shape != outer.rewards.shape:
+        raise ShapeError(f"advantages must have the outer rewards' shape "
+                         f"{tuple(outer.rewards.shape)}, got {tuple(advantages.shape)}")
+    else:
+        returns = advantages.detach()
     old_log_prob = task.log_prob(sampled_at, outer).detach()
 
     def gain_at(points: torch.Tensor) -> torch.Tensor:
