@@ -6,6 +6,9 @@ one inner step per task, samples M outer trajectories at each adapted theta', an
 theta along the average g of the estimator's B per-task estimates of grad F_N (ascent: F_N
 is a return): with Adam or SGD, or with TRPO (``optimizer="trpo"``, ``training.trpo``: the
 natural gradient F^{-1} g in a KL trust region around the adapted policies, as MAML-TRPO).
+The outer gradient weights the outer trajectories' scores by the reward-to-go, as every
+estimator does, or (``outer_advantages="task"``) by the task's own inner-step advantages, as
+MAML-TRPO's outer loss does (``TaskAdvantageOuter``).
 It logs, per iteration, the mean return of the inner trajectories (before adaptation) and
 of the outer ones (after adaptation): the learning curve of meta-RL papers.
 

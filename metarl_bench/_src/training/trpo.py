@@ -16,7 +16,9 @@ move by
   Its gradient at theta_0 is the pathwise part of every estimator's estimate (the outer
   gradient of ``outer_at`` weights the scores by the same G_t), so the line search tests the
   direction against the first-order model it came from. (garage's MAML-TRPO weights both
-  by baselined, centred advantages; the estimators here keep the plain outer return.)
+  by baselined, centred advantages; the estimators here keep the plain outer return, and
+  training's ``outer_advantages="task"`` weights both by the task's advantages, passed here
+  as ``advantages``.)
 
 The step (Schulman et al. 2015, as MAML-TRPO in garage and ProMP take it):
 
