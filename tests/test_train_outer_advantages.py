@@ -77,7 +77,7 @@ def test_a_baseline_changes_the_gradient_and_its_expectation_only_at_order_1_ove
         assert torch.equal(plain.value, based.value)  # the same outer trajectories
         assert torch.isfinite(based.grad).all()
         plain_grad, based_grad = plain.grad.reshape(rows, -1), based.grad.reshape(rows, -1)
-        # the baseline removes most of the noise (measured: 11x less variance at M = 5, 9x at M = 80)
+        # the baseline removes most of the noise (measured: 11x less variance at M = 5, 9x at 80)
         assert based_grad.var(0).sum() < plain_grad.var(0).sum() / 5
         # paired on the same samples, the mean moves by the bias of a baseline fitted on them
         bias[n_outer] = float((based_grad - plain_grad).mean(0).norm()

@@ -150,9 +150,10 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
         outer_lr = validation.finite_float(
             "outer_lr", DEFAULT_OUTER_LR if outer_lr is None else outer_lr, positive=True)
     if not isinstance(outer_advantages, str) or outer_advantages not in OUTER_ADVANTAGES:
+        hint = did_you_mean(str(outer_advantages), OUTER_ADVANTAGES)
         raise ParameterError(f"outer_advantages must be one of "
                              f"{', '.join(map(repr, OUTER_ADVANTAGES))}, got "
-                             f"{outer_advantages!r}.{did_you_mean(str(outer_advantages), OUTER_ADVANTAGES)}")
+                             f"{outer_advantages!r}.{hint}")
     if not (progress is None or isinstance(progress, bool) or callable(progress)):
         raise ParameterError(f"progress must be True, False, None or a callable, got "
                              f"{type(progress).__name__}")
