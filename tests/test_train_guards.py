@@ -102,3 +102,19 @@ def test_a_previous_curve_or_an_empty_file_is_replaced_by_the_new_curve(tmp_path
         train(task, iterations=2, plot=path)
         picture = path.read_bytes()
         assert picture.startswith(PNG_SIGNATURE) and b"earlier" not in picture
+
+
+@pytest.mark.parametrize("option", [{"wrt": "inner_lr"}, {"truncate": 0}])
+def test_k_step_options_are_refused_by_training_with_a_typed_error(tmp_path, option):
+    """truncate and wrt shape K-step estimates (run, evaluate); training's one inner step
+    refuses them by name before writing, instead of a TypeError from the estimator's form."""
+    log = tmp_path / "t.jsonl"
+    with pytest.raises(mb.ParameterError, match=f"option '{next(iter(option))}' of estimator "
+                                                f"'lsf' is for K-step estimates"):
+        train(mb.make_task("bandit-v0"), "lsf", iterations=2, options=option, jsonl=log)
+    with pytest.raises(mb.ParameterError, match="has no option 'typo'"):
+        train(mb.make_task("bandit-v0"), "lsf", iterations=2, options={"typo": 1}, jsonl=log)
+    assert files_of(tmp_path) == {}
+    # a form's own option still trains
+    assert len(train(mb.make_task("bandit-v0"), "unbiased", iterations=1, meta_batch=2,
+                     options={"baseline": 0.5}).iterations) == 1

@@ -221,7 +221,11 @@ class MetaWorldTask(GymnasiumTask):
         """As :meth:`GymnasiumTask.sample`; the reference sampler in waves of at most
         ``MAX_ENVS`` simulations (whole rows; one row per wave when a row alone has more).
         The waves follow from the batch's shape alone, so a seeded call gives the same
-        trajectories everywhere, and the same as the batched sampler's single wave."""
+        trajectories everywhere. The batched sampler steps every simulation in one wave: the
+        two samplers give the same trajectories bit for bit when a call fits in one wave
+        (R N <= ``MAX_ENVS``, or one row); beyond that the reference draws the policy's noise
+        wave by wave, in another order from the same generator, so its trajectories follow
+        the same law but are other samples (the sampler is part of a result's key)."""
         rows = max(1, MAX_ENVS // n_traj)
         if params.shape[0] <= rows or (sampler or self.sampler) == "batch":
             return super().sample(params, n_traj, task_index, generator, sampler=sampler)
@@ -290,7 +294,8 @@ def make_metaworld_ml1(env_name: str = "reach-v3", split: str = "train", n_tasks
     advantages. ``sampler`` "metaworld": Meta-World's own environments, stepped one after
     another (the reference); "batch": every simulation of a call stepped together on
     ``mujoco.batch``, observations and rewards computed on arrays, the same trajectories bit
-    for bit (reach-v3, push-v3 and pick-place-v3 only: other skills are refused with a typed
+    for bit for calls of up to 64 simulations (larger ones: the same law, other samples, as
+    the reference samples them in waves; see ``MetaWorldTask.sample``) (reach-v3, push-v3 and pick-place-v3 only: other skills are refused with a typed
     error). ``nthread``: the batched sampler's threads (0: all cores; results do not depend
     on it). Needs MuJoCo and Meta-World (``pip install 'metarl-bench[metaworld]'`` then
     ``pip install --no-deps metaworld==3.1.1``); no model: use ``n_outer=M``.

@@ -158,10 +158,19 @@ def train(task: Task, estimator: str = "lsf", *, iterations: int = 100, meta_bat
         raise ParameterError(f"progress must be True, False, None or a callable, got "
                              f"{type(progress).__name__}")
     options = dict(options or {})
+    # the K-step options (truncate, wrt) shape a K-step estimate of run/evaluate; training
+    # takes one inner step and moves theta, so its estimators take their form's options only
+    form_options = [key for key in spec.options
+                    if key not in getattr(spec.fn, "chain_options", ())]
     for key in options:
-        if key not in spec.options:
+        if key not in form_options:
+            if key in spec.options:
+                raise ParameterError(
+                    f"option {key!r} of estimator {estimator!r} is for K-step estimates "
+                    f"(run, evaluate); training takes one inner step and meta-trains theta; "
+                    f"its options: {', '.join(form_options) or '(none)'}")
             raise ParameterError(f"estimator {estimator!r} has no option {key!r}; options: "
-                                 f"{', '.join(spec.options) or '(none)'}")
+                                 f"{', '.join(form_options) or '(none)'}")
     if max_work is not None:
         max_work = validation.finite_float("max_work", max_work, positive=True)
     if theta is None:
