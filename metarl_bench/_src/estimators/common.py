@@ -146,14 +146,20 @@ def outer_at(task: Any, adapted: torch.Tensor, task_index: torch.Tensor,
         value = task.value(point, task_index)
     else:
         traj = outer(point.detach(), task_index)
-        log_prob = task.log_prob(point, traj)
-        returns = reward_to_go(traj.rewards, task.gamma)
-        value = discounted_return(traj.rewards, task.gamma).mean(-1)
-        surrogate = (log_prob * returns).sum(-1).mean(-1)
-        (grad,) = torch.autograd.grad(surrogate.sum(), point)
-        return Outer(value.detach(), grad, exact=False)
+        return sampled_outer(task, point, traj, reward_to_go(traj.rewards, task.gamma))
     (grad,) = torch.autograd.grad(value.sum(), point)
     return Outer(value.detach(), grad)
+
+
+def sampled_outer(task: Any, point: torch.Tensor, traj: Trajectories,
+                  weights: torch.Tensor) -> Outer:
+    """The M-sample outer step at ``point`` (R, *P), a leaf requiring grad: V the mean
+    discounted return of ``traj``, grad V by the score function with ``weights`` (R, M, T)
+    on each step's log-probability (the reward-to-go in ``outer_at``)."""
+    value = discounted_return(traj.rewards, task.gamma).mean(-1)
+    surrogate = (task.log_prob(point, traj) * weights).sum(-1).mean(-1)
+    (grad,) = torch.autograd.grad(surrogate.sum(), point)
+    return Outer(value.detach(), grad, exact=False)
 
 
 #: Draws the trajectories of inner step k at each row's theta_k: (k, points, task_index).

@@ -42,8 +42,8 @@ from metarl_bench._src.core.errors import (ParameterError, UnsupportedError, did
 from metarl_bench._src.core.files import check_path, plain
 from metarl_bench._src.core.progress import Progress
 from metarl_bench._src.core.registry import estimator_spec
-from metarl_bench._src.core.trajectories import Trajectories, discounted_return
-from metarl_bench._src.estimators.common import Outer, OuterStep
+from metarl_bench._src.core.trajectories import Trajectories
+from metarl_bench._src.estimators.common import Outer, OuterStep, sampled_outer
 from metarl_bench._src.evaluation.tables import estimator_colour
 from metarl_bench._src.tasks import Task
 from metarl_bench._src.tasks.advantages import inner_returns
@@ -353,10 +353,7 @@ class TaskAdvantageOuter(OuterStep):
         self.calls.append((point.detach().clone(), traj))
         weights = inner_returns(self.task, traj).detach()
         self.weights.append(weights)
-        value = discounted_return(traj.rewards, self.task.gamma).mean(-1)
-        surrogate = (self.task.log_prob(point, traj) * weights).sum(-1).mean(-1)
-        (grad,) = torch.autograd.grad(surrogate.sum(), point)
-        return Outer(value.detach(), grad, exact=False)
+        return sampled_outer(self.task, point, traj, weights)
 
     def __call__(self, adapted: torch.Tensor, index: torch.Tensor) -> Trajectories:
         raise UnsupportedError(self.refusal("samples the outer trajectories itself"))
