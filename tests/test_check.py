@@ -86,9 +86,9 @@ def test_time_gate_uses_the_median_of_per_round_ratios_and_only_when_interleaved
     row = by_metric(compare(base, now), "e", "seconds")
     assert row.ratio == pytest.approx(1.0) and row.verdict == "same"
     # one slow outlier round does not fail; a 2x slowdown in most rounds does
-    now["times"][0]["seconds"] = [5.0, 1.0, 3.0, 3.0, 3.0]
+    now["times"][0]["seconds"] = now["times"][0]["cpu_seconds"] = [5.0, 1.0, 3.0, 3.0, 3.0]
     assert by_metric(compare(base, now), "e", "seconds").verdict == "same"
-    now["times"][0]["seconds"] = [2.0, 2.0, 6.0, 6.0, 3.0]
+    now["times"][0]["seconds"] = now["times"][0]["cpu_seconds"] = [2.0, 2.0, 6.0, 6.0, 3.0]
     row = by_metric(compare(base, now), "e", "seconds")
     assert row.ratio == 2.0 and row.verdict == "slower"
     # an estimator only one tree can time
@@ -101,6 +101,31 @@ def test_time_gate_uses_the_median_of_per_round_ratios_and_only_when_interleaved
     now["times"][0]["seconds"] = [10.0] * 5
     row = by_metric(compare(base, now), "e", "seconds")
     assert row.verdict == "-" and row.ratio == pytest.approx(10 / 3)
+
+
+def test_a_slower_cell_needs_its_wall_and_cpu_times_both_over_the_factor():
+    def suite(seconds, cpu_seconds):
+        return {"run_id": "run", "times": [dict(estimator="e", task="t", n_inner=4,
+                                                seconds=seconds, cpu_seconds=cpu_seconds)]}
+
+    base = suite([1.0] * 5, [1.0] * 5)
+    # another process took the CPU: the wall clock doubled, the CPU time did not
+    rows = {r.metric: r for r in compare(base, suite([2.0] * 5, [1.05] * 5))}
+    assert rows["seconds"].verdict == "unconfirmed" and rows["seconds"].ratio == 2.0
+    assert rows["cpu_seconds"].verdict == "same" and not failing(list(rows.values()))
+    # and the other way round (a worker's CPU time counted threads that waited)
+    rows = {r.metric: r for r in compare(base, suite([1.0] * 5, [2.0] * 5))}
+    assert rows["cpu_seconds"].verdict == "unconfirmed" and not failing(list(rows.values()))
+    # slower code: both
+    rows = {r.metric: r.verdict for r in compare(base, suite([1.6] * 5, [1.5] * 5))}
+    assert rows == {"seconds": "slower", "cpu_seconds": "slower"}
+    # one side faster, the other slower: still not a regression
+    rows = {r.metric: r.verdict for r in compare(base, suite([2.0] * 5, [0.6] * 5))}
+    assert rows == {"seconds": "unconfirmed", "cpu_seconds": "faster"}
+    # a row with no CPU time to confirm it (a suite saved without) is judged on its own
+    no_cpu = suite([1.0] * 5, [])
+    rows = {r.metric: r.verdict for r in compare(no_cpu, suite([2.0] * 5, []))}
+    assert rows["seconds"] == "slower"
 
 
 def test_exact_statistics_fail_on_any_real_change():

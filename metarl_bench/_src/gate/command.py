@@ -268,7 +268,7 @@ def describe(baseline: dict[str, Any] | None, now: dict[str, Any], *, z: float,
     elif interleaved(baseline, now):
         lines.append("      baseline and now interleaved call by call, each tree in its own "
                      f"process on the same CPU; ratio = median over rounds of now/baseline; "
-                     f"fail at {factor:g}x")
+                     f"fail at {factor:g}x in both wall and CPU seconds")
     else:
         base_load = (baseline.get("load_average") or {}).get("before")
         lines.append(

@@ -6,14 +6,17 @@ typed row per (path, estimator, task, N, metric) out, with a verdict.
 * peak bytes fail at ``factor`` times the baseline (deterministic: compared directly);
 * times fail at ``factor`` times the baseline, the ratio being the median over rounds of
   the per-round ratio now / baseline, and only when both suites were timed together,
-  round by round (same ``run_id``); times from another run are shown, never gated.
+  round by round (same ``run_id``); times from another run are shown, never gated. A cell
+  fails when its wall-clock and its CPU seconds both reach the factor: slower code takes
+  more of both, while another process taking the CPU lengthens the wall clock alone (a row
+  over the factor whose twin is not reads ``unconfirmed``, shown and not failing).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from metarl_bench._src.gate.suite import SAMPLER, STAT_METRICS, TIME_METRICS, Item
@@ -32,7 +35,8 @@ STATISTICS_PATH = "call"
 class Row:
     """One compared measurement. ``verdict``: ``worse``, ``slower`` and ``larger`` fail;
     ``better``, ``faster``, ``smaller``, ``same``, ``new`` (not in the baseline), ``gone``
-    (no longer measured) and ``-`` (not gated: times against a saved file) do not."""
+    (no longer measured), ``unconfirmed`` (one of a cell's two times over the factor, the
+    other not: load, not code) and ``-`` (not gated: times against a saved file) do not."""
 
     path: str
     estimator: str
@@ -127,6 +131,7 @@ def _time_rows(baseline: dict[str, Any], now: dict[str, Any], factor: float) -> 
     base_times = {key_of(r): r for r in baseline.get("times", [])}
     now_times = {key_of(r): r for r in now.get("times", [])}
     for key in sorted(set(base_times) | set(now_times)):
+        cell = []
         for metric in TIME_METRICS:
             b = (base_times.get(key) or {}).get(metric) or []
             n = (now_times.get(key) or {}).get(metric) or []
@@ -141,7 +146,14 @@ def _time_rows(baseline: dict[str, Any], now: dict[str, Any], factor: float) -> 
                                     "slower", "faster")
             if not paired and verdict not in ("new", "gone"):
                 verdict = "-"
-            rows.append(_row(key, metric, bv, nv, verdict, ratio))
+            cell.append(_row(key, metric, bv, nv, verdict, ratio))
+        # wall and CPU time must agree on a slowdown: load stretches the wall clock only
+        slower = [row.verdict == "slower" for row in cell]
+        if any(slower) and not all(slower) and len(cell) == len(TIME_METRICS) and all(
+                row.ratio is not None for row in cell):
+            cell = [replace(row, verdict="unconfirmed") if row.verdict == "slower" else row
+                    for row in cell]
+        rows.extend(cell)
     return rows
 
 
@@ -159,7 +171,7 @@ def format_rows(rows: list[Row], *, show_all: bool = False) -> str:
     from metarl_bench._src.evaluation.tables import number, text_table
 
     order = {"worse": 0, "slower": 0, "larger": 0, "better": 1, "faster": 1, "smaller": 1,
-             "new": 2, "gone": 2, "-": 3, "same": 4}
+             "new": 2, "gone": 2, "unconfirmed": 2, "-": 3, "same": 4}
     shown = [r for r in rows if show_all or r.verdict != "same" or r.metric in COST_METRICS]
     shown.sort(key=lambda r: (order.get(r.verdict, 5), r.path, r.estimator, r.task, r.n_inner,
                               r.metric))
