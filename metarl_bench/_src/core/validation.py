@@ -58,7 +58,9 @@ def params_tensor(theta: Any, param_shape: tuple[int, ...], task_name: str) -> t
     if theta.device.type == "meta":
         raise ParameterError("theta is on device 'meta', which holds no data, so nothing can "
                              "be computed from it; use a 'cpu' or 'cuda' tensor")
-    if not torch.isfinite(theta).all():
+    # a finite sum has finite terms (a NaN or an infinity propagates); only a sum that is not
+    # finite (a bad entry, or finite entries overflowing) needs the entry-by-entry check
+    if not math.isfinite(theta.detach().sum().item()) and not torch.isfinite(theta).all():
         raise ParameterError("theta contains NaN or infinite entries")
     return theta
 

@@ -511,7 +511,9 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
 
         def trials(count: int) -> torch.Tensor:
             n_rows = count * task.n_tasks
-            task_index = torch.arange(n_rows, device=theta.device) % task.n_tasks
+            task_index = (torch.zeros(n_rows, dtype=torch.long, device=theta.device)
+                          if task.n_tasks == 1 else
+                          torch.arange(n_rows, device=theta.device) % task.n_tasks)
             if draw is None:
                 rows = theta.detach().expand(n_rows, *theta.shape)
                 inner = task.sample(rows, n_inner, task_index, generator)
@@ -531,6 +533,8 @@ def batched(from_samples: Callable[..., torch.Tensor], *, needs_model: bool = Fa
                     n_steps=n_steps, truncate=window, **extra)
                 estimates = with_respect_to(wrt, run.estimate, run.inner_lr_grad)
             shape = wrt_shape(wrt, theta)
+            if task.n_tasks == 1:  # the mean over one task is the estimate itself
+                return estimates.detach().reshape(count, *shape)
             return estimates.reshape(count, task.n_tasks, *shape).mean(1).detach()
 
         # K inner steps sample K times N inner trajectories per trial

@@ -22,6 +22,7 @@ import torch
 from metarl_bench._src.core import validation
 from metarl_bench._src.tasks.advantages import decay_matrix, gae_from_values, require_plain
 from metarl_bench._src.core.errors import ParameterError
+from metarl_bench._src.estimators import bandit_forms
 from metarl_bench._src.estimators.common import (OuterSampler, builds_graph, grad_of, outer_at,
                                                 row_params)
 from metarl_bench._src.estimators.critics import check_critic, critic_values
@@ -83,6 +84,8 @@ def dice_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     Bias/variance: an LSF variant: bias vanishes as N grows, variance O(1/N).
     """
     require_plain(task, "dice", "its surrogate weights raw rewards")
+    if bandit_forms.applies(task, inner, outer):   # one step: the Hessian of lsf
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).lsf()
 
     def surrogate(params: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
         discounted_rewards = inner.rewards * discounts(task.gamma, inner.horizon, inner.rewards)
@@ -119,6 +122,9 @@ def loaded_dice_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories
     """
     decay, critic, noise, tau = _check_family_options(dependency_decay, critic, critic_noise,
                                                       gae_lambda)
+    if critic == "none" and tau == 1.0 and bandit_forms.applies(task, inner, outer):
+        # one step: no earlier scores to decay, the Hessian of lsf
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).lsf()
 
     def surrogate(params: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
         advantages = _advantages(task, params, inner, critic, noise, tau, generator)
@@ -149,6 +155,8 @@ def lvc_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     vanish as N grows; variance O(1/N), below ``dice``'s.
     """
     _, critic, noise, tau = _check_family_options(0.0, critic, critic_noise, gae_lambda)
+    if critic == "none" and tau == 1.0 and bandit_forms.applies(task, inner, outer):
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).lsf()
 
     def surrogate(params: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
         advantages = _advantages(task, params, inner, critic, noise, tau, generator)
@@ -191,6 +199,9 @@ def taypo_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     if order not in (1, 2) or isinstance(order, bool):
         raise ParameterError(f"order must be 1 or 2, got {order!r}")
     critic, noise = check_critic(critic, critic_noise)
+    if critic == "none" and bandit_forms.applies(task, inner, outer):
+        # one step, both orders: U_1 = U_2, the Hessian of lsf
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).lsf()
 
     def surrogate(params: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
         q_values = taypo_q_values(task, params, inner, critic, noise, generator)

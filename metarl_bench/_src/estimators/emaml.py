@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from metarl_bench._src.core.errors import ParameterError
+from metarl_bench._src.estimators import bandit_forms
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
                                                 pathwise)
 from metarl_bench._src.core.trajectories import Trajectories
@@ -36,6 +37,10 @@ def emaml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     """
     if score_scale not in SCORE_SCALES:
         raise ParameterError(f"score_scale must be 'mean' or 'sum', got {score_scale!r}")
+    if bandit_forms.applies(task, inner, outer):
+        step = bandit_forms.bandit_step(task, theta, inner, inner_lr, outer)
+        scale = 1.0 / inner.n_traj if score_scale == "mean" else 1.0   # T = 1
+        return step.with_scores(scale * step.value.unsqueeze(-1))
     step = inner_step(task, theta, inner, inner_lr)
     out = outer_at(task, step.adapted, inner.task_index, outer)
     score = out.value * step.log_prob.sum((-2, -1))                              # (R,)

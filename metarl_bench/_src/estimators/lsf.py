@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch.func import jvp
 
+from metarl_bench._src.estimators import bandit_forms
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
                                                 pathwise)
 from metarl_bench._src.core.trajectories import Trajectories
@@ -27,6 +28,8 @@ def lsf_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     Bias/variance: bias O(1/sqrt(N)) in theory (about 1/N seen on bandits); variance
     O(1/N) (+ O(1/M) with sampled outer).
     """
+    if bandit_forms.applies(task, inner, outer):
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).lsf()
     step = inner_step(task, theta, inner, inner_lr)
     out = outer_at(task, step.adapted, inner.task_index, outer)
     _, log_prob_along_u = jvp(lambda p: task.log_prob(p, inner), (step.params.detach(),),

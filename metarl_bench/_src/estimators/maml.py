@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from metarl_bench._src.estimators import bandit_forms
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step, outer_at,
                                                 pathwise)
 from metarl_bench._src.core.trajectories import Trajectories
@@ -24,6 +25,8 @@ def maml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     Bias/variance: biased for every N: the bias tends to eta E[g s^T]^T grad V(theta');
     variance O(1/N).
     """
+    if bandit_forms.applies(task, inner, outer):
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).maml()
     step = inner_step(task, theta, inner, inner_lr)
     return grad_of(pathwise(step, outer_at(task, step.adapted, inner.task_index, outer)),
                  step.params)
@@ -41,5 +44,7 @@ def fomaml_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
     Bias/variance: biased for every N, the bias tends to -eta E_task grad^2 V grad V(theta')
     (it drops the whole Hessian); variance O(1/N) (+ O(1/M) with sampled outer).
     """
+    if bandit_forms.applies(task, inner, outer):
+        return bandit_forms.bandit_step(task, theta, inner, inner_lr, outer).grad
     step = inner_step(task, theta, inner, inner_lr, differentiable=False)
     return outer_at(task, step.adapted, inner.task_index, outer).grad

@@ -10,6 +10,7 @@ import torch
 from metarl_bench._src.core import validation
 from metarl_bench._src.tasks.advantages import require_plain
 from metarl_bench._src.core.errors import ParameterError, UnsupportedError
+from metarl_bench._src.estimators import bandit_forms
 from metarl_bench._src.estimators.common import (OuterSampler, grad_of, inner_step,
                                                 is_exact_outer, outer_at, pathwise, row_params)
 from metarl_bench._src.core.trajectories import Trajectories, discounted_return
@@ -34,18 +35,28 @@ def unbiased_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *
     V(theta') - V(theta) + O(1/sqrt(N)) (``"loo-mean"``), still Theta(N) but with a smaller
     constant.
     """
+    if isinstance(baseline, str) and baseline != "loo-mean":
+        raise ParameterError(f"baseline must be a number or 'loo-mean', got {baseline!r}")
+    if not isinstance(baseline, str):
+        baseline = validation.finite_float("baseline", baseline)
+    if bandit_forms.applies(task, inner, outer):
+        closed = bandit_forms.bandit_step(task, theta, inner, inner_lr, outer)
+        return closed.with_scores(_score_weights(task, inner, closed.value, baseline))
     step = inner_step(task, theta, inner, inner_lr)
     out = outer_at(task, step.adapted, inner.task_index, outer)
+    weight = _score_weights(task, inner, out.value, baseline)
+    score_term = (weight * step.log_prob.sum(-1)).sum()
+    return grad_of(pathwise(step, out) + score_term, step.params)
+
+
+def _score_weights(task: Any, inner: Trajectories, value: torch.Tensor,
+                   baseline: float | str) -> torch.Tensor:
+    """V(theta') - b_i per row, (R, 1) for a constant b or (R, N) for ``"loo-mean"``."""
     if baseline == "loo-mean":
         returns = discounted_return(inner.rewards, task.gamma)                    # (R, N)
         others = (returns.sum(-1, keepdim=True) - returns) / max(inner.n_traj - 1, 1)
-        weight = out.value.unsqueeze(-1) - others
-    elif isinstance(baseline, str):
-        raise ParameterError(f"baseline must be a number or 'loo-mean', got {baseline!r}")
-    else:
-        weight = (out.value - validation.finite_float("baseline", baseline)).unsqueeze(-1)
-    score_term = (weight * step.log_prob.sum(-1)).sum()
-    return grad_of(pathwise(step, out) + score_term, step.params)
+        return value.unsqueeze(-1) - others
+    return (value - baseline).unsqueeze(-1)
 
 
 def loo_from_samples(task: Any, theta: torch.Tensor, inner: Trajectories, *,
