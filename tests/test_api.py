@@ -96,12 +96,25 @@ def test_unknown_names_suggest_the_closest():
      r"expected \(3,\), got \(4,\)"),
     (dict(theta=torch.zeros(3, dtype=torch.long)), mb.ShapeError, "floating"),
     (dict(theta=torch.tensor([0.0, float("inf"), 0.0])), mb.ParameterError, "NaN or infinite"),
+    (dict(theta=torch.tensor([float("inf"), float("-inf"), 0.0])), mb.ParameterError,
+     "NaN or infinite"),
+    (dict(theta=torch.tensor([0.0, float("nan"), 0.0])), mb.ParameterError, "NaN or infinite"),
     (dict(baseline=1.0, typo=2), mb.ParameterError, "has no option 'baseline'"),
 ])
 def test_bad_estimator_arguments_raise_typed_errors(kwargs, error, message):
     task = mb.make_task("bandit-v0")
     with pytest.raises(error, match=message):
         lsf_call(task, **kwargs)
+
+
+def test_finite_parameters_whose_sum_overflows_are_accepted():
+    """theta's finiteness is checked on its sum first; a sum that overflows (finite entries)
+    falls back to the entry-by-entry check instead of refusing theta."""
+    task = mb.make_task("bandit-v0")
+    theta = torch.tensor([3e38, 3e38, 0.0], dtype=torch.float32)
+    assert not torch.isfinite(theta.sum())
+    estimates = lsf_call(task, theta=theta)
+    assert estimates.shape[1:] == (3,)
 
 
 def test_bad_task_parameters_raise_typed_errors():
