@@ -10,9 +10,10 @@ BASELINE_TREE is a checkout (or ``git archive``) of the baseline commit, e.g. a 
   tabular and LQ cells), measured as ``metarl-bench check`` measures: each tree in its own
   worker on the same CPU, calls alternated one by one, the median over rounds of per-round
   ratios;
-* the fixed cost of one call with ``n_trials = 1`` (30-arm bandit, N = M = 10): the median of
-  many calls in each tree's own process, the two trees' processes alternated ``--rounds``
-  times.
+* the fixed cost of one call with ``n_trials = 1`` (N = M = 10, a bandit of 30 arms and one
+  of 3, bandit-v0's default): the median of many calls in each tree's own process, the two
+  trees' processes alternated ``--rounds`` times; and, in this tree, the same call on the
+  generic autograd path (``bandit_forms.generic_forms``), the closed forms' slow twin.
 
 Numbers only, recorded with the load average; nothing is asserted.
 """
@@ -29,29 +30,69 @@ from metarl_bench._src.gate.command import current_tree, measure
 from metarl_bench._src.gate.compare import compare
 
 OVERHEAD = """
-import time, torch, metarl_bench as mb
+import contextlib, sys, time, torch, metarl_bench as mb
 torch.set_num_threads(1)
-task = mb.make_task("bandit-v0", rewards="random", n_arms=30, seed=0)
+n_arms, generic = int(sys.argv[1]), sys.argv[2] == "generic"
+task = mb.make_task("bandit-v0", rewards="random", n_arms=n_arms, seed=0)
 theta = task.initial_params(dtype=torch.float32)
 maml = mb.get_estimator("maml")
 call = lambda g: maml(task, theta, n_inner=10, inner_lr=1.0, n_trials=1, n_outer=10, generator=g)
+if generic:
+    from metarl_bench._src.estimators.bandit_forms import generic_forms
+    context = generic_forms()
+else:
+    context = contextlib.nullcontext()
 generator = torch.Generator().manual_seed(0)
-for _ in range(200):
-    call(generator)
-times = []
-for _ in range(2000):
-    start = time.perf_counter()
-    call(generator)
-    times.append(time.perf_counter() - start)
+with context:
+    for _ in range(200):
+        call(generator)
+    times = []
+    for _ in range(2000):
+        start = time.perf_counter()
+        call(generator)
+        times.append(time.perf_counter() - start)
 times.sort()
 print(times[len(times) // 2])
 """
 
 
-def overhead(tree: str) -> float:
+def overhead(tree: str, n_arms: int, generic: bool = False) -> float:
     env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", OVERHEAD], env=env, cwd=tree, check=True,
+    out = subprocess.run([sys.executable, "-c", OVERHEAD, str(n_arms),
+                          "generic" if generic else "default"], env=env, cwd=tree, check=True,
                          capture_output=True, text=True).stdout
+    return float(out.split()[-1])
+
+
+FORMS = """
+import statistics, sys, time, torch, metarl_bench as mb
+from metarl_bench._src.estimators.bandit_forms import generic_forms
+torch.set_num_threads(1)
+n_inner, rounds = int(sys.argv[1]), int(sys.argv[2])
+task = mb.make_task("bandit-v0", rewards="random", n_arms=30, seed=0)
+theta = task.initial_params(dtype=torch.float32)
+maml = mb.get_estimator("maml")
+call = lambda: maml(task, theta, n_inner=n_inner, inner_lr=1.0, n_trials=1000, n_outer=n_inner,
+                    generator=torch.Generator().manual_seed(0))
+def timed(generic):
+    start = time.perf_counter()
+    if generic:
+        with generic_forms():
+            call()
+    else:
+        call()
+    return time.perf_counter() - start
+timed(False), timed(True)
+ratios = [timed(True) / timed(False) for _ in range(rounds * 5)]
+print(statistics.median(ratios))
+"""
+
+
+def forms_ratio(tree: str, n_inner: int, rounds: int) -> float:
+    """generic / closed time of the 1000-trial call in this tree, alternated in one process."""
+    env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", FORMS, str(n_inner), str(rounds)], env=env,
+                         cwd=tree, check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
 
 
@@ -70,14 +111,19 @@ def main() -> int:
             print(f"{row.path:12s} {row.task:18s} N={row.n_inner:<3d} {row.metric:11s} "
                   f"baseline {row.baseline * 1e3:9.3f} ms  now {row.now * 1e3:9.3f} ms  "
                   f"baseline/now {1 / row.ratio:6.2f}x")
-    pairs = []
-    for index in range(args.rounds):
-        order = [args.baseline, here] if index % 2 == 0 else [here, args.baseline]
-        measured = {tree: overhead(tree) for tree in order}
-        pairs.append((measured[args.baseline], measured[here]))
-    print("n_trials=1 call (bandit 30 arms, N = M = 10), median of rounds: baseline "
-          f"{statistics.median(b for b, _ in pairs) * 1e3:.3f} ms, now "
-          f"{statistics.median(n for _, n in pairs) * 1e3:.3f} ms")
+    for n_arms in (30, 3):
+        runs = {"baseline": [], "now": [], "now, generic forms": []}
+        for index in range(args.rounds):
+            order = [("baseline", args.baseline, False), ("now", here, False),
+                     ("now, generic forms", here, True)]
+            for name, tree, generic in (order if index % 2 == 0 else order[::-1]):
+                runs[name].append(overhead(tree, n_arms, generic))
+        print(f"n_trials=1 call (bandit {n_arms} arms, N = M = 10), median of rounds: "
+              + ", ".join(f"{name} {statistics.median(times) * 1e3:.3f} ms"
+                          for name, times in runs.items()))
+    for n_inner in (10, 64):
+        print(f"1000-trial call (bandit 30 arms, N = M = {n_inner}): generic forms / closed "
+              f"forms {forms_ratio(here, n_inner, args.rounds):.2f}x (median of alternated calls)")
     print(f"load average after: {os.getloadavg()}")
     return 0
 
