@@ -79,7 +79,7 @@ def test_the_closed_form_is_the_path_taken_on_a_one_step_bandit_call(monkeypatch
 
 @pytest.mark.parametrize("kwargs", [dict(n_steps=2), dict(n_steps=3, truncate=1),
                                     dict(wrt="inner_lr")])
-def test_several_inner_steps_take_the_generic_path(monkeypatch, kwargs):
+def test_several_inner_steps_take_the_generic_path(kwargs):
     """Step k >= 1 starts at each row's own theta_k and hands the form a continuation: no
     closed form there; the call equals the generic one bit for bit."""
     task = TASKS["bandit-2-tasks"]()
@@ -121,7 +121,7 @@ def test_float32_calls_stay_float32_and_close_to_float64():
     assert torch.allclose(closed, generic, rtol=0, atol=1e-6)
 
 
-def test_bad_options_are_still_refused_before_any_work():
+def test_bad_options_are_still_refused_on_bandits():
     task = TASKS["bandit-30"]()
     with pytest.raises(mb.ParameterError, match="baseline"):
         mb.get_estimator("unbiased")(task, task.initial_params(), n_inner=3, inner_lr=1.0,

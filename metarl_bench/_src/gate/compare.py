@@ -149,8 +149,7 @@ def _time_rows(baseline: dict[str, Any], now: dict[str, Any], factor: float) -> 
             cell.append(_row(key, metric, bv, nv, verdict, ratio))
         # wall and CPU time must agree on a slowdown: load stretches the wall clock only
         slower = [row.verdict == "slower" for row in cell]
-        if any(slower) and not all(slower) and len(cell) == len(TIME_METRICS) and all(
-                row.ratio is not None for row in cell):
+        if any(slower) and not all(slower) and all(row.ratio is not None for row in cell):
             cell = [replace(row, verdict="unconfirmed") if row.verdict == "slower" else row
                     for row in cell]
         rows.extend(cell)
